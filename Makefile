@@ -1,0 +1,33 @@
+# make test  — create .venv, install lrptool with its test extras, run the tests
+# make demo  — install and run lrptool on the bundled sample model
+# make bench — install and run the benchmarks
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lrptool-installed
+DEMO_OUT ?= demo-output
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/lrptool inspect sample_models/mnist/mnist.onnx
+	mkdir -p $(DEMO_OUT)
+	$(BIN)/lrptool convert sample_models/mnist/mnist.onnx -o $(DEMO_OUT)/mnist.onnx
+	@echo "demo: the model's graph is above; its ONNX re-export is in $(DEMO_OUT)/mnist.onnx"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_forward.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

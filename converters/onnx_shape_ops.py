@@ -1,0 +1,218 @@
+"""Converters for ONNX operators that move data: Concat, Split, Slice, Flatten, Reshape, Transpose,
+Squeeze, Unsqueeze, Pad, Upsample/Resize, and the ReduceMean reduction.
+
+Shape-like operands (axes, pads, target shapes) must be constants (after folding) and become
+IR attributes with every entry explicit.
+"""
+
+import numpy as np
+
+from .onnx_ops import Unsupported, converter, ints
+
+
+def axes_operand(ctx, node, a, index, opset_moved):
+    """Axes from the attribute (before ``opset_moved``) or from input ``index``; None when absent."""
+    if ctx.opset < opset_moved:
+        return ints(a["axes"]) if "axes" in a else None
+    if len(node.input) > index and node.input[index]:
+        return ints(np.asarray(ctx.require_const(node, index, "axes")).reshape(-1))
+    return None
+
+
+@converter("Concat")
+def convert_concat(ctx, node, a):
+    inputs = [t for t in node.input if t]
+    if len(inputs) == 1:
+        return ctx.set_alias(node.output[0], inputs[0])
+    ctx.add("Concat", inputs, node.output[0], dict(axis=int(a.get("axis", 1))))
+
+
+@converter("Split")
+def convert_split(ctx, node, a):
+    shape = ctx.shape(node.input[0])
+    axis = int(a.get("axis", 0)) % len(shape)
+    outputs = list(node.output)
+    if ctx.opset < 13:
+        split = ints(a["split"]) if "split" in a else None
+    else:
+        split = axes_operand(ctx, node, a, 1, 13)
+    if split is None:
+        size, parts = shape[axis], int(a.get("num_outputs", len(outputs)))
+        if size is None:
+            ctx.fail_batch("splits the batch axis")
+        chunk = -(-size // parts)
+        split = tuple(min(chunk, size - i * chunk) for i in range(parts))
+    ctx.add("Split", node.input[:1], [o or ctx.temp(f"unused{i}") for i, o in enumerate(outputs)],
+            dict(axis=axis, split=split))
+
+
+@converter("Slice")
+def convert_slice(ctx, node, a):
+    shape = ctx.shape(node.input[0])
+    rank = len(shape)
+    if ctx.opset < 10:
+        starts, ends = ints(a["starts"]), ints(a["ends"])
+        axes = ints(a.get("axes", range(len(starts))))
+        steps = (1,) * len(starts)
+    else:
+        starts = ints(np.asarray(ctx.require_const(node, 1, "starts")).reshape(-1))
+        ends = ints(np.asarray(ctx.require_const(node, 2, "ends")).reshape(-1))
+        axes = axes_operand(ctx, node, a, 3, 10) or tuple(range(len(starts)))
+        steps = ints(np.asarray(ctx.input_const(node, 4)).reshape(-1)) if ctx.input_const(node, 4) is not None \
+            else (1,) * len(starts)
+    kept = [(s, e, ax % rank, st) for s, e, ax, st in zip(starts, ends, axes, steps)
+            if not (shape[ax % rank] is None and s == 0 and st == 1 and e >= 2 ** 31 - 1)]
+    ctx.add("Slice", node.input[:1], node.output[0],
+            dict(starts=tuple(k[0] for k in kept), ends=tuple(k[1] for k in kept),
+                 axes=tuple(k[2] for k in kept), steps=tuple(k[3] for k in kept)))
+
+
+@converter("Flatten")
+def convert_flatten(ctx, node, a):
+    rank = len(ctx.shape(node.input[0]))
+    axis = int(a.get("axis", 1))
+    ctx.add("Flatten", node.input[:1], node.output[0], dict(axis=axis + rank if axis < 0 else axis))
+
+
+def reshape_target(ctx, shape, target, allowzero):
+    """Explicit IR target shape from an ONNX one (0 copies a dim, −1 is inferred, the batch marker)."""
+    from .onnx_reader import BATCH_MARKER
+
+    target = [int(d) for d in target]
+    if any(d == BATCH_MARKER for d in target[1:]) or any(d < -1 and d != BATCH_MARKER for d in target):
+        ctx.fail_batch(f"reshape target {target} moves the batch axis")
+    out = []
+    for i, d in enumerate(target):
+        if d == 0 and not allowzero:
+            if i >= len(shape):
+                raise Unsupported(f"target {target} copies a dimension the input {shape} lacks")
+            d = shape[i]
+        elif d == BATCH_MARKER:
+            d = None
+        out.append(d)
+    if shape[0] is None:
+        known = int(np.prod([s for s in shape[1:]], dtype=np.int64))
+        if out[0] is None:
+            pass
+        elif out[0] == -1 and -1 not in out[1:] and int(np.prod(out[1:], dtype=np.int64)) == known:
+            out[0] = None
+        elif out[0] == ctx.declared_batch and -1 not in out[1:] and int(np.prod(out[1:], dtype=np.int64)) == known:
+            out[0] = None
+        elif out[0] == ctx.declared_batch and out.count(-1) == 1:
+            out[0] = None
+        else:
+            ctx.fail_batch(f"reshape {shape} → {target} changes the batch axis")
+        total, rest = known, out[1:]
+    else:
+        total, rest = int(np.prod(shape, dtype=np.int64)), out
+    if rest.count(-1) > 1:
+        raise Unsupported(f"target {target} has more than one -1")
+    if -1 in rest:
+        others = int(np.prod([d for d in rest if d != -1], dtype=np.int64))
+        if others == 0 or total % others:
+            raise Unsupported(f"cannot reshape {shape} into {target}")
+        rest[rest.index(-1)] = total // others
+    return tuple(out[:1] + rest) if shape[0] is None else tuple(rest)
+
+
+@converter("Reshape")
+def convert_reshape(ctx, node, a):
+    if ctx.opset < 5:
+        target = a["shape"]
+    else:
+        target = np.asarray(ctx.require_const(node, 1, "the target shape")).reshape(-1)
+    shape = ctx.shape(node.input[0])
+    ctx.add("Reshape", node.input[:1], node.output[0],
+            dict(shape=reshape_target(ctx, shape, target, bool(a.get("allowzero", 0)))))
+
+
+@converter("Transpose")
+def convert_transpose(ctx, node, a):
+    rank = len(ctx.shape(node.input[0]))
+    perm = ints(a.get("perm", range(rank - 1, -1, -1)))
+    ctx.add("Transpose", node.input[:1], node.output[0], dict(perm=perm))
+
+
+@converter("Squeeze")
+def convert_squeeze(ctx, node, a):
+    shape = ctx.shape(node.input[0])
+    axes = axes_operand(ctx, node, a, 1, 13)
+    if axes is None:
+        axes = tuple(i for i, d in enumerate(shape) if d == 1)
+    if not axes:
+        return ctx.set_alias(node.output[0], node.input[0])
+    ctx.add("Squeeze", node.input[:1], node.output[0], dict(axes=tuple(ax % len(shape) for ax in axes)))
+
+
+@converter("Unsqueeze")
+def convert_unsqueeze(ctx, node, a):
+    axes = axes_operand(ctx, node, a, 1, 13)
+    rank = len(ctx.shape(node.input[0])) + len(axes)
+    ctx.add("Unsqueeze", node.input[:1], node.output[0], dict(axes=tuple(ax % rank for ax in axes)))
+
+
+@converter("Pad")
+def convert_pad(ctx, node, a):
+    rank = len(ctx.shape(node.input[0]))
+    if ctx.opset < 11:
+        mode = a.get("mode", "constant")
+        pads = ints(a.get("pads", a.get("paddings", [])))
+        value = float(a.get("value", 0.0))
+    else:
+        mode = a.get("mode", "constant")
+        pads = ints(np.asarray(ctx.require_const(node, 1, "pads")).reshape(-1))
+        value_const = ctx.input_const(node, 2)
+        value = 0.0 if value_const is None else float(np.asarray(value_const).reshape(-1)[0])
+        axes = axes_operand(ctx, node, a, 3, 18)
+        if axes is not None:
+            full = [0] * (2 * rank)
+            for i, axis in enumerate(axes):
+                full[axis % rank], full[rank + axis % rank] = pads[i], pads[len(axes) + i]
+            pads = tuple(full)
+    if mode != "constant":
+        raise Unsupported(f"mode {mode!r} (only constant padding is supported)")
+    ctx.add("Pad", node.input[:1], node.output[0], dict(pads=pads, value=value))
+
+
+@converter("Upsample", "Resize")
+def convert_resize(ctx, node, a):
+    shape = ctx.shape(node.input[0])
+    mode = a.get("mode", "nearest")
+    if mode != "nearest":
+        raise Unsupported(f"mode {mode!r} (only nearest-neighbour resizing is supported)")
+    if node.op_type == "Upsample" and ctx.opset < 9:
+        scales = [float(s) for s in a["scales"]]
+    elif node.op_type == "Upsample" or ctx.opset == 10:
+        scales = [float(s) for s in np.asarray(ctx.require_const(node, 1, "scales")).reshape(-1)]
+    else:
+        scale_values, sizes = ctx.input_const(node, 2), ctx.input_const(node, 3)
+        if scale_values is not None and np.asarray(scale_values).size:
+            scales = [float(s) for s in np.asarray(scale_values).reshape(-1)]
+        elif sizes is not None:
+            sizes = ints(np.asarray(sizes).reshape(-1))
+            scales = [1.0 if d is None else size / d for size, d in zip(sizes, shape)]
+        else:
+            raise Unsupported("scales or sizes must be constants")
+        coordinates = a.get("coordinate_transformation_mode", "half_pixel")
+        rounding = a.get("nearest_mode", "round_prefer_floor")
+        if coordinates in ("align_corners", "tf_crop_and_resize"):
+            raise Unsupported(f"coordinate_transformation_mode {coordinates!r}")
+        if (coordinates == "asymmetric") != (rounding == "floor") and any(s != 1 for s in scales[2:]):
+            raise Unsupported(f"nearest_mode {rounding!r} with {coordinates!r} coordinates does not repeat pixels")
+    if len(scales) != len(shape) or scales[0] != 1 or scales[1] != 1:
+        raise Unsupported(f"scales {scales} (only spatial axes can be resized)")
+    if any(s != int(s) or s < 1 for s in scales[2:]):
+        raise Unsupported(f"scales {scales} (only integer upsampling factors are supported)")
+    ctx.add("Upsample", node.input[:1], node.output[0], dict(scales=ints(scales[2:])))
+
+
+@converter("ReduceMean")
+def convert_reduce_mean(ctx, node, a):
+    rank = len(ctx.shape(node.input[0]))
+    axes = axes_operand(ctx, node, a, 1, 18)
+    if axes is None or not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return ctx.set_alias(node.output[0], node.input[0])
+        axes = tuple(range(rank))
+    ctx.add("ReduceMean", node.input[:1], node.output[0],
+            dict(axes=tuple(ax % rank for ax in axes), keepdims=bool(a.get("keepdims", 1))))

@@ -1,0 +1,253 @@
+"""Write a lrptool Graph out as an ONNX model that onnxruntime runs with the same outputs.
+
+Each IR operator has one small exporter; parameters become float32 initializers and a free
+batch size becomes the symbolic dimension ``batch``.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from lrptool.errors import LrpToolError
+
+OPSET = 19
+EXPORTERS = {}
+
+
+def exporter(*ops):
+    def register(function):
+        for op in ops:
+            EXPORTERS[op] = function
+        return function
+    return register
+
+
+class OnnxBuilder:
+    def __init__(self, graph):
+        self.graph = graph
+        self.nodes = []
+        self.initializers = []
+        self.names = set()
+
+    def unique(self, base):
+        name, count = base, 1
+        while name in self.names:
+            count += 1
+            name = f"{base}_{count}"
+        self.names.add(name)
+        return name
+
+    def constant(self, base, value, dtype=np.float32):
+        name = self.unique(base)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def ints(self, base, values):
+        return self.constant(base, np.asarray(values, dtype=np.int64), np.int64)
+
+    def node(self, op_type, inputs, outputs, name, **attrs):
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.unique(name), **attrs))
+
+    def rank(self, node):
+        return len(self.graph.shapes[node.inputs[0]])
+
+
+def channel_shaped(vector, rank):
+    return np.asarray(vector).reshape((-1,) + (1,) * (rank - 2))
+
+
+@exporter("Conv", "ConvTranspose")
+def export_conv(b, node):
+    a = node.attrs
+    inputs = [node.inputs[0], b.constant(f"{node.name}.weight", node.params["weight"])]
+    if "bias" in node.params:
+        inputs.append(b.constant(f"{node.name}.bias", node.params["bias"]))
+    extra = {"output_padding": list(a["output_padding"])} if node.op == "ConvTranspose" else {}
+    b.node(node.op, inputs, node.outputs, node.name, kernel_shape=list(node.params["weight"].shape[2:]),
+           strides=list(a["strides"]), dilations=list(a["dilations"]), pads=list(a["pads"]), group=a["group"],
+           **extra)
+
+
+@exporter("Dense")
+def export_dense(b, node):
+    weight = node.params["weight"]
+    bias = node.params.get("bias")
+    if b.rank(node) == 2:
+        inputs = [node.inputs[0], b.constant(f"{node.name}.weight", weight)]
+        if bias is not None:
+            inputs.append(b.constant(f"{node.name}.bias", bias))
+        return b.node("Gemm", inputs, node.outputs, node.name, transB=1)
+    product = node.outputs[0] if bias is None else b.unique(f"{node.name}/product")
+    b.node("MatMul", [node.inputs[0], b.constant(f"{node.name}.weight_t", weight.T)], [product], node.name)
+    if bias is not None:
+        b.node("Add", [product, b.constant(f"{node.name}.bias", bias)], node.outputs, f"{node.name}/bias")
+
+
+@exporter("BatchNorm")
+def export_batchnorm(b, node):
+    inputs = [node.inputs[0]] + [b.constant(f"{node.name}.{k}", node.params[k]) for k in ("scale", "bias", "mean", "var")]
+    b.node("BatchNormalization", inputs, node.outputs, node.name, epsilon=node.attrs["epsilon"])
+
+
+@exporter("Scale", "Bias")
+def export_per_channel(b, node):
+    rank = b.rank(node)
+    current = node.inputs[0]
+    steps = [("Mul", "scale")] if node.op == "Scale" else []
+    if "bias" in node.params:
+        steps.append(("Add", "bias"))
+    for index, (op_type, key) in enumerate(steps):
+        out = node.outputs[0] if index == len(steps) - 1 else b.unique(f"{node.name}/scaled")
+        b.node(op_type, [current, b.constant(f"{node.name}.{key}", channel_shaped(node.params[key], rank))], [out],
+               node.name if index == 0 else f"{node.name}/{key}")
+        current = out
+
+
+@exporter("Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "Elu", "Selu", "HardSigmoid", "GlobalAveragePool",
+          "GlobalMaxPool", "Add", "Sub", "Mul", "Div", "Sum", "Transpose", "Concat", "Flatten")
+def export_same(b, node):
+    b.node(node.op, node.inputs, node.outputs, node.name, **{k: (list(v) if isinstance(v, tuple) else v)
+                                                               for k, v in node.attrs.items()})
+
+
+@exporter("PRelu")
+def export_prelu(b, node):
+    b.node("PRelu", [node.inputs[0], b.constant(f"{node.name}.slope", node.params["slope"])], node.outputs,
+           node.name)
+
+
+@exporter("Clip")
+def export_clip(b, node):
+    bounds = [b.constant(f"{node.name}.{k}", node.attrs[k]) if np.isfinite(node.attrs[k]) else ""
+              for k in ("min", "max")]
+    b.node("Clip", [node.inputs[0]] + bounds, node.outputs, node.name)
+
+
+@exporter("Softmax", "LogSoftmax")
+def export_softmax(b, node):
+    shape = b.graph.shapes[node.inputs[0]]
+    rank = len(shape)
+    axes = sorted(a % rank for a in node.attrs["axes"])
+    if len(axes) == 1:
+        return b.node(node.op, node.inputs, node.outputs, node.name, axis=axes[0])
+    if axes != list(range(axes[0], rank)):
+        raise LrpToolError(f"node {node.name!r} ({node.op}): axes {axes} have no ONNX form")
+    flat, normalised = b.unique(f"{node.name}/flat"), b.unique(f"{node.name}/normalised")
+    b.node("Reshape", [node.inputs[0], b.ints(f"{node.name}.flat_shape", [0] * axes[0] + [-1])], [flat],
+           f"{node.name}/flatten")
+    b.node(node.op, [flat], [normalised], node.name, axis=-1)
+    back = [0 if d is None else d for d in shape]
+    b.node("Reshape", [normalised, b.ints(f"{node.name}.shape", back)], node.outputs, f"{node.name}/restore")
+
+
+@exporter("MaxPool", "AveragePool")
+def export_pool(b, node):
+    a = node.attrs
+    extra = {"count_include_pad": int(a["count_include_pad"])} if node.op == "AveragePool" else {}
+    b.node(node.op, node.inputs, node.outputs, node.name, kernel_shape=list(a["kernel_shape"]),
+           strides=list(a["strides"]), dilations=list(a["dilations"]), pads=list(a["pads"]),
+           ceil_mode=int(a["ceil_mode"]), **extra)
+
+
+@exporter("LRN")
+def export_lrn(b, node):
+    a = node.attrs
+    b.node("LRN", node.inputs, node.outputs, node.name, size=a["size"], alpha=a["alpha"], beta=a["beta"],
+           bias=a["bias"])
+
+
+@exporter("ReduceMean")
+def export_reduce_mean(b, node):
+    b.node("ReduceMean", [node.inputs[0], b.ints(f"{node.name}.axes", node.attrs["axes"])], node.outputs,
+           node.name, keepdims=int(node.attrs["keepdims"]))
+
+
+@exporter("Constant")
+def export_constant(b, node):
+    b.names.add(node.outputs[0])
+    b.initializers.append(numpy_helper.from_array(node.params["value"].astype(np.float32), node.outputs[0]))
+
+
+@exporter("Split")
+def export_split(b, node):
+    b.node("Split", [node.inputs[0], b.ints(f"{node.name}.split", node.attrs["split"])], node.outputs, node.name,
+           axis=node.attrs["axis"])
+
+
+@exporter("Slice")
+def export_slice(b, node):
+    a = node.attrs
+    inputs = [node.inputs[0]] + [b.ints(f"{node.name}.{k}", a[k]) for k in ("starts", "ends", "axes", "steps")]
+    b.node("Slice", inputs, node.outputs, node.name)
+
+
+@exporter("Reshape")
+def export_reshape(b, node):
+    target = [0 if d is None else d for d in node.attrs["shape"]]
+    b.node("Reshape", [node.inputs[0], b.ints(f"{node.name}.shape", target)], node.outputs, node.name)
+
+
+@exporter("Squeeze", "Unsqueeze")
+def export_squeeze(b, node):
+    b.node(node.op, [node.inputs[0], b.ints(f"{node.name}.axes", node.attrs["axes"])], node.outputs, node.name)
+
+
+@exporter("Pad")
+def export_pad(b, node):
+    inputs = [node.inputs[0], b.ints(f"{node.name}.pads", node.attrs["pads"]),
+              b.constant(f"{node.name}.value", node.attrs["value"])]
+    b.node("Pad", inputs, node.outputs, node.name, mode="constant")
+
+
+@exporter("Upsample")
+def export_upsample(b, node):
+    scales = b.constant(f"{node.name}.scales", [1.0, 1.0] + [float(s) for s in node.attrs["scales"]])
+    b.node("Resize", [node.inputs[0], "", scales], node.outputs, node.name, mode="nearest",
+           coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
+def value_info(name, shape):
+    dims = ["batch" if d is None else int(d) for d in shape]
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+
+def graph_to_onnx(graph):
+    """The ONNX ``ModelProto`` for ``graph``."""
+    b = OnnxBuilder(graph)
+    b.names.update(graph.inputs)
+    for node in graph.nodes:
+        b.names.update(node.outputs)
+    for node in graph.nodes:
+        EXPORTERS[node.op](b, node)
+    outputs = []
+    for name in graph.outputs:
+        if name in graph.inputs or name in [o.name for o in outputs]:
+            copy = b.unique(f"{name}_output")
+            b.node("Identity", [name], [copy], f"{name}/identity")
+            name = copy
+        outputs.append(value_info(name, graph.shapes[graph.outputs[len(outputs)]]))
+    onnx_graph = helper.make_graph(b.nodes, graph.name or "lrptool", [value_info(n, s) for n, s in graph.inputs.items()],
+                                   outputs, initializer=b.initializers)
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lrptool")
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_onnx(graph, path):
+    """Write ``graph`` to ``path`` through a temporary file, so no half-written model is left behind."""
+    model = graph_to_onnx(graph)
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".lrptool-", suffix=".onnx.part", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(model.SerializeToString())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path

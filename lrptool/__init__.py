@@ -1,0 +1,3 @@
+"""lrptool: explain neural-network predictions with Layer-wise Relevance Propagation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""The ``lrptool`` command line. User mistakes end in one line on stderr and exit status 2."""
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import LrpToolError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lrptool")
+def cli():
+    """Explain neural-network predictions with Layer-wise Relevance Propagation."""
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+def inspect(model):
+    """Print the graph of MODEL: nodes, operators, shapes, parameter counts and totals."""
+    from converters import load_model
+    from .inspect import graph_summary
+
+    graph = load_model(model)
+    click.echo(graph_summary(graph, source=model))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+def convert(model, output):
+    """Convert MODEL to ONNX (written through a temporary file, then renamed)."""
+    from converters import load_model
+    from converters.onnx_writer import write_onnx
+
+    graph = load_model(model)
+    try:
+        write_onnx(graph, output)
+    except OSError as error:
+        raise LrpToolError(f"{output}: cannot write ({error.strerror or error})") from None
+    click.echo(f"wrote {output}: {len(graph.nodes)} nodes, {graph.parameter_count():,} parameters", err=True)
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="lrptool", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("lrptool: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except LrpToolError as error:
+        click.echo(f"lrptool: error: {error}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("lrptool: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

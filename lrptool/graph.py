@@ -1,0 +1,128 @@
+"""The lrptool graph IR.
+
+A ``Graph`` holds named inputs (with shapes, first entry ``None`` when the batch size is
+free), nodes in topological order and named outputs. Every node is an operator from the
+closed set in ``lrptool.ops`` with that operator's fixed attribute schema; parameter arrays
+(weights, biases, constants) belong to the nodes of the graph. Building a graph checks it:
+unknown operators or attributes, tensors used before they are made, and shapes that do not
+fit are refused with the node named.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import GraphError
+from .ops import OPERATORS, REQUIRED
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: list
+    outputs: list
+    attrs: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def operator(self):
+        return OPERATORS[self.op]
+
+    def parameter_count(self):
+        if self.op == "Constant":
+            return 0
+        return int(sum(p.size for p in self.params.values()))
+
+
+def normalize_node(node):
+    """Check a node against its operator's schema and fill in attribute defaults."""
+    where = f"node {node.name!r} ({node.op})"
+    if node.op not in OPERATORS:
+        raise GraphError(f"{where}: unknown operator; lrptool knows {', '.join(sorted(OPERATORS))}")
+    op = OPERATORS[node.op]
+    unknown = set(node.attrs) - set(op.attributes)
+    if unknown:
+        raise GraphError(f"{where}: unknown attribute(s) {sorted(unknown)}")
+    attrs = {}
+    for key, default in op.attributes.items():
+        if key in node.attrs:
+            value = node.attrs[key]
+            attrs[key] = tuple(value) if isinstance(value, list) else value
+        elif default is REQUIRED:
+            raise GraphError(f"{where}: missing attribute {key!r}")
+        else:
+            attrs[key] = default
+    node.attrs = attrs
+    extra = set(node.params) - set(op.params)
+    missing = set(op.params) - set(op.optional_params) - set(node.params)
+    if extra or missing:
+        raise GraphError(f"{where}: parameters {sorted(node.params)} do not match {list(op.params)}")
+    for key, value in node.params.items():
+        if not isinstance(value, np.ndarray):
+            raise GraphError(f"{where}: parameter {key!r} is not a NumPy array")
+    if op.num_inputs is not None and len(node.inputs) != op.num_inputs:
+        raise GraphError(f"{where}: takes {op.num_inputs} input(s), got {len(node.inputs)}")
+    if op.num_inputs is None and not node.inputs:
+        raise GraphError(f"{where}: needs at least one input")
+    if len(node.outputs) != op.num_outputs(node):
+        raise GraphError(f"{where}: makes {op.num_outputs(node)} output(s), got {len(node.outputs)}")
+    return node
+
+
+class Graph:
+    """A checked, shape-inferred graph. ``shapes`` maps every tensor name to its shape."""
+
+    def __init__(self, inputs, nodes, outputs, name="graph"):
+        self.name = name
+        self.inputs = {k: tuple(v) for k, v in inputs.items()}
+        self.nodes = list(nodes)
+        self.outputs = list(outputs)
+        self.shapes = {}
+        self._check()
+
+    def _check(self):
+        shapes = dict(self.inputs)
+        for input_name, shape in self.inputs.items():
+            if any(d is not None and (not isinstance(d, (int, np.integer)) or d < 0) for d in shape) \
+                    or None in shape[1:]:
+                raise GraphError(f"input {input_name!r}: bad shape {shape}")
+        seen = set()
+        for node in self.nodes:
+            if node.name in seen:
+                raise GraphError(f"node {node.name!r} ({node.op}): the name is used twice")
+            seen.add(node.name)
+            normalize_node(node)
+            for tensor in node.inputs:
+                if tensor not in shapes:
+                    raise GraphError(f"node {node.name!r} ({node.op}): input {tensor!r} is not made by an "
+                                     "earlier node or a graph input")
+            out_shapes = node.operator.infer(node, [shapes[t] for t in node.inputs])
+            for tensor, shape in zip(node.outputs, out_shapes):
+                if tensor in shapes:
+                    raise GraphError(f"node {node.name!r} ({node.op}): output {tensor!r} is made twice")
+                shapes[tensor] = tuple(int(d) if d is not None else None for d in shape)
+        for tensor in self.outputs:
+            if tensor not in shapes:
+                raise GraphError(f"graph output {tensor!r} is not made by any node")
+        self.shapes = shapes
+
+    @property
+    def batch_free(self):
+        return all(shape[:1] == (None,) for shape in self.inputs.values())
+
+    def parameter_count(self):
+        return sum(node.parameter_count() for node in self.nodes)
+
+    def producers(self):
+        return {t: node for node in self.nodes for t in node.outputs}
+
+    def consumers(self):
+        users = {}
+        for node in self.nodes:
+            for t in node.inputs:
+                users.setdefault(t, []).append(node)
+        return users
+
+    def __repr__(self):
+        return f"<Graph {self.name!r}: {len(self.nodes)} nodes, inputs {self.inputs}, outputs {self.outputs}>"

@@ -1,0 +1,101 @@
+"""The command line: inspect and convert, and one-line errors (exit status 2) for bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper
+
+from converters import load_model
+from lrptool.executor import run_graph
+
+from conftest import shared_models
+
+
+def lrptool(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lrptool.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("lrptool: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def tiny_model(path, op="Relu"):
+    nodes = [helper.make_node(op, ["x"], ["y"], name="only")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(lrptool("inspect", tmp_path / "nope.onnx"), "nope.onnx", "no such file")
+
+
+def test_truncated_model(tmp_path):
+    source = shared_models() / "onnx" / "mnist-zoo-opset8" / "mnist.onnx"
+    data = source.read_bytes()
+    broken = tmp_path / "truncated.onnx"
+    broken.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(lrptool("inspect", broken), "truncated.onnx")
+
+
+def test_corrupt_model(tmp_path):
+    broken = tmp_path / "garbage.onnx"
+    broken.write_bytes(bytes(range(256)) * 8)
+    assert_one_line_error(lrptool("convert", broken, "-o", tmp_path / "out.onnx"), "garbage.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_unsupported_operator(tmp_path):
+    path = tiny_model(tmp_path / "softplus.onnx", op="Softplus")
+    assert_one_line_error(lrptool("inspect", path), "softplus.onnx", "only (Softplus")
+
+
+def test_inspect_prints_nodes_shapes_and_totals():
+    model = shared_models() / "onnx" / "mnist-zoo-opset8" / "mnist.onnx"
+    result = lrptool("inspect", model)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Convolution28" in out and "(N, 1, 28, 28)" in out and "(N, 8, 28, 28)" in out
+    graph = load_model(model)
+    # the zoo MNIST has 8·1·5·5 + 8 + 16·8·5·5 + 16 + 256·10 + 10 parameters
+    assert graph.parameter_count() == 8 * 25 + 8 + 16 * 8 * 25 + 16 + 2560 + 10
+    assert f"total: {len(graph.nodes)} nodes, {graph.parameter_count():,} parameters" in out
+
+
+def test_convert_writes_a_model_onnxruntime_runs(tmp_path):
+    model = shared_models() / "onnx" / "mnist-zoo-opset8" / "mnist.onnx"
+    out = tmp_path / "sub" / "mnist.onnx"
+    out.parent.mkdir()
+    result = lrptool("convert", model, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["mnist.onnx"]  # no temporary left behind
+    batch = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
+    (written,) = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"Input3": batch})
+    (original,) = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
+        None, {"Input3": batch[:1]})
+    np.testing.assert_allclose(written[:1], original, rtol=1e-4, atol=1e-5)
+    (ours,) = run_graph(load_model(model), batch).values()
+    np.testing.assert_allclose(written, ours, rtol=1e-4, atol=1e-5)
+
+
+def test_convert_to_unwritable_place(tmp_path):
+    path = tiny_model(tmp_path / "relu.onnx")
+    assert_one_line_error(lrptool("convert", path, "-o", tmp_path / "missing-dir" / "out.onnx"), "out.onnx")
+
+
+@pytest.mark.parametrize("argument", ["--help", "--version"])
+def test_help_and_version(argument):
+    result = lrptool(argument)
+    assert result.returncode == 0 and result.stdout
