@@ -5,9 +5,16 @@ products go through BLAS via ``np.matmul``. The output dtype follows the
 input dtype (float32 or float64).
 """
 
-import numba
-import numpy as np
-from numba import prange
+import os
+import threading
+
+# Idle OpenMP workers that spin steal the cores BLAS needs between two kernels; must be set
+# before Numba starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import prange  # noqa: E402
 
 __all__ = [
     "conv_output_size",
@@ -22,9 +29,24 @@ __all__ = [
     "max_pool2d_route",
 ]
 
-# Upper bound for one im2col buffer; larger batches are processed in chunks
-# so that e.g. VGG-16 at 224x224, batch 8 does not allocate gigabytes at once.
-_COLS_BUDGET_BYTES = 256 * 1024 * 1024
+# Upper bound for one im2col buffer; larger batches are processed in chunks.
+# The buffer is reused from call to call: touching freshly allocated pages
+# costs more than the unfolding itself.
+_COLS_BUDGET_BYTES = 32 * 1024 * 1024
+
+_workspaces = threading.local()
+
+
+def _scratch(shape, dtype):
+    """A reusable per-thread buffer of ``shape``; valid until the next call in this thread."""
+    size = int(np.prod(shape))
+    key = np.dtype(dtype).str
+    pool = _workspaces.__dict__.setdefault("buffers", {})
+    buffer = pool.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(max(size, 1), dtype=dtype)
+        pool[key] = buffer
+    return buffer[:size].reshape(shape)
 
 
 # ---------------------------------------------------------------------------
@@ -51,10 +73,9 @@ def _valid_range(n, step, off, size):
 
 
 @numba.njit(cache=True, parallel=True)
-def _im2col_kernel(x, kh, kw, sh, sw, dh, dw, top, left, OH, OW):
+def _im2col_kernel(x, kh, kw, sh, sw, dh, dw, top, left, OH, OW, cols):
     N, C, H, W = x.shape
     K = kh * kw
-    cols = np.empty((N, C * K, OH * OW), dtype=x.dtype)
     zero = x.dtype.type(0)
     for p in prange(N * C):
         n = p // C
@@ -103,102 +124,102 @@ def _col2im_kernel(cols, C, H, W, kh, kw, sh, sw, dh, dw, top, left, OH, OW):
 
 
 @numba.njit(cache=True, parallel=True)
-def _max_pool_kernel(x, kh, kw, sh, sw, dh, dw, top, left, OH, OW):
+def _max_pool_kernel(x, i_lo, i_hi, j_lo, j_hi, sh, sw, dh, dw, top, left, OH, OW, with_argmax):
     N, C, H, W = x.shape
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    am = np.empty((N, C, OH, OW), dtype=np.int64)
+    am = np.empty((N, C, OH, OW) if with_argmax else (0, 0, 0, 0), dtype=np.int64)
     for p in prange(N * C):
         n = p // C
         c = p - n * C
+        plane = x[n, c]
         for oh in range(OH):
             h0 = oh * sh - top
-            i_lo, i_hi = _valid_range(kh, dh, h0, H)
             for ow in range(OW):
                 w0 = ow * sw - left
-                j_lo, j_hi = _valid_range(kw, dw, w0, W)
                 best = x.dtype.type(0)
                 arg = -1
-                for i in range(i_lo, i_hi):
+                for i in range(i_lo[oh], i_hi[oh]):
                     h = h0 + i * dh
-                    for j in range(j_lo, j_hi):
-                        w = w0 + j * dw
-                        v = x[n, c, h, w]
+                    for j in range(j_lo[ow], j_hi[ow]):
+                        v = plane[h, w0 + j * dw]
                         # strict '>' keeps the first maximum in tap order
                         if arg < 0 or v > best:
                             best = v
-                            arg = h * W + w
+                            arg = h * W + w0 + j * dw
                 y[n, c, oh, ow] = best
-                am[n, c, oh, ow] = arg
+                if with_argmax:
+                    am[n, c, oh, ow] = arg
     return y, am
 
 
-@numba.njit(cache=True)
-def _avg_divisor(oh, ow, H, W, kh, kw, sh, sw, dh, dw, top, left, bottom, right,
-                 count_include_pad):
-    if count_include_pad:
-        # taps inside the padded extent [-top, H+bottom) x [-left, W+right)
-        i_lo, i_hi = _valid_range(kh, dh, oh * sh, H + top + bottom)
-        j_lo, j_hi = _valid_range(kw, dw, ow * sw, W + left + right)
-    else:
-        i_lo, i_hi = _valid_range(kh, dh, oh * sh - top, H)
-        j_lo, j_hi = _valid_range(kw, dw, ow * sw - left, W)
-    return (i_hi - i_lo) * (j_hi - j_lo)
-
-
 @numba.njit(cache=True, parallel=True)
-def _avg_pool_kernel(x, kh, kw, sh, sw, dh, dw, top, left, bottom, right,
-                     OH, OW, count_include_pad):
+def _avg_pool_kernel(x, i_lo, i_hi, j_lo, j_hi, sh, sw, dh, dw, top, left, inverse_divisor):
     N, C, H, W = x.shape
+    OH, OW = inverse_divisor.shape
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     for p in prange(N * C):
         n = p // C
         c = p - n * C
+        plane = x[n, c]
         for oh in range(OH):
             h0 = oh * sh - top
-            i_lo, i_hi = _valid_range(kh, dh, h0, H)
             for ow in range(OW):
                 w0 = ow * sw - left
-                j_lo, j_hi = _valid_range(kw, dw, w0, W)
                 s = x.dtype.type(0)
-                for i in range(i_lo, i_hi):
+                for i in range(i_lo[oh], i_hi[oh]):
                     h = h0 + i * dh
-                    for j in range(j_lo, j_hi):
-                        s += x[n, c, h, w0 + j * dw]
-                d = _avg_divisor(oh, ow, H, W, kh, kw, sh, sw, dh, dw,
-                                 top, left, bottom, right, count_include_pad)
-                if d > 0:
-                    y[n, c, oh, ow] = s / d
-                else:
-                    y[n, c, oh, ow] = 0
+                    for j in range(j_lo[ow], j_hi[ow]):
+                        s += plane[h, w0 + j * dw]
+                y[n, c, oh, ow] = s * inverse_divisor[oh, ow]
     return y
 
 
 @numba.njit(cache=True, parallel=True)
-def _avg_pool_t_kernel(g, C, H, W, kh, kw, sh, sw, dh, dw, top, left, bottom,
-                       right, count_include_pad):
-    N = g.shape[0]
-    OH = g.shape[2]
-    OW = g.shape[3]
+def _avg_pool_t_kernel(g, H, W, i_lo, i_hi, j_lo, j_hi, sh, sw, dh, dw, top, left, inverse_divisor):
+    N, C, OH, OW = g.shape
     x = np.zeros((N, C, H, W), dtype=g.dtype)
     for p in prange(N * C):
         n = p // C
         c = p - n * C
+        plane = x[n, c]
         for oh in range(OH):
             h0 = oh * sh - top
-            i_lo, i_hi = _valid_range(kh, dh, h0, H)
             for ow in range(OW):
                 w0 = ow * sw - left
-                j_lo, j_hi = _valid_range(kw, dw, w0, W)
-                d = _avg_divisor(oh, ow, H, W, kh, kw, sh, sw, dh, dw,
-                                 top, left, bottom, right, count_include_pad)
-                if d <= 0:
-                    continue
-                v = g[n, c, oh, ow] / d
-                for i in range(i_lo, i_hi):
+                v = g[n, c, oh, ow] * inverse_divisor[oh, ow]
+                for i in range(i_lo[oh], i_hi[oh]):
                     h = h0 + i * dh
-                    for j in range(j_lo, j_hi):
-                        x[n, c, h, w0 + j * dw] += v
+                    for j in range(j_lo[ow], j_hi[ow]):
+                        plane[h, w0 + j * dw] += v
     return x
+
+
+def _tap_ranges(n_out, kernel, stride, dilation, offset, size):
+    """Per output index o, the taps k in [lo, hi) with 0 <= o*stride + offset + k*dilation < size."""
+    starts = np.arange(n_out, dtype=np.int64) * stride + offset
+    lo = np.where(starts >= 0, 0, (-starts + dilation - 1) // dilation)
+    room = size - 1 - starts
+    hi = np.where(room < 0, 0, np.minimum(kernel, room // dilation + 1))
+    return lo, np.maximum(hi, lo)
+
+
+def _pool_geometry(H, W, kernel, strides, dilations, pads, OH, OW):
+    (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = kernel, strides, dilations, pads
+    i_lo, i_hi = _tap_ranges(OH, kh, sh, dh, -top, H)
+    j_lo, j_hi = _tap_ranges(OW, kw, sw, dw, -left, W)
+    return i_lo, i_hi, j_lo, j_hi
+
+
+def _inverse_divisor(H, W, kernel, strides, dilations, pads, OH, OW, count_include_pad, dtype):
+    (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = kernel, strides, dilations, pads
+    if count_include_pad:
+        # taps inside the padded extent [-top, H+bottom) x [-left, W+right)
+        i_lo, i_hi = _tap_ranges(OH, kh, sh, dh, 0, H + top + bottom)
+        j_lo, j_hi = _tap_ranges(OW, kw, sw, dw, 0, W + left + right)
+    else:
+        i_lo, i_hi, j_lo, j_hi = _pool_geometry(H, W, kernel, strides, dilations, pads, OH, OW)
+    count = np.outer(i_hi - i_lo, j_hi - j_lo).astype(np.float64)
+    return np.where(count > 0, 1.0 / np.maximum(count, 1), 0.0).astype(dtype)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -283,8 +304,9 @@ def im2col(x, kernel, strides, dilations, pads):
     x = _float_array(x)
     kernel, strides, dilations, pads = _check_geometry(kernel, strides, dilations, pads)
     OH, OW = _out_hw(x.shape[2], x.shape[3], kernel, strides, dilations, pads)
+    cols = np.empty((x.shape[0], x.shape[1] * kernel[0] * kernel[1], OH * OW), dtype=x.dtype)
     return _im2col_kernel(x, kernel[0], kernel[1], strides[0], strides[1],
-                          dilations[0], dilations[1], pads[0], pads[1], OH, OW)
+                          dilations[0], dilations[1], pads[0], pads[1], OH, OW, cols)
 
 
 def _col2im_raw(cols, input_shape, kernel, strides, dilations, pads, OH, OW):
@@ -325,14 +347,14 @@ def conv2d(x, weight, bias, strides, dilations, pads, group=1):
     step = _chunk(N, C * kh * kw * L * dtype.itemsize)
     for n0 in range(0, N, step):
         xs = x[n0:n0 + step]
+        n = xs.shape[0]
         if pointwise:
-            cols = xs.reshape(xs.shape[0], C, L)
+            cols = xs.reshape(n, C, L)
         else:
-            cols = _im2col_kernel(xs, kh, kw, strides[0], strides[1],
-                                  dilations[0], dilations[1], pads[0], pads[1], OH, OW)
+            cols = _im2col_kernel(xs, kh, kw, strides[0], strides[1], dilations[0], dilations[1], pads[0],
+                                  pads[1], OH, OW, _scratch((n, C * kh * kw, L), dtype))
         # group rows are contiguous in cols, so one batched matmul covers all groups
-        out = np.matmul(wg, cols.reshape(xs.shape[0], G, K, L))
-        y[n0:n0 + step] = out.reshape(xs.shape[0], O, OH, OW)
+        np.matmul(wg, cols.reshape(n, G, K, L), out=y[n0:n0 + step].reshape(n, G, Og, L))
     if bias is not None:
         y += np.asarray(bias, dtype=dtype).reshape(1, O, 1, 1)
     return y
@@ -352,7 +374,9 @@ def _conv_t_core(g, weight, out_shape, kernel, strides, dilations, pads, group):
     for n0 in range(0, N, step):
         gs = g[n0:n0 + step]
         n = gs.shape[0]
-        cols = np.matmul(wt, gs.reshape(n, G, Og, L)).reshape(n, C * kh * kw, L)
+        cols = _scratch((n, G, K, L), g.dtype)
+        np.matmul(wt, gs.reshape(n, G, Og, L), out=cols)
+        cols = cols.reshape(n, C * kh * kw, L)
         if pointwise and (OH, OW) == (H, W):
             x[n0:n0 + step] = cols.reshape(n, C, H, W)
         else:
@@ -410,16 +434,18 @@ def conv_transpose2d(x, weight, bias, strides, dilations, pads, output_padding=(
     return y
 
 
-def max_pool2d(x, kernel, strides, dilations, pads, out_hw):
+def max_pool2d(x, kernel, strides, dilations, pads, out_hw, with_argmax=True):
     """Max pooling; returns (y, argmax) with argmax = h*W + w in the (n, c) plane.
 
-    Taps outside the input are ignored; a window with no valid tap gives 0 and -1.
+    Taps outside the input are ignored; a window with no valid tap gives 0 and -1. Without
+    ``with_argmax`` the second result is an empty array (the forward pass needs no winners).
     """
     x = _float_array(x)
     kernel, strides, dilations, pads = _check_geometry(kernel, strides, dilations, pads)
     OH, OW = _ints(out_hw, 2, "out_hw")
-    return _max_pool_kernel(x, kernel[0], kernel[1], strides[0], strides[1],
-                            dilations[0], dilations[1], pads[0], pads[1], OH, OW)
+    ranges = _pool_geometry(x.shape[2], x.shape[3], kernel, strides, dilations, pads, OH, OW)
+    return _max_pool_kernel(x, *ranges, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
+                            OH, OW, bool(with_argmax))
 
 
 def avg_pool2d(x, kernel, strides, dilations, pads, out_hw, count_include_pad=False):
@@ -427,9 +453,11 @@ def avg_pool2d(x, kernel, strides, dilations, pads, out_hw, count_include_pad=Fa
     x = _float_array(x)
     kernel, strides, dilations, pads = _check_geometry(kernel, strides, dilations, pads)
     OH, OW = _ints(out_hw, 2, "out_hw")
-    return _avg_pool_kernel(x, kernel[0], kernel[1], strides[0], strides[1],
-                            dilations[0], dilations[1], pads[0], pads[1], pads[2], pads[3],
-                            OH, OW, bool(count_include_pad))
+    H, W = x.shape[2:]
+    ranges = _pool_geometry(H, W, kernel, strides, dilations, pads, OH, OW)
+    inverse = _inverse_divisor(H, W, kernel, strides, dilations, pads, OH, OW, count_include_pad, x.dtype)
+    return _avg_pool_kernel(x, *ranges, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
+                            inverse)
 
 
 def avg_pool2d_transpose(g, input_shape, kernel, strides, dilations, pads,
@@ -440,9 +468,11 @@ def avg_pool2d_transpose(g, input_shape, kernel, strides, dilations, pads,
     if g.shape[:2] != (N, C):
         raise ValueError(f"g shape {g.shape} does not match input_shape {input_shape}")
     kernel, strides, dilations, pads = _check_geometry(kernel, strides, dilations, pads)
-    return _avg_pool_t_kernel(g, C, H, W, kernel[0], kernel[1], strides[0], strides[1],
-                              dilations[0], dilations[1], pads[0], pads[1], pads[2], pads[3],
-                              bool(count_include_pad))
+    OH, OW = g.shape[2:]
+    ranges = _pool_geometry(H, W, kernel, strides, dilations, pads, OH, OW)
+    inverse = _inverse_divisor(H, W, kernel, strides, dilations, pads, OH, OW, count_include_pad, g.dtype)
+    return _avg_pool_t_kernel(g, H, W, *ranges, strides[0], strides[1], dilations[0], dilations[1], pads[0],
+                              pads[1], inverse)
 
 
 def max_pool2d_route(g, argmax, input_shape):

@@ -61,7 +61,7 @@ class WindowPool(Operator):
 @register
 class MaxPool(WindowPool):
     def pool(self, node, x, kernel, strides, dilations, pads, out_hw):
-        return kernels.max_pool2d(x, kernel, strides, dilations, pads, out_hw)[0]
+        return kernels.max_pool2d(x, kernel, strides, dilations, pads, out_hw, with_argmax=False)[0]
 
 
 @register
