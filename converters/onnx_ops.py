@@ -98,8 +98,8 @@ def convert_conv_transpose(ctx, node, a):
                 output_padding[i] -= total
                 total = 0
             small, large = total // 2, total - total // 2
-            upper = auto_pad != "SAME_LOWER"
-            pads[i], pads[rank + i] = (small, large) if upper else (large, small)
+            # the ONNX rule: only SAME_UPPER puts the smaller half first
+            pads[i], pads[rank + i] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
     elif auto_pad == "VALID":
         pads = [0] * (2 * rank)
     ctx.add("ConvTranspose", node.input[:1], node.output[0],
