@@ -1,0 +1,150 @@
+"""Explaining predictions: LRP presets and rule maps, Deep Taylor, and the gradient baselines.
+
+``Explainer`` prepares a graph once (canonization, rule assignment) and explains batches;
+``lrptool.explain`` is the one-call form.
+"""
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LrpToolError
+from .canonize import canonize
+from .engine import Conservation, ReverseWalk, make_walk
+from .presets import PRESET_NAMES, assign_rules, rule_map_from_spec
+
+GRADIENT_METHODS = ("gradient", "sensitivity", "gradient-x-input", "smoothgrad", "integrated-gradients",
+                    "guided-backprop", "deconvnet", "random")
+METHODS = PRESET_NAMES + GRADIENT_METHODS
+
+
+@dataclass
+class Explanation:
+    relevance: np.ndarray          # same shape as the input batch
+    targets: np.ndarray            # explained output index per sample
+    scores: np.ndarray             # the explained output value per sample
+    outputs: np.ndarray            # the whole output batch (logits)
+    report: Conservation = None    # LRP methods: relevance bookkeeping
+    layers: dict = None            # every tensor's relevance, when asked for
+
+
+def select_targets(scores, target):
+    """Output index per sample: ``"pred"`` (largest output), an int, or one int per sample."""
+    flat = scores.reshape(scores.shape[0], -1)
+    if target is None or (isinstance(target, str) and target == "pred"):
+        return np.argmax(flat, axis=1)
+    targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (flat.shape[0],)).copy()
+    predicted = np.argmax(flat, axis=1)
+    targets = np.where(targets < 0, predicted, targets)  # -1 means "the predicted class"
+    if np.any(targets >= flat.shape[1]):
+        raise LrpToolError(f"target {int(targets.max())} is out of range: the model has {flat.shape[1]} outputs")
+    return targets
+
+
+def top_k_targets(scores, k):
+    """The k largest outputs per sample, best first: an array (k, N)."""
+    flat = scores.reshape(scores.shape[0], -1)
+    return np.argsort(-flat, axis=1, kind="stable")[:, :k].T
+
+
+class Explainer:
+    """Explain a graph's predictions with one method.
+
+    ``method``: a preset name (``epsilon-plus-flat``, …), a rule map (see ``presets``), or one of
+    the gradient baselines. ``bounds=(low, high)``: the input's value range for zᴮ rules (scalars or
+    per-channel arrays broadcastable to one input). ``start``: ``"value"`` (the explained output's
+    value; the default for LRP) or ``"one"`` (the default for the gradient methods).
+    """
+
+    def __init__(self, graph, method="epsilon-plus-flat", bounds=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
+                 maxpool="winner", dtype=np.float32, start=None, samples=32, noise=0.1, steps=64, seed=0,
+                 quiet=False):
+        self.original = graph
+        self.graph, self.canonization = canonize(graph)
+        if self.canonization["softmax_removed"] and not quiet:
+            print("lrptool: the output softmax is left out: logits are explained", file=sys.stderr)
+        if len(self.graph.outputs) != 1:
+            raise LrpToolError(f"the model has {len(self.graph.outputs)} outputs; lrptool explains one")
+        self.method = method
+        self.dtype = np.dtype(dtype)
+        self.start = start
+        self.samples, self.noise, self.steps = samples, noise, steps
+        self.rng = np.random.default_rng(seed)
+        self.bounds = None if bounds is None else tuple(np.asarray(b, dtype=self.dtype) for b in bounds)
+        self.output = self.graph.outputs[0]
+        if method in GRADIENT_METHODS:
+            policy = {"guided-backprop": "guided", "deconvnet": "deconvnet"}.get(method, "gradient")
+            self.walk = ReverseWalk(self.graph, mode="gradient", relu_policy=policy, dtype=self.dtype)
+            self.rules = {}
+        else:
+            rule_map = rule_map_from_spec(method, epsilon, stabiliser, gamma)
+            self.rules = assign_rules(self.graph, rule_map)
+            self.walk = ReverseWalk(self.graph, mode="lrp", rules=self.rules, bounds=self.bounds, maxpool=maxpool,
+                                    stabiliser=stabiliser, dtype=self.dtype)
+            if any(r.name == "zbox" for r in self.rules.values()) and self.bounds is None:
+                raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
+
+    def seed_for(self, outputs, targets):
+        flat = outputs.reshape(outputs.shape[0], -1)
+        seed = np.zeros_like(flat)
+        rows = np.arange(flat.shape[0])
+        start = self.start or ("one" if self.method in GRADIENT_METHODS else "value")
+        seed[rows, targets] = flat[rows, targets] if start == "value" else 1.0
+        return seed.reshape(outputs.shape)
+
+    def explain(self, x, target="pred", layers=False):
+        x = np.asarray(x, dtype=self.dtype)
+        input_name = next(iter(self.graph.inputs))
+        values = self.walk.forward(x)
+        outputs = values[self.output]
+        targets = select_targets(outputs, target)
+        scores = outputs.reshape(outputs.shape[0], -1)[np.arange(len(targets)), targets]
+        self.walk.keep_layers = layers
+        if self.method in GRADIENT_METHODS:
+            relevance = self.gradient_method(x, values, targets)
+            return Explanation(relevance, targets, scores, outputs)
+        result, report = self.walk.run(values, {self.output: self.seed_for(outputs, targets)})
+        relevance = result[input_name]
+        return Explanation(relevance, targets, scores, outputs, report, result if layers else None)
+
+    def gradient(self, x, targets, values=None):
+        values = values if values is not None else self.walk.forward(x)
+        outputs = values[self.output]
+        result, _ = self.walk.run(values, {self.output: self.seed_for(outputs, targets)})
+        return result[next(iter(self.graph.inputs))]
+
+    def gradient_method(self, x, values, targets):
+        method = self.method
+        if method == "random":
+            return self.rng.standard_normal(x.shape).astype(self.dtype)
+        if method in ("gradient", "guided-backprop", "deconvnet"):
+            return self.gradient(x, targets, values)
+        if method == "sensitivity":
+            return self.gradient(x, targets, values) ** 2
+        if method == "gradient-x-input":
+            return self.gradient(x, targets, values) * x
+        if method == "smoothgrad":
+            spread = self.noise * (np.max(x, axis=tuple(range(1, x.ndim)), keepdims=True)
+                                   - np.min(x, axis=tuple(range(1, x.ndim)), keepdims=True))
+            total = np.zeros_like(x)
+            for _ in range(self.samples):
+                noisy = x + self.rng.standard_normal(x.shape).astype(self.dtype) * spread
+                total += self.gradient(noisy, targets)
+            return total / self.samples
+        if method == "integrated-gradients":
+            # from the zero baseline to x, both ends included
+            total = np.zeros_like(x)
+            for alpha in np.linspace(0.0, 1.0, self.steps):
+                total += self.gradient(x * self.dtype.type(alpha), targets)
+            return x * total / self.steps
+        raise LrpToolError(f"unknown method {method!r}")
+
+
+def explain(graph, x, method="epsilon-plus-flat", target="pred", layers=False, **options):
+    """Explain ``x`` (a batch) with ``method``; see ``Explainer`` for the options."""
+    return Explainer(graph, method, **options).explain(x, target=target, layers=layers)
+
+
+__all__ = ["Explainer", "Explanation", "explain", "METHODS", "PRESET_NAMES", "GRADIENT_METHODS", "top_k_targets",
+           "select_targets", "make_walk"]

@@ -1,0 +1,160 @@
+"""Named presets (composites) and custom rule maps: which rule each linear node gets.
+
+A rule map is an ordered list of (selector, rule) pairs; the first selector that matches a node
+decides. Selectors: an operator category (``conv``, ``dense``, ``linear``, ``avgpool``,
+``batchnorm``), a position (``first`` / ``last`` linear layer), an operator name (``op:Conv``) or
+a node-name pattern (``name:features.*``, shell-style).
+"""
+
+import fnmatch
+import json
+import os
+
+from ..errors import LrpToolError
+from . import rules as R
+
+CATEGORIES = {
+    "conv": {"Conv", "ConvTranspose"},
+    "dense": {"Dense"},
+    "avgpool": {"AveragePool", "GlobalAveragePool", "ReduceMean"},
+    "batchnorm": {"BatchNorm", "Scale", "Bias"},
+}
+CATEGORIES["linear"] = CATEGORIES["conv"] | CATEGORIES["dense"]
+RULE_OPERATORS = set().union(*CATEGORIES.values())
+
+
+def base_map(stabiliser):
+    # as in Zennit's composites: averages split proportionally, unfolded normalisation passes
+    return [("avgpool", R.norm_rule(stabiliser)), ("batchnorm", R.PassRule())]
+
+
+def make_preset(name, epsilon=1e-6, stabiliser=1e-6, gamma=0.25):
+    eps = R.epsilon_rule(epsilon)
+    presets = {
+        "epsilon": [("linear", eps)],
+        "zero": [("linear", R.zero_rule())],
+        "epsilon-plus": [("conv", R.zplus_rule(stabiliser)), ("dense", eps)],
+        "epsilon-plus-flat": [("first", R.flat_rule(stabiliser)), ("conv", R.zplus_rule(stabiliser)),
+                              ("dense", eps)],
+        "epsilon-gamma-box": [("first-conv", R.zbox_rule(stabiliser)), ("conv", R.gamma_rule(gamma, stabiliser)),
+                              ("dense", eps)],
+        "epsilon-alpha2-beta1": [("conv", R.alpha_beta_rule(2, 1, stabiliser)), ("dense", eps)],
+        "epsilon-alpha2-beta1-flat": [("first", R.flat_rule(stabiliser)),
+                                      ("conv", R.alpha_beta_rule(2, 1, stabiliser)), ("dense", eps)],
+        "alpha1-beta0": [("linear", R.alpha_beta_rule(1, 0, stabiliser))],
+        "alpha2-beta1": [("linear", R.alpha_beta_rule(2, 1, stabiliser))],
+        "deep-taylor": [("linear", R.zplus_rule(stabiliser))],
+        "deep-taylor-bounded": [("first", R.zbox_rule(stabiliser)), ("linear", R.zplus_rule(stabiliser))],
+        "preset-a": [("conv", R.alpha_beta_rule(1, 0, stabiliser)), ("dense", R.epsilon_rule(0.1))],
+        "preset-a-flat": [("first", R.flat_rule(stabiliser)), ("conv", R.alpha_beta_rule(1, 0, stabiliser)),
+                          ("dense", R.epsilon_rule(0.1))],
+        "preset-b": [("conv", R.alpha_beta_rule(2, 1, stabiliser)), ("dense", R.epsilon_rule(0.1))],
+        "preset-b-flat": [("first", R.flat_rule(stabiliser)), ("conv", R.alpha_beta_rule(2, 1, stabiliser)),
+                          ("dense", R.epsilon_rule(0.1))],
+    }
+    if name not in presets:
+        raise LrpToolError(f"unknown preset {name!r}; presets: {', '.join(PRESET_NAMES)}")
+    return presets[name] + base_map(stabiliser)
+
+
+PRESET_NAMES = ("epsilon", "zero", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
+                "epsilon-alpha2-beta1-flat", "alpha1-beta0", "alpha2-beta1", "deep-taylor", "deep-taylor-bounded",
+                "preset-a", "preset-a-flat", "preset-b", "preset-b-flat")
+
+
+def parse_rule(text, default_stabiliser=1e-6):
+    """``epsilon``, ``epsilon:0.25``, ``gamma:0.25``, ``alpha-beta:2:1``, ``zplus``, ``zbox``, ``flat``,
+    ``wsquare``, ``zero``, ``pass``, ``norm``; a ``-nobias`` suffix leaves biases out."""
+    name, *args = text.strip().split(":")
+    bias = not name.endswith("-nobias")
+    name = name.removesuffix("-nobias")
+    try:
+        values = [float(a) for a in args]
+    except ValueError:
+        raise LrpToolError(f"rule {text!r}: parameters must be numbers") from None
+    makers = {
+        "epsilon": lambda e=1e-6: R.epsilon_rule(e, bias),
+        "zero": lambda: R.zero_rule(bias),
+        "gamma": lambda g=0.25: R.gamma_rule(g, default_stabiliser, bias),
+        "alpha-beta": lambda a=2.0, b=1.0: R.alpha_beta_rule(a, b, default_stabiliser, bias),
+        "zplus": lambda: R.zplus_rule(default_stabiliser, bias),
+        "zbox": lambda: R.zbox_rule(default_stabiliser),
+        "flat": lambda: R.flat_rule(default_stabiliser),
+        "wsquare": lambda: R.wsquare_rule(default_stabiliser, bias),
+        "pass": R.PassRule,
+        "norm": lambda: R.norm_rule(default_stabiliser),
+    }
+    if name not in makers:
+        raise LrpToolError(f"unknown rule {name!r}; rules: {', '.join(makers)}")
+    try:
+        return makers[name](*values)
+    except TypeError:
+        raise LrpToolError(f"rule {text!r}: wrong number of parameters") from None
+
+
+def linear_nodes(graph):
+    return [n for n in graph.nodes if n.op in CATEGORIES["linear"]]
+
+
+def matches(selector, node, graph, positions):
+    if selector in CATEGORIES:
+        return node.op in CATEGORIES[selector]
+    if selector == "first":
+        return node.name == positions.get("first")
+    if selector == "first-conv":
+        return node.name == positions.get("first-conv")
+    if selector == "last":
+        return node.name == positions.get("last")
+    if selector.startswith("op:"):
+        return node.op == selector[3:]
+    if selector.startswith("name:"):
+        return fnmatch.fnmatchcase(node.name, selector[5:])
+    raise LrpToolError(f"unknown selector {selector!r} (use a category, first, last, op:TYPE or name:PATTERN)")
+
+
+def assign_rules(graph, rule_map):
+    """{node name: rule} for every node that takes a rule (linear operators and averages)."""
+    linear = linear_nodes(graph)
+    convs = [n for n in linear if n.op in CATEGORIES["conv"]]
+    positions = {"first": linear[0].name if linear else None, "last": linear[-1].name if linear else None,
+                 "first-conv": convs[0].name if convs else None}
+    assigned = {}
+    for node in graph.nodes:
+        if node.op not in RULE_OPERATORS:
+            continue
+        for selector, rule in rule_map:
+            if matches(selector, node, graph, positions):
+                assigned[node.name] = rule
+                break
+        else:
+            raise LrpToolError(f"node {node.name!r} ({node.op}): no rule in the rule map applies to it")
+    return assigned
+
+
+def rule_map_from_spec(spec, epsilon=1e-6, stabiliser=1e-6, gamma=0.25):
+    """A rule map from a preset name, a ``selector=rule,…`` string, a JSON file, or a mix:
+    ``{"preset": "epsilon-plus", "rules": {"first": "flat", "name:fc*": "epsilon:0.1"}}``."""
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, str) and os.path.isfile(spec):
+        try:
+            with open(spec, encoding="utf-8") as handle:
+                spec = json.load(handle)
+        except (OSError, ValueError) as error:
+            raise LrpToolError(f"{spec}: not a readable JSON rule file ({error})") from None
+    if isinstance(spec, dict):
+        custom = [(k, parse_rule(v, stabiliser)) for k, v in spec.get("rules", {}).items()]
+        base = make_preset(spec["preset"], epsilon, stabiliser, gamma) if spec.get("preset") else base_map(stabiliser)
+        return custom + base
+    if "=" in spec:
+        custom = []
+        base_name = None
+        for item in spec.split(","):
+            if "=" not in item:
+                base_name = item.strip()
+                continue
+            selector, rule = item.split("=", 1)
+            custom.append((selector.strip(), parse_rule(rule, stabiliser)))
+        base = make_preset(base_name, epsilon, stabiliser, gamma) if base_name else base_map(stabiliser)
+        return custom + base
+    return make_preset(spec, epsilon, stabiliser, gamma)

@@ -1,0 +1,160 @@
+"""LRP rules as recipes over a linear operator's two primitives (forward and transpose).
+
+Every rule has the shape
+
+    R_in = Σ_parts c_p · Σ_terms σ_t · x_t ⊙ Jᵀ_{W_t}( m_p ⊙ R_out / stabilise(Σ_terms σ_t z_t) ),
+    z_t = forward(x_t, W_t, b_t)
+
+where a term names a modified input x_t (x, x⁺, x⁻, 1, the lower or upper bound), a weight mode W_t
+(see ``linear_ops``), whether its bias is kept (and in which mode) and a sign σ_t; a part groups
+terms under one denominator with a coefficient c_p and an optional mask m_p on the sign of the
+unmodified output. So every rule works on every linear operator.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Term:
+    inputs: str          # "x", "pos", "neg", "ones", "low", "high"
+    weights: str         # a weight mode of linear_ops.modify
+    bias: str = None     # a weight mode for the bias, or None to leave it out
+    sign: float = 1.0
+
+
+@dataclass(frozen=True)
+class Part:
+    terms: tuple
+    coefficient: float = 1.0
+    mask: str = None     # None, "positive" or "negative": where the unmodified output z is > 0 / < 0
+
+
+def stabilise(z, epsilon):
+    """z + ε·sign(z) with sign(0) = +1, so no denominator is zero."""
+    return z + epsilon * np.where(z >= 0, 1, -1).astype(z.dtype)
+
+
+@dataclass
+class Rule:
+    """A named LRP rule: parts of terms plus its stabiliser ε and γ."""
+
+    name: str
+    parts: tuple
+    epsilon: float = 1e-6
+    gamma: float = 0.0
+    description: str = ""
+    options: dict = field(default_factory=dict)
+
+    def __str__(self):
+        return self.name
+
+    def modified_input(self, x, kind, bounds):
+        if kind == "x":
+            return x
+        if kind == "pos":
+            return np.maximum(x, 0)
+        if kind == "neg":
+            return np.minimum(x, 0)
+        if kind == "ones":
+            return np.ones_like(x)
+        if bounds is None:
+            raise ValueError(f"rule {self.name} needs input bounds")
+        low, high = bounds
+        return np.broadcast_to(np.asarray(low if kind == "low" else high, dtype=x.dtype), x.shape)
+
+    def apply(self, adapter, x, relevance, bounds=None, z=None):
+        """Input relevance of one linear node. ``z`` is the node's recorded output, when it is known."""
+        total = None
+        needs_output = any(part.mask for part in self.parts)
+        if needs_output and z is None:
+            z = adapter.forward(x, "w", "w")
+        inputs = {}
+        for part in self.parts:
+            denominator = None
+            for term in part.terms:
+                x_t = inputs.setdefault(term.inputs, self.modified_input(x, term.inputs, bounds))
+                z_t = self.term_output(adapter, term, x_t, x, z)
+                denominator = term.sign * z_t if denominator is None else denominator + term.sign * z_t
+            s = relevance / stabilise(denominator, self.epsilon)
+            if part.mask == "positive":
+                s = s * (z > 0)
+            elif part.mask == "negative":
+                s = s * (z < 0)
+            for term in part.terms:
+                contribution = adapter.transpose(s, term.weights, self.gamma)
+                if term.inputs != "ones":
+                    contribution = contribution * inputs[term.inputs]
+                contribution = contribution * (term.sign * part.coefficient)
+                total = contribution if total is None else total + contribution
+        return total
+
+    def term_output(self, adapter, term, x_t, x, z):
+        # the plain term reuses the output recorded by the forward pass
+        if z is not None and term.inputs == "x" and term.weights == "w" and term.bias == "w":
+            return z
+        return adapter.forward(x_t, term.weights, term.bias, self.gamma)
+
+
+def epsilon_rule(epsilon=1e-6, bias=True):
+    return Rule("epsilon" if epsilon else "zero", (Part((Term("x", "w", "w" if bias else None),)),), epsilon=epsilon)
+
+
+def zero_rule(bias=True):
+    """LRP-0: the ε rule with a stabiliser that only keeps denominators off zero."""
+    rule = epsilon_rule(1e-12, bias)
+    rule.name = "zero"
+    return rule
+
+
+def zplus_rule(stabiliser=1e-6, bias=True):
+    return Rule("zplus", (Part((Term("pos", "pos", "pos" if bias else None), Term("neg", "neg", None))),),
+                epsilon=stabiliser)
+
+
+def alpha_beta_rule(alpha=2.0, beta=1.0, stabiliser=1e-6, bias=True):
+    positive = Part((Term("pos", "pos", "pos" if bias else None), Term("neg", "neg", None)), alpha)
+    negative = Part((Term("pos", "neg", "neg" if bias else None), Term("neg", "pos", None)), -beta)
+    parts = (positive, negative) if beta else (positive,)
+    return Rule(f"alpha{alpha:g}-beta{beta:g}", parts, epsilon=stabiliser)
+
+
+def gamma_rule(gamma=0.25, stabiliser=1e-6, bias=True):
+    """Generalised γ rule (positive and negative outputs handled separately)."""
+    keep = "gamma+" if bias else None
+    keep_negative = "gamma-" if bias else None
+    up = Part((Term("pos", "gamma+", keep), Term("neg", "gamma-", None)), 1.0, "positive")
+    down = Part((Term("pos", "gamma-", keep_negative), Term("neg", "gamma+", None)), 1.0, "negative")
+    return Rule(f"gamma{gamma:g}", (up, down), epsilon=stabiliser, gamma=gamma)
+
+
+def zbox_rule(stabiliser=1e-6):
+    """zᴮ: for inputs bounded below by ``low`` and above by ``high`` (the bounds are given per call)."""
+    return Rule("zbox", (Part((Term("x", "w", "w"), Term("low", "pos", "pos", -1.0),
+                               Term("high", "neg", "neg", -1.0))),), epsilon=stabiliser)
+
+
+def wsquare_rule(stabiliser=1e-6, bias=True):
+    return Rule("wsquare", (Part((Term("ones", "square", "square" if bias else None),)),), epsilon=stabiliser)
+
+
+def flat_rule(stabiliser=1e-6):
+    return Rule("flat", (Part((Term("ones", "ones", None),)),), epsilon=stabiliser)
+
+
+class PassRule(Rule):
+    """Relevance passes unchanged (shape-preserving operators only)."""
+
+    def __init__(self):
+        super().__init__("pass", ())
+
+    def apply(self, adapter, x, relevance, bounds=None, z=None):
+        return relevance
+
+
+def norm_rule(stabiliser=1e-6):
+    """Proportional split without bias (Zennit's ``Norm``): the ε rule used as a pure stabiliser."""
+    rule = epsilon_rule(stabiliser, bias=False)
+    rule.name = "norm"
+    return rule
