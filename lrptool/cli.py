@@ -16,13 +16,39 @@ def cli():
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-def inspect(model):
-    """Print the graph of MODEL: nodes, operators, shapes, parameter counts and totals."""
+@click.option("--preset", help="Show the rule each node gets under this LRP preset.")
+@click.option("--rules", "rule_spec", help="Rule map: 'selector=rule,…' (with an optional preset name among "
+              "the items) or a JSON file; shows the rule each node gets.")
+def inspect(model, preset, rule_spec):
+    """Print the graph of MODEL: nodes, operators, shapes, parameter counts and totals.
+
+    With --preset or --rules, print the graph the explainer walks (BatchNorm folded, output softmax
+    removed) with each node's rule or relevance routing; nodes that relevance cannot cross are
+    refused here, before anything runs."""
     from converters import load_model
     from .inspect import graph_summary
 
     graph = load_model(model)
-    click.echo(graph_summary(graph, source=model))
+    if not (preset or rule_spec):
+        click.echo(graph_summary(graph, source=model))
+        return
+    from .lrp.canonize import canonize
+    from .lrp.engine import check_routable, routing_description
+    from .lrp.presets import assign_rules, rule_map_from_spec
+
+    canonical, changes = canonize(graph)
+    check_routable(canonical)
+    spec = rule_spec if rule_spec else preset
+    if rule_spec and preset:
+        spec = f"{preset},{rule_spec}" if "=" in rule_spec else rule_spec
+    rules = assign_rules(canonical, rule_map_from_spec(spec))
+    producers = canonical.producers()
+    routing = {node.name: routing_description(node, rules, producers) for node in canonical.nodes}
+    click.echo(graph_summary(canonical, source=model, routing=routing))
+    if changes["folded"]:
+        click.echo(f"folded into the layer before them: {', '.join(changes['folded'])}")
+    if changes["softmax_removed"]:
+        click.echo(f"removed (logits are explained): {', '.join(changes['softmax_removed'])}")
 
 
 @cli.command()

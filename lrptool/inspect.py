@@ -18,15 +18,17 @@ def describe_attrs(node):
     return " ".join(shown)
 
 
-def graph_summary(graph, source=None):
-    """Text table of ``graph``: node, operator, input and output shapes, parameter counts, totals."""
-    rows = [("#", "node", "op", "input shape", "output shape", "params", "settings")]
+def graph_summary(graph, source=None, routing=None):
+    """Text table of ``graph``: node, operator, input and output shapes, parameter counts, totals;
+    with ``routing`` ({node name: text}) also the LRP rule or relevance routing of each node."""
+    header = ("#", "node", "op", "input shape", "output shape", "params")
+    rows = [header + (("rule",) if routing else ()) + ("settings",)]
     for index, node in enumerate(graph.nodes):
-        rows.append((str(index), node.name, node.op,
-                     " ".join(format_shape(graph.shapes[t]) for t in node.inputs) or "-",
-                     " ".join(format_shape(graph.shapes[t]) for t in node.outputs),
-                     f"{node.parameter_count():,}" if node.parameter_count() else "",
-                     describe_attrs(node)))
+        row = (str(index), node.name, node.op,
+               " ".join(format_shape(graph.shapes[t]) for t in node.inputs) or "-",
+               " ".join(format_shape(graph.shapes[t]) for t in node.outputs),
+               f"{node.parameter_count():,}" if node.parameter_count() else "")
+        rows.append(row + ((routing.get(node.name, "-"),) if routing else ()) + (describe_attrs(node),))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     if source:

@@ -99,3 +99,35 @@ def test_convert_to_unwritable_place(tmp_path):
 def test_help_and_version(argument):
     result = lrptool(argument)
     assert result.returncode == 0 and result.stdout
+
+
+def test_inspect_with_a_preset_shows_each_nodes_rule(tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_architectures import build_vgg
+
+    path = tmp_path / "vgg.onnx"
+    onnx.save(build_vgg("N"), str(path))
+    result = lrptool("inspect", path, "--preset", "epsilon-plus-flat")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if line[:1].isdigit()}
+    convs = [name for name, line in rows.items() if " Conv " in line]
+    assert "flat" in rows[convs[0]] and all("zplus" in rows[c] for c in convs[1:])
+    assert all("epsilon" in line for line in rows.values() if " Dense " in line)
+    assert not any(" BatchNorm " in line or " Softmax " in line for line in rows.values())
+    assert "folded into the layer before them" in result.stdout and "logits are explained" in result.stdout
+    custom = lrptool("inspect", path, "--rules", "epsilon,first=wsquare,dense=alpha-beta:2:1")
+    rows = [line for line in custom.stdout.splitlines() if line[:1].isdigit()]
+    assert "wsquare" in rows[0] and any("alpha2-beta1" in r for r in rows if " Dense " in r)
+
+
+def test_inspect_refuses_unroutable_nodes_before_running(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Tanh", ["x"], ["b"], name="tanh"),
+             helper.make_node("Mul", ["a", "b"], ["y"], name="product")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "product.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert lrptool("inspect", path).returncode == 0
+    assert_one_line_error(lrptool("inspect", path, "--preset", "epsilon"), "'product' (Mul)")
+    relu = tiny_model(tmp_path / "relu.onnx")
+    assert_one_line_error(lrptool("inspect", relu, "--preset", "no-such-preset"), "unknown preset")

@@ -173,6 +173,26 @@ class ReverseWalk:
         return norm_rule(self.stabiliser).apply(adapter, x, relevance)
 
 
+def routing_description(node, rules, producers):
+    """What happens to relevance at ``node``: its rule, or the fixed routing of its operator."""
+    if node.name in rules:
+        return str(rules[node.name])
+    if node.op in PASS_THROUGH:
+        return "pass"
+    if node.op in DATA_MOVEMENT:
+        return "moves with the data"
+    if node.op in ("MaxPool", "GlobalMaxPool"):
+        return "to the window's winner"
+    if node.op in ("Add", "Sum", "Sub"):
+        return "split in proportion"
+    if node.op in ("Mul", "Div"):
+        receiver = multiplicative_routing(node, producers)
+        return f"all to {node.inputs[receiver]!r}"
+    if node.op == "Constant":
+        return "absorbs its share"
+    return "-"
+
+
 def make_walk(graph, rule_map, **options):
     rules = assign_rules(graph, rule_map) if rule_map is not None else {}
     return ReverseWalk(graph, mode="lrp", rules=rules, **options)

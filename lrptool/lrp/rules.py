@@ -48,7 +48,7 @@ class Rule:
     options: dict = field(default_factory=dict)
 
     def __str__(self):
-        return self.name
+        return f"{self.name}(ε={self.epsilon:g})" if self.name in ("epsilon", "norm") else self.name
 
     def modified_input(self, x, kind, bounds):
         if kind == "x":
@@ -73,22 +73,28 @@ class Rule:
         inputs = {}
         for part in self.parts:
             denominator = None
+            live = []
             for term in part.terms:
                 x_t = inputs.setdefault(term.inputs, self.modified_input(x, term.inputs, bounds))
+                if term.bias is None and term.inputs in ("pos", "neg") and not x_t.any():
+                    continue  # x⁻ after a ReLU is all zeros: the term adds nothing
+                live.append(term)
                 z_t = self.term_output(adapter, term, x_t, x, z)
                 denominator = term.sign * z_t if denominator is None else denominator + term.sign * z_t
+            if denominator is None:
+                continue
             s = relevance / stabilise(denominator, self.epsilon)
             if part.mask == "positive":
                 s = s * (z > 0)
             elif part.mask == "negative":
                 s = s * (z < 0)
-            for term in part.terms:
+            for term in live:
                 contribution = adapter.transpose(s, term.weights, self.gamma)
                 if term.inputs != "ones":
                     contribution = contribution * inputs[term.inputs]
                 contribution = contribution * (term.sign * part.coefficient)
                 total = contribution if total is None else total + contribution
-        return total
+        return np.zeros_like(x) if total is None else total
 
     def term_output(self, adapter, term, x_t, x, z):
         # the plain term reuses the output recorded by the forward pass

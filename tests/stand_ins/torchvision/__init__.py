@@ -1,0 +1,1 @@
+"""Stand-in torchvision for importing zennit in tests; see ../README.md."""
