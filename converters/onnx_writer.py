@@ -214,8 +214,9 @@ def value_info(name, shape):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
-def graph_to_onnx(graph):
-    """The ONNX ``ModelProto`` for ``graph``."""
+def graph_to_onnx(graph, expose=()):
+    """The ONNX ``ModelProto`` for ``graph``; ``expose`` names further tensors to make graph outputs
+    (the explainer reads every intermediate tensor this way)."""
     b = OnnxBuilder(graph)
     b.names.update(graph.inputs)
     for node in graph.nodes:
@@ -229,6 +230,8 @@ def graph_to_onnx(graph):
             b.node("Identity", [name], [copy], f"{name}/identity")
             name = copy
         outputs.append(value_info(name, graph.shapes[graph.outputs[len(outputs)]]))
+    listed = set(graph.outputs) | set(graph.inputs)
+    outputs += [value_info(name, graph.shapes[name]) for name in expose if name not in listed]
     onnx_graph = helper.make_graph(b.nodes, graph.name or "lrptool", [value_info(n, s) for n, s in graph.inputs.items()],
                                    outputs, initializer=b.initializers)
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lrptool")

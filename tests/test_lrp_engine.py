@@ -202,3 +202,23 @@ def test_sensitivity_is_the_squared_gradient_and_sums_to_its_norm():
     active = float((w[0] @ x[0] + graph.nodes[0].params["bias"][0]) > 0)
     np.testing.assert_allclose(e.relevance[0], (w[0] * active) ** 2)
     assert e.relevance.sum() == pytest.approx(np.sum((w[0] * active) ** 2))
+
+
+@pytest.mark.parametrize("architecture", sorted(BUILDERS))
+@pytest.mark.parametrize("method", ["epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1", "gradient"])
+def test_float32_onnxruntime_path_agrees_with_the_float64_numpy_path(architecture, method):
+    """In float32 the forward pass and the convolution primitives run in onnxruntime; in float64 in NumPy."""
+    graph = read_onnx(BUILDERS[architecture]("N"))
+    x = np.random.default_rng(12).uniform(-1, 1, size=(2,) + INPUTS[architecture])
+    options = dict(bounds=(-1.0, 1.0), quiet=True)
+    fast = Explainer(graph, method, dtype=np.float32, **options)
+    exact = Explainer(graph, method, dtype=np.float64, **options).explain(x)
+    result = fast.explain(x, target=exact.targets)
+    assert fast.walk.recorder.backend == "onnxruntime"
+    assert result.relevance.dtype == np.float32
+    error = np.linalg.norm(result.relevance - exact.relevance) / np.linalg.norm(exact.relevance)
+    assert error < 1e-4, error
+    numpy_only = Explainer(graph, method, dtype=np.float32, forward_backend="lrptool", **options)
+    numpy_only.walk.cache.sessions = None
+    other = numpy_only.explain(x, target=exact.targets)
+    assert np.linalg.norm(other.relevance - exact.relevance) / np.linalg.norm(exact.relevance) < 1e-4

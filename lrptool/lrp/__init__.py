@@ -55,11 +55,13 @@ class Explainer:
     the gradient baselines. ``bounds=(low, high)``: the input's value range for zᴮ rules (scalars or
     per-channel arrays broadcastable to one input). ``start``: ``"value"`` (the explained output's
     value; the default for LRP) or ``"one"`` (the default for the gradient methods).
+    ``forward_backend``: ``"auto"`` (onnxruntime in float32, lrptool's executor otherwise),
+    ``"onnxruntime"`` or ``"lrptool"``.
     """
 
     def __init__(self, graph, method="epsilon-plus-flat", bounds=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
                  maxpool="winner", dtype=np.float32, start=None, samples=32, noise=0.1, steps=64, seed=0,
-                 quiet=False):
+                 forward_backend="auto", quiet=False):
         self.original = graph
         self.graph, self.canonization = canonize(graph)
         if self.canonization["softmax_removed"] and not quiet:
@@ -75,13 +77,14 @@ class Explainer:
         self.output = self.graph.outputs[0]
         if method in GRADIENT_METHODS:
             policy = {"guided-backprop": "guided", "deconvnet": "deconvnet"}.get(method, "gradient")
-            self.walk = ReverseWalk(self.graph, mode="gradient", relu_policy=policy, dtype=self.dtype)
+            self.walk = ReverseWalk(self.graph, mode="gradient", relu_policy=policy, dtype=self.dtype,
+                                    forward_backend=forward_backend)
             self.rules = {}
         else:
             rule_map = rule_map_from_spec(method, epsilon, stabiliser, gamma)
             self.rules = assign_rules(self.graph, rule_map)
             self.walk = ReverseWalk(self.graph, mode="lrp", rules=self.rules, bounds=self.bounds, maxpool=maxpool,
-                                    stabiliser=stabiliser, dtype=self.dtype)
+                                    stabiliser=stabiliser, dtype=self.dtype, forward_backend=forward_backend)
             if any(r.name == "zbox" for r in self.rules.values()) and self.bounds is None:
                 raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LrpToolError
-from ..executor import run_graph
+from .forward import RecordingForward
 from .linear_ops import ADAPTERS, ParamCache, linear_adapter
 from .presets import assign_rules
 from .routing import (ACTIVATIONS, DATA_MOVEMENT, gradient_of, max_winners, move_back, multiplicative_routing,
@@ -70,7 +70,7 @@ class ReverseWalk:
     """
 
     def __init__(self, graph, mode="lrp", rules=None, bounds=None, maxpool="winner", relu_policy="gradient",
-                 stabiliser=1e-6, dtype=np.float64, keep_layers=False):
+                 stabiliser=1e-6, dtype=np.float64, keep_layers=False, forward_backend="auto"):
         self.graph = graph
         self.mode = mode
         self.rules = rules or {}
@@ -80,6 +80,8 @@ class ReverseWalk:
         self.stabiliser = stabiliser
         self.dtype = np.dtype(dtype)
         self.keep_layers = keep_layers
+        self.forward_backend = forward_backend
+        self.recorder = None
         self.cache = ParamCache()
         self.producers = graph.producers()
         if mode == "lrp":
@@ -89,7 +91,9 @@ class ReverseWalk:
                     raise LrpToolError(f"node {node.name!r} ({node.op}): no rule assigned")
 
     def forward(self, x):
-        return run_graph(self.graph, x, dtype=self.dtype, keep_all=True)
+        if self.recorder is None:
+            self.recorder = RecordingForward(self.graph, self.dtype, self.forward_backend)
+        return self.recorder(x)
 
     def run(self, values, start):
         """Walk back from ``start`` ({tensor: array}); returns ({tensor: relevance}, Conservation)."""

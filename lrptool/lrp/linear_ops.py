@@ -10,6 +10,7 @@ weights 1/d over each window of d taps, and the modes act on those.
 import numpy as np
 
 from .. import kernels
+from . import ort_primitives
 from ..errors import LrpToolError
 from ..ops.linear import channel_view, to_2d
 
@@ -33,15 +34,18 @@ def modify(array, mode, gamma):
 
 
 class ParamCache:
-    """Modified parameter arrays per (node, parameter, mode, γ, dtype), computed once per explanation."""
+    """Modified parameter arrays per (node, parameter, mode, γ, dtype), computed once per explainer;
+    and, in float32, the onnxruntime sessions of the convolution primitives."""
 
-    def __init__(self):
+    def __init__(self, use_onnxruntime=True):
         self.arrays = {}
+        self.sessions = ort_primitives.ConvSessions() if use_onnxruntime and ort_primitives.available() else None
 
     def get(self, node, name, mode, gamma, dtype):
         key = (node.name, name, mode, gamma, np.dtype(dtype).str)
         if key not in self.arrays:
-            self.arrays[key] = np.ascontiguousarray(modify(node.params[name].astype(dtype), mode, gamma))
+            # the unmodified weights are used in place: no copy of large dense layers
+            self.arrays[key] = np.ascontiguousarray(modify(node.params[name].astype(dtype, copy=False), mode, gamma))
         return self.arrays[key]
 
 
@@ -68,8 +72,14 @@ class ConvAdapter(LinearAdapter):
         a = self.node.attrs
         return to_2d(a["strides"], a["dilations"], a["pads"])
 
+    def on_onnxruntime(self):
+        return self.cache.sessions is not None and self.dtype == np.float32
+
     def forward(self, x, mode, bias_mode, gamma=0.0):
         w = self.param("weight", mode, gamma)
+        if self.on_onnxruntime():
+            return ort_primitives.conv_forward(self.cache.sessions, self.node, x, w, self.bias(bias_mode, gamma),
+                                               (self.node.name, mode, bias_mode, gamma))
         strides, dilations, pads = self.geometry()
         one_d = w.ndim == 3
         if one_d:
@@ -79,6 +89,9 @@ class ConvAdapter(LinearAdapter):
 
     def transpose(self, s, mode, gamma=0.0):
         w = self.param("weight", mode, gamma)
+        if self.on_onnxruntime():
+            return ort_primitives.conv_transpose(self.cache.sessions, self.node, s, w,
+                                                 (s.shape[0],) + self.input_shape[1:], (self.node.name, mode, gamma))
         strides, dilations, pads = self.geometry()
         shape = self.input_shape
         if w.ndim == 3:

@@ -33,7 +33,8 @@ class Part:
 
 def stabilise(z, epsilon):
     """z + ε·sign(z) with sign(0) = +1, so no denominator is zero."""
-    return z + epsilon * np.where(z >= 0, 1, -1).astype(z.dtype)
+    shift = z.dtype.type(epsilon)
+    return z + np.where(z >= 0, shift, -shift)
 
 
 @dataclass

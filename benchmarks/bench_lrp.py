@@ -1,0 +1,236 @@
+"""LRP speed and memory: lrptool against onnxruntime's forward pass and against Zennit.
+
+VGG-16 and ResNet-50 with random weights (built here in PyTorch, exported to ONNX), the
+EpsilonPlusFlat composite, batch 1 and 16, two threads. Every measurement runs in a fresh process,
+so that its peak memory (peak resident set size minus the resident size before the first
+explanation) is its own. Prints the median time per image of each tool, the ratios lrptool /
+onnxruntime-forward and lrptool / Zennit, and the peak memory of lrptool and Zennit.
+
+Needs torch and zennit (``make reference-deps``). Usage: ``python benchmarks/bench_lrp.py
+[--models vgg16,resnet50] [--batches 1,16] [--repeats 3]``.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+STAND_INS = HERE.parent / "tests" / "stand_ins"
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# -- the two networks, written out so that no torchvision is needed ------------------------------
+
+def ensure_torchvision():
+    """zennit imports torchvision; where it cannot be imported, the tests' stand-in serves."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        sys.path.insert(0, str(STAND_INS))
+
+
+def torch_modules():
+    import torch
+    from torch import nn
+    ensure_torchvision()
+    from zennit.layer import Sum
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sum, self.for_export = Sum(), False
+
+        def forward(self, a, b):
+            return a + b if self.for_export else self.sum(torch.stack([a, b], dim=-1))
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, mid, stride):
+            super().__init__()
+            cout = mid * 4
+            self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
+            self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
+            self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.relu1, self.relu2, self.relu3, self.add = nn.ReLU(), nn.ReLU(), nn.ReLU(), Residual()
+
+        def forward(self, x):
+            y = self.relu1(self.bn1(self.conv1(x)))
+            y = self.relu2(self.bn2(self.conv2(y)))
+            y = self.bn3(self.conv3(y))
+            return self.relu3(self.add(y, x if self.down is None else self.down(x)))
+
+    def vgg16():
+        layers, cin = [], 3
+        for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
+                cin = v
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Dropout(),
+                             nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, 1000))
+
+    def resnet50():
+        layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+        cin = 64
+        for mid, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for index in range(blocks):
+                layers.append(Bottleneck(cin, mid, stride if index == 0 else 1))
+                cin = mid * 4
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
+
+    return {"vgg16": vgg16, "resnet50": resnet50}, Residual
+
+
+def build(name, seed=0):
+    import torch
+    from torch import nn
+    builders, _ = torch_modules()
+    torch.manual_seed(seed)
+    model = builders[name]().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def fold_batchnorm(model):
+    import torch
+    from torch import nn
+    modules = dict(model.named_modules())
+    previous = None
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.BatchNorm2d):
+            conv = modules[previous]
+            scale = module.weight / torch.sqrt(module.running_var + module.eps)
+            with torch.no_grad():
+                conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+                conv.bias = nn.Parameter((bias - module.running_mean) * scale + module.bias)
+            parent, _, attribute = name.rpartition(".")
+            setattr(modules[parent] if parent else model, attribute, nn.Identity())
+        elif isinstance(module, nn.Conv2d):
+            previous = name
+    return model
+
+
+def export(name, path):
+    import torch
+    _, Residual = torch_modules()
+    model = build(name)
+    for module in model.modules():
+        if isinstance(module, Residual):
+            module.for_export = True
+    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17,
+                      do_constant_folding=False)
+
+
+# -- one measurement per process -------------------------------------------------------------------
+
+def worker(tool, name, batch, repeats, onnx_path):
+    import numpy as np
+    x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
+    if tool == "onnxruntime":
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 2
+        session = onnxruntime.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        run = lambda: session.run(None, {"x": x})  # noqa: E731
+    elif tool == "zennit":
+        import torch
+        torch.set_num_threads(2)
+        ensure_torchvision()
+        from zennit.attribution import Gradient
+        from zennit.composites import EpsilonPlusFlat
+        model = fold_batchnorm(build(name))
+        tensor = torch.from_numpy(x)
+
+        def run():
+            with Gradient(model=model, composite=EpsilonPlusFlat()) as attributor:
+                with torch.no_grad():
+                    logits = model(tensor)
+                seed = torch.zeros_like(logits)
+                rows = torch.arange(batch)
+                targets = logits.argmax(1)
+                seed[rows, targets] = logits[rows, targets]
+                return attributor(tensor, seed)
+    else:
+        from converters import load_model
+        from lrptool.lrp import Explainer
+        explainer = Explainer(load_model(onnx_path), "epsilon-plus-flat", quiet=True)
+        run = lambda: explainer.explain(x)  # noqa: E731
+    before = rss_bytes()
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    peak = peak_bytes() - before
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"seconds": statistics.median(times), "first": first, "peak": peak}))
+
+
+def measure(tool, name, batch, repeats, onnx_path):
+    env = dict(os.environ, OMP_NUM_THREADS="2", NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2", MKL_NUM_THREADS="2")
+    result = subprocess.run([sys.executable, __file__, "--worker", tool, name, str(batch), str(repeats), onnx_path],
+                            capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise SystemExit(f"{tool} on {name} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="vgg16,resnet50")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", nargs=5)
+    args = parser.parse_args()
+    if args.worker:
+        tool, name, batch, repeats, path = args.worker
+        return worker(tool, name, int(batch), int(repeats), path)
+    print("EpsilonPlusFlat, 224x224, 2 threads; time per image (median of the runs after the first); "
+          "peak = extra resident memory of the explanation")
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models.split(","):
+            path = str(pathlib.Path(folder) / f"{name}.onnx")
+            export(name, path)
+            for batch in (int(b) for b in args.batches.split(",")):
+                results = {tool: measure(tool, name, batch, args.repeats, path)
+                           for tool in ("onnxruntime", "zennit", "lrptool")}
+                per_image = {tool: r["seconds"] / batch for tool, r in results.items()}
+                print(f"{name:9s} batch {batch:2d}: onnxruntime forward {per_image['onnxruntime'] * 1e3:8.1f} ms | "
+                      f"zennit {per_image['zennit'] * 1e3:8.1f} ms ({per_image['zennit'] / per_image['onnxruntime']:5.1f}x ort), "
+                      f"peak {results['zennit']['peak'] / 2**20:7.0f} MiB | "
+                      f"lrptool {per_image['lrptool'] * 1e3:8.1f} ms ({per_image['lrptool'] / per_image['onnxruntime']:5.1f}x ort, "
+                      f"{per_image['lrptool'] / per_image['zennit']:4.2f}x zennit), "
+                      f"peak {results['lrptool']['peak'] / 2**20:7.0f} MiB ({results['lrptool']['peak'] / max(results['zennit']['peak'], 1):4.2f}x zennit)",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
