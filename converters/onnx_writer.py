@@ -25,12 +25,33 @@ def exporter(*ops):
     return register
 
 
+def external_tensor(name, array):
+    """A TensorProto that names ``array`` without holding its bytes (for ``add_external_initializers``)."""
+    tensor = TensorProto()
+    tensor.name = name
+    tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    tensor.dims.extend(array.shape)
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "in-memory.bin"), ("offset", "0"), ("length", str(array.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
 class OnnxBuilder:
-    def __init__(self, graph):
+    def __init__(self, graph, external=False):
         self.graph = graph
         self.nodes = []
         self.initializers = []
         self.names = set()
+        self.external = {} if external else None
+
+    def initializer(self, name, array):
+        if self.external is not None and array.size > 16:
+            self.external[name] = np.ascontiguousarray(array)
+            self.initializers.append(external_tensor(name, self.external[name]))
+        else:
+            self.initializers.append(numpy_helper.from_array(array, name))
 
     def unique(self, base):
         name, count = base, 1
@@ -42,7 +63,7 @@ class OnnxBuilder:
 
     def constant(self, base, value, dtype=np.float32):
         name = self.unique(base)
-        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        self.initializer(name, np.asarray(value, dtype=dtype))
         return name
 
     def ints(self, base, values):
@@ -168,7 +189,7 @@ def export_reduce_mean(b, node):
 @exporter("Constant")
 def export_constant(b, node):
     b.names.add(node.outputs[0])
-    b.initializers.append(numpy_helper.from_array(node.params["value"].astype(np.float32), node.outputs[0]))
+    b.initializer(node.outputs[0], node.params["value"].astype(np.float32))
 
 
 @exporter("Split")
@@ -214,10 +235,12 @@ def value_info(name, shape):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
-def graph_to_onnx(graph, expose=()):
+def graph_to_onnx(graph, expose=(), external=None):
     """The ONNX ``ModelProto`` for ``graph``; ``expose`` names further tensors to make graph outputs
-    (the explainer reads every intermediate tensor this way)."""
-    b = OnnxBuilder(graph)
+    (the explainer reads every intermediate tensor this way). With ``external`` (a dict), parameter
+    arrays are not copied into the model: the model refers to them by name and ``external`` receives
+    name → array, for onnxruntime's ``add_external_initializers``."""
+    b = OnnxBuilder(graph, external=external is not None)
     b.names.update(graph.inputs)
     for node in graph.nodes:
         b.names.update(node.outputs)
@@ -236,7 +259,10 @@ def graph_to_onnx(graph, expose=()):
                                    outputs, initializer=b.initializers)
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lrptool")
     model.ir_version = 9
-    onnx.checker.check_model(model)
+    if external is None:
+        onnx.checker.check_model(model)
+    else:
+        external.update(b.external)
     return model
 
 

@@ -49,17 +49,17 @@ def last_uses(graph):
     return last
 
 
-def run_graph(graph, feeds, dtype=np.float32, keep_all=False):
+def run_graph(graph, feeds, dtype=np.float32, keep_all=False, keep=None):
     """Run ``graph`` forward.
 
     ``feeds`` is one array (single-input graphs) or a dict input name → array. Returns a dict
-    of the graph outputs, or of every tensor (inputs included) when ``keep_all`` is set, as the
-    LRP engine needs them.
+    of the graph outputs, or of every tensor (inputs included) when ``keep_all`` is set, or of the
+    outputs and the tensors named in ``keep``.
     """
     dtype = np.dtype(dtype)
     values = bind_inputs(graph, feeds, dtype)
     last = {} if keep_all else last_uses(graph)
-    keep = set(graph.outputs)
+    keep = set(graph.outputs) | set(keep or ())
     for index, node in enumerate(graph.nodes):
         outputs = node.operator.run(node, [values[t] for t in node.inputs], cast_params(node, dtype))
         for tensor, value in zip(node.outputs, outputs):
@@ -70,4 +70,6 @@ def run_graph(graph, feeds, dtype=np.float32, keep_all=False):
                     values.pop(tensor, None)
     if keep_all:
         return values
-    return {t: values[t] for t in graph.outputs}
+    result = {t: values[t] for t in graph.outputs}
+    result.update((t, values[t]) for t in keep if t in values and t not in result)
+    return result

@@ -90,9 +90,23 @@ class ReverseWalk:
                 if node.op in ADAPTERS and node.name not in self.rules:
                     raise LrpToolError(f"node {node.name!r} ({node.op}): no rule assigned")
 
+    def needed_tensors(self):
+        """The tensors whose values the walk reads; of the others it needs only the shapes."""
+        if self.mode == "gradient":
+            return None
+        needed = set(self.graph.outputs)
+        for node in self.graph.nodes:
+            if node.op in ADAPTERS:
+                needed.add(node.inputs[0])
+                if self.rules[node.name].needs_output:
+                    needed.update(node.outputs)
+            elif node.op in ("MaxPool", "GlobalMaxPool", "Add", "Sum", "Sub"):
+                needed.update(node.inputs)
+        return needed
+
     def forward(self, x):
         if self.recorder is None:
-            self.recorder = RecordingForward(self.graph, self.dtype, self.forward_backend)
+            self.recorder = RecordingForward(self.graph, self.dtype, self.forward_backend, self.needed_tensors())
         return self.recorder(x)
 
     def run(self, values, start):

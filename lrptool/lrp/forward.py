@@ -1,8 +1,10 @@
 """Forward passes that record every tensor, for the reverse walk.
 
 In float32 the forward pass runs in onnxruntime (a dependency already, and faster than NumPy on
-convolutions): the canonical graph is written out as ONNX with every tensor made a graph output.
-Other dtypes, and graphs onnxruntime refuses, run in lrptool's own executor.
+convolutions): the canonical graph is written out as ONNX with the tensors the walk reads made
+graph outputs. Other dtypes, and graphs onnxruntime refuses, run in lrptool's own executor. Tensors
+the walk does not read are given as zero-stride placeholders of the right shape, which cost no
+memory.
 """
 
 import numpy as np
@@ -11,9 +13,10 @@ from ..executor import run_graph
 
 
 class RecordingForward:
-    def __init__(self, graph, dtype, backend="auto"):
+    def __init__(self, graph, dtype, backend="auto", needed=None):
         self.graph = graph
         self.dtype = np.dtype(dtype)
+        self.needed = needed
         self.session = None
         if backend in ("auto", "onnxruntime") and self.dtype == np.float32:
             self.session = self.make_session(strict=backend == "onnxruntime")
@@ -26,10 +29,16 @@ class RecordingForward:
 
             self.constants = {n.outputs[0]: n.params["value"].astype(self.dtype) for n in self.graph.nodes
                               if n.op == "Constant"}
-            exposed = [t for n in self.graph.nodes for t in n.outputs if t not in self.constants]
-            model = graph_to_onnx(self.graph, expose=exposed)
+            exposed = [t for n in self.graph.nodes for t in n.outputs
+                       if t not in self.constants and (self.needed is None or t in self.needed)]
+            arrays = {}
+            model = graph_to_onnx(self.graph, expose=exposed, external=arrays)
             options = onnxruntime.SessionOptions()
+            # the weights reach onnxruntime without being copied into a serialised model first
+            options.add_external_initializers(list(arrays), [onnxruntime.OrtValue.ortvalue_from_numpy(a)
+                                                             for a in arrays.values()])
             options.log_severity_level = 3
+            options.enable_cpu_mem_arena = False
             # spinning pool threads would take the cores the NumPy steps between two runs need
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = onnxruntime.InferenceSession(model.SerializeToString(), options,
@@ -42,11 +51,20 @@ class RecordingForward:
             return None
 
     def __call__(self, x):
-        if self.session is None:
-            return run_graph(self.graph, x, dtype=self.dtype, keep_all=True)
         x = np.ascontiguousarray(x, dtype=self.dtype)
-        name = next(iter(self.graph.inputs))
-        values = dict(zip(self.names, self.session.run(self.names, {name: x})))
-        values[name] = x
-        values.update(self.constants)
+        if self.session is None:
+            values = run_graph(self.graph, x, dtype=self.dtype, keep_all=self.needed is None,
+                               keep=self.needed)
+        else:
+            name = next(iter(self.graph.inputs))
+            values = dict(zip(self.names, self.session.run(self.names, {name: x})))
+            values[name] = x
+            values.update(self.constants)
+        return self.with_placeholders(values, x.shape[0])
+
+    def with_placeholders(self, values, batch):
+        zero = np.zeros((), dtype=self.dtype)
+        for tensor, shape in self.graph.shapes.items():
+            if tensor not in values:
+                values[tensor] = np.broadcast_to(zero, tuple(batch if d is None else d for d in shape))
         return values

@@ -26,6 +26,7 @@ class ConvSessions:
             model = build()
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 3
+            options.enable_cpu_mem_arena = False  # one arena per session would keep each one's peak
             # spinning pool threads would take the cores the NumPy steps between two runs need
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = onnxruntime.InferenceSession(model.SerializeToString(), options,

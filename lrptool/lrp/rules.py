@@ -48,6 +48,12 @@ class Rule:
     description: str = ""
     options: dict = field(default_factory=dict)
 
+    @property
+    def needs_output(self):
+        """Whether the rule reads the node's recorded output (plain term or sign masks)."""
+        return any(p.mask for p in self.parts) or any(
+            t.inputs == "x" and t.weights == "w" and t.bias == "w" for p in self.parts for t in p.terms)
+
     def __str__(self):
         return f"{self.name}(ε={self.epsilon:g})" if self.name in ("epsilon", "norm") else self.name
 
