@@ -28,13 +28,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/lrptool inspect sample_models/mnist/mnist.onnx
-	mkdir -p $(DEMO_OUT)
-	$(BIN)/lrptool convert sample_models/mnist/mnist.onnx -o $(DEMO_OUT)/mnist.onnx
-	@echo "demo: the model's graph is above; its ONNX re-export is in $(DEMO_OUT)/mnist.onnx"
+	$(BIN)/lrptool inspect sample_models/mnist/mnist.onnx --preset epsilon-plus-flat
+	$(BIN)/lrptool explain sample_models/mnist/mnist.onnx sample_models/mnist/images -o $(DEMO_OUT) \
+		--format png,overlay,npy --labels sample_models/mnist/labels.txt --jsonl $(DEMO_OUT)/explanations.jsonl
+	@echo "demo: heatmaps and overlays are in $(DEMO_OUT)/ (one JSON line per image in $(DEMO_OUT)/explanations.jsonl)"
 
-bench: $(STAMP)
+bench: reference-deps
 	$(BIN)/python benchmarks/bench_forward.py
+	$(BIN)/python benchmarks/bench_lrp.py
+	$(BIN)/python benchmarks/bench_cli.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

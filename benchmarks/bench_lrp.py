@@ -44,7 +44,17 @@ def ensure_torchvision():
         sys.path.insert(0, str(STAND_INS))
 
 
+_MODULES = []
+
+
 def torch_modules():
+    """The network builders and the Residual class (made once, so isinstance checks hold)."""
+    if not _MODULES:
+        _MODULES.append(define_torch_modules())
+    return _MODULES[0]
+
+
+def define_torch_modules():
     import torch
     from torch import nn
     ensure_torchvision()

@@ -67,7 +67,148 @@ def convert(model, output):
     click.echo(f"wrote {output}: {len(graph.nodes)} nodes, {graph.parameter_count():,} parameters", err=True)
 
 
+def parse_size(text):
+    if text is None:
+        return None
+    parts = text.lower().replace("x", " ").split()
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise LrpToolError(f"--size {text!r}: give HxW or one number") from None
+    return values * 2 if len(values) == 1 else values
+
+
+def parse_floats(text, option):
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise LrpToolError(f"{option} {text!r}: give comma-separated numbers") from None
+
+
+def read_labels(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except OSError as error:
+        raise LrpToolError(f"{path}: cannot read the labels ({error.strerror or error})") from None
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the outputs (a mirror of the input tree).")
+@click.option("--preset", "--method", "method", default="epsilon-plus-flat", show_default=True,
+              help="LRP preset or gradient method (see `lrptool methods`).")
+@click.option("--rules", "rule_spec", help="Rule map 'selector=rule,…' or a JSON file; overrides --preset.")
+@click.option("--target", default="pred", show_default=True, help="pred, a class index, or top-K.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line.")
+@click.option("--format", "formats", default="png", show_default=True, help="Any of png,overlay,npy.")
+@click.option("--cmap", default="bwr", show_default=True,
+              help="Colour map: bwr, seismic, coldnhot, hot, gray, lrp.")
+@click.option("--preprocess", "preprocess_preset", help="Preprocessing preset: imagenet, caffe, mnist, raw.")
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="Preprocessing JSON (default: MODEL.json next to the model, if present).")
+@click.option("--size", help="Input size HxW (default: from the model).")
+@click.option("--resize", type=click.Choice(["resize", "shorter-crop"]))
+@click.option("--channels", type=click.Choice(["rgb", "bgr", "gray"]))
+@click.option("--scale", type=float, help="Pixel (0-255) multiplier.")
+@click.option("--mean", help="Per-channel mean, comma-separated.")
+@click.option("--std", help="Per-channel std, comma-separated.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--jobs", default=2, show_default=True, type=click.IntRange(1),
+              help="Threads for decoding and writing beside the engine.")
+@click.option("--resume", is_flag=True, help="Skip images whose outputs all exist.")
+@click.option("--jsonl", type=click.Path(dir_okay=False), help="Write the JSON lines here instead of stdout.")
+def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
+            size, resize, channels, scale, mean, std, batch_size, jobs, resume, jsonl):
+    """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
+    stdin, each optionally followed by TAB and a class index). Writes heatmaps, overlays and raw
+    relevance into a mirror of the input tree and one JSON line per image to stdout; messages go
+    to stderr. Exit status 1 when some image failed."""
+    import os
+
+    from converters import load_model
+    from .explain_folder import FORMATS, FolderExplainer
+    from .heatmaps import COLORMAPS
+    from .images import preprocessing_for, walk_inputs
+    from .lrp import Explainer
+
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown or not wanted:
+        raise LrpToolError(f"--format {formats!r}: choose from {', '.join(FORMATS)}")
+    if cmap not in COLORMAPS:
+        raise LrpToolError(f"--cmap {cmap!r}: choose from {', '.join(sorted(COLORMAPS))}")
+    top_k, fixed_target = None, "pred"
+    if target.startswith("top-"):
+        try:
+            top_k = int(target[4:])
+        except ValueError:
+            raise LrpToolError(f"--target {target!r}: give pred, a class index or top-K") from None
+    elif target != "pred":
+        try:
+            fixed_target = int(target)
+        except ValueError:
+            raise LrpToolError(f"--target {target!r}: give pred, a class index or top-K") from None
+    graph = load_model(model)
+    input_shape = next(iter(graph.inputs.values()))
+    if config is None and os.path.isfile(model + ".json"):
+        config = model + ".json"
+    preprocessing = preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
+                                      channels=channels, scale=scale, mean=parse_floats(mean, "--mean"),
+                                      std=parse_floats(std, "--std"))
+    items = walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None)
+    if not items:
+        raise LrpToolError("no images found in " + ", ".join(inputs))
+    spec = rule_spec or method
+    if rule_spec and "=" in rule_spec and method != "epsilon-plus-flat":
+        spec = f"{method},{rule_spec}"
+    explainer = Explainer(graph, spec, bounds=preprocessing.bounds())
+    try:
+        os.makedirs(outdir, exist_ok=True)
+        stream = open(jsonl, "w", encoding="utf-8") if jsonl else None
+    except OSError as error:
+        raise LrpToolError(f"{error.filename}: cannot write ({error.strerror})") from None
+    try:
+        runner = FolderExplainer(explainer, preprocessing, outdir, wanted, cmap, fixed_target, top_k,
+                                 read_labels(labels) if labels else None, batch_size, jobs, resume, stream,
+                                 progress=sys.stderr.isatty())
+        failures = runner.run(items)
+    finally:
+        if stream:
+            stream.close()
+    click.echo(f"lrptool: explained {runner.explained} image(s) into {outdir} ({runner.written} files); "
+               f"{len(failures)} failed", err=True)
+    if failures:
+        sys.exit(1)
+
+
+@cli.command()
+def methods():
+    """List the LRP presets and gradient methods."""
+    from .lrp import GRADIENT_METHODS, PRESET_NAMES
+
+    click.echo("LRP presets: " + ", ".join(PRESET_NAMES))
+    click.echo("gradient methods: " + ", ".join(GRADIENT_METHODS))
+
+
+def interrupt_on_terminate():
+    """SIGTERM ends a run like Ctrl-C: files being written are finished or removed, never half-left."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
 def main(argv=None):
+    interrupt_on_terminate()
     try:
         cli.main(args=argv, prog_name="lrptool", standalone_mode=False)
     except click.exceptions.Abort:
@@ -82,6 +223,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         click.echo("lrptool: interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(1)
     sys.exit(0)
 
 

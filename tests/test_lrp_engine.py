@@ -222,3 +222,27 @@ def test_float32_onnxruntime_path_agrees_with_the_float64_numpy_path(architectur
     numpy_only.walk.cache.sessions = None
     other = numpy_only.explain(x, target=exact.targets)
     assert np.linalg.norm(other.relevance - exact.relevance) / np.linalg.norm(exact.relevance) < 1e-4
+
+
+def test_rule_maps_by_type_name_position_and_json_file(tmp_path):
+    import json
+
+    from lrptool.lrp.presets import assign_rules, rule_map_from_spec
+
+    graph, _ = canonize(read_onnx(build_vgg("N")))
+    linear = [n.name for n in graph.nodes if n.op in ("Conv", "Dense")]
+    spec_file = tmp_path / "rules.json"
+    spec_file.write_text(json.dumps({"preset": "epsilon-plus", "rules": {
+        "last": "epsilon:0.5", f"name:{linear[1]}": "gamma:0.1", "first": "wsquare"}}))
+    for spec in (str(spec_file), f"epsilon-plus,last=epsilon:0.5,name:{linear[1]}=gamma:0.1,first=wsquare"):
+        rules = assign_rules(graph, rule_map_from_spec(spec))
+        names = {name: rules[name].name for name in linear}
+        assert names[linear[0]] == "wsquare" and names[linear[1]] == "gamma0.1"
+        assert names[linear[2]] == "zplus" and names[linear[-2]] == "epsilon" and names[linear[-1]] == "epsilon"
+        assert rules[linear[-1]].epsilon == 0.5 and rules[linear[-2]].epsilon == 1e-6
+    with pytest.raises(LrpToolError, match="unknown rule"):
+        rule_map_from_spec("conv=nonsense")
+    with pytest.raises(LrpToolError, match="not a readable JSON"):
+        bad = tmp_path / "bad.json"
+        bad.write_text("{")
+        rule_map_from_spec(str(bad))
