@@ -22,7 +22,8 @@ import tempfile
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-STAND_INS = HERE.parent / "tests" / "stand_ins"
+sys.path.insert(0, str(HERE.parent / "tests"))
+from torch_support import ensure_torchvision, fold_batchnorm, residual_class, set_export_mode  # noqa: E402
 
 
 def rss_bytes():
@@ -30,19 +31,24 @@ def rss_bytes():
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak():
+    """Start the high-water mark afresh (ru_maxrss would carry the parent's size over the exec)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
 def peak_bytes():
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # -- the two networks, written out so that no torchvision is needed ------------------------------
-
-def ensure_torchvision():
-    """zennit imports torchvision; where it cannot be imported, the tests' stand-in serves."""
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        sys.path.insert(0, str(STAND_INS))
-
 
 _MODULES = []
 
@@ -55,18 +61,8 @@ def torch_modules():
 
 
 def define_torch_modules():
-    import torch
     from torch import nn
-    ensure_torchvision()
-    from zennit.layer import Sum
-
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.sum, self.for_export = Sum(), False
-
-        def forward(self, a, b):
-            return a + b if self.for_export else self.sum(torch.stack([a, b], dim=-1))
+    Residual = residual_class()
 
     class Bottleneck(nn.Module):
         def __init__(self, cin, mid, stride):
@@ -125,33 +121,11 @@ def build(name, seed=0):
     return model
 
 
-def fold_batchnorm(model):
-    import torch
-    from torch import nn
-    modules = dict(model.named_modules())
-    previous = None
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.BatchNorm2d):
-            conv = modules[previous]
-            scale = module.weight / torch.sqrt(module.running_var + module.eps)
-            with torch.no_grad():
-                conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-                conv.bias = nn.Parameter((bias - module.running_mean) * scale + module.bias)
-            parent, _, attribute = name.rpartition(".")
-            setattr(modules[parent] if parent else model, attribute, nn.Identity())
-        elif isinstance(module, nn.Conv2d):
-            previous = name
-    return model
-
-
 def export(name, path):
     import torch
     _, Residual = torch_modules()
     model = build(name)
-    for module in model.modules():
-        if isinstance(module, Residual):
-            module.for_export = True
+    set_export_mode(model, Residual, True)
     torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), dynamo=False, input_names=["x"],
                       output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17,
                       do_constant_folding=False)
@@ -189,9 +163,11 @@ def worker(tool, name, batch, repeats, onnx_path):
     else:
         from converters import load_model
         from lrptool.lrp import Explainer
-        explainer = Explainer(load_model(onnx_path), "epsilon-plus-flat", quiet=True)
+        primitives = "numpy" if tool == "lrptool-low-memory" else "onnxruntime"
+        explainer = Explainer(load_model(onnx_path), "epsilon-plus-flat", quiet=True, primitives=primitives)
         run = lambda: explainer.explain(x)  # noqa: E731
     before = rss_bytes()
+    reset_peak()
     start = time.perf_counter()
     run()
     first = time.perf_counter() - start
@@ -231,14 +207,18 @@ def main():
             export(name, path)
             for batch in (int(b) for b in args.batches.split(",")):
                 results = {tool: measure(tool, name, batch, args.repeats, path)
-                           for tool in ("onnxruntime", "zennit", "lrptool")}
+                           for tool in ("onnxruntime", "zennit", "lrptool", "lrptool-low-memory")}
                 per_image = {tool: r["seconds"] / batch for tool, r in results.items()}
                 print(f"{name:9s} batch {batch:2d}: onnxruntime forward {per_image['onnxruntime'] * 1e3:8.1f} ms | "
                       f"zennit {per_image['zennit'] * 1e3:8.1f} ms ({per_image['zennit'] / per_image['onnxruntime']:5.1f}x ort), "
                       f"peak {results['zennit']['peak'] / 2**20:7.0f} MiB | "
                       f"lrptool {per_image['lrptool'] * 1e3:8.1f} ms ({per_image['lrptool'] / per_image['onnxruntime']:5.1f}x ort, "
                       f"{per_image['lrptool'] / per_image['zennit']:4.2f}x zennit), "
-                      f"peak {results['lrptool']['peak'] / 2**20:7.0f} MiB ({results['lrptool']['peak'] / max(results['zennit']['peak'], 1):4.2f}x zennit)",
+                      f"peak {results['lrptool']['peak'] / 2**20:7.0f} MiB ({results['lrptool']['peak'] / max(results['zennit']['peak'], 1):4.2f}x zennit) | "
+                      f"lrptool --low-memory {per_image['lrptool-low-memory'] * 1e3:8.1f} ms "
+                      f"({per_image['lrptool-low-memory'] / per_image['onnxruntime']:5.1f}x ort), "
+                      f"peak {results['lrptool-low-memory']['peak'] / 2**20:7.0f} MiB "
+                      f"({results['lrptool-low-memory']['peak'] / max(results['zennit']['peak'], 1):4.2f}x zennit)",
                       flush=True)
 
 

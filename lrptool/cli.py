@@ -122,8 +122,10 @@ def read_labels(path):
               help="Threads for decoding and writing beside the engine.")
 @click.option("--resume", is_flag=True, help="Skip images whose outputs all exist.")
 @click.option("--jsonl", type=click.Path(dir_okay=False), help="Write the JSON lines here instead of stdout.")
+@click.option("--low-memory", is_flag=True,
+              help="Run the rules' convolutions in NumPy: about half the memory, about half the speed.")
 def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
-            size, resize, channels, scale, mean, std, batch_size, jobs, resume, jsonl):
+            size, resize, channels, scale, mean, std, batch_size, jobs, resume, jsonl, low_memory):
     """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
     stdin, each optionally followed by TAB and a class index). Writes heatmaps, overlays and raw
     relevance into a mirror of the input tree and one JSON line per image to stdout; messages go
@@ -166,7 +168,8 @@ def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, c
     spec = rule_spec or method
     if rule_spec and "=" in rule_spec and method != "epsilon-plus-flat":
         spec = f"{method},{rule_spec}"
-    explainer = Explainer(graph, spec, bounds=preprocessing.bounds())
+    explainer = Explainer(graph, spec, bounds=preprocessing.bounds(),
+                          primitives="numpy" if low_memory else "onnxruntime")
     try:
         os.makedirs(outdir, exist_ok=True)
         stream = open(jsonl, "w", encoding="utf-8") if jsonl else None

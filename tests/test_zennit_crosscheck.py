@@ -13,8 +13,6 @@ zennit==0.5.1``); skipped with the reason where they are missing, except in CI
 
 import io
 import os
-import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -26,10 +24,8 @@ from lrptool.lrp import Explainer
 def import_or_skip():
     try:
         import torch
-        try:
-            import torchvision  # noqa: F401
-        except Exception:
-            sys.path.insert(0, str(pathlib.Path(__file__).parent / "stand_ins"))
+        from torch_support import ensure_torchvision
+        ensure_torchvision()
         import zennit
         return torch, zennit
     except ImportError as error:
@@ -39,24 +35,13 @@ def import_or_skip():
 
 
 torch, zennit = import_or_skip()
+from torch_support import fold_batchnorm, residual_class, set_export_mode  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus,  # noqa: E402
                                EpsilonPlusFlat)
-from zennit.layer import Sum  # noqa: E402
 
 nn = torch.nn
-
-
-class Residual(nn.Module):
-    """a + b, written as Zennit's Sum for Zennit and as a plain addition for the ONNX export."""
-
-    def __init__(self):
-        super().__init__()
-        self.sum = Sum()
-        self.for_export = False
-
-    def forward(self, a, b):
-        return a + b if self.for_export else self.sum(torch.stack([a, b], dim=-1))
+Residual = residual_class()
 
 
 class BasicBlock(nn.Module):
@@ -129,36 +114,13 @@ def randomized(builder, seed):
     return model, shape
 
 
-def fold_batchnorm(model):
-    """Fold each BatchNorm2d into the convolution before it, replacing it by Identity (in place)."""
-    modules = dict(model.named_modules())
-    previous = None
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.BatchNorm2d):
-            conv = modules[previous]
-            scale = module.weight / torch.sqrt(module.running_var + module.eps)
-            with torch.no_grad():
-                conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-                conv.bias = nn.Parameter((bias - module.running_mean) * scale + module.bias)
-            parent, _, attribute = name.rpartition(".")
-            setattr(modules[parent] if parent else model, attribute, nn.Identity())
-        elif isinstance(module, nn.Conv2d):
-            previous = name
-    return model
-
-
 def export_onnx(model, shape):
-    for module in model.modules():
-        if isinstance(module, Residual):
-            module.for_export = True
+    set_export_mode(model, Residual, True)
     buffer = io.BytesIO()
     torch.onnx.export(model, torch.zeros((1,) + shape, dtype=torch.float64), buffer, dynamo=False,
                       input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
                       do_constant_folding=False, opset_version=17)
-    for module in model.modules():
-        if isinstance(module, Residual):
-            module.for_export = False
+    set_export_mode(model, Residual, False)
     import onnx
     return onnx.load_from_string(buffer.getvalue())
 
