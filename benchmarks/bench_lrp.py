@@ -164,7 +164,8 @@ def worker(tool, name, batch, repeats, onnx_path):
         from converters import load_model
         from lrptool.lrp import Explainer
         primitives = "numpy" if tool == "lrptool-low-memory" else "onnxruntime"
-        explainer = Explainer(load_model(onnx_path), "epsilon-plus-flat", quiet=True, primitives=primitives)
+        explainer = Explainer(load_model(onnx_path), "epsilon-plus-flat", quiet=True, primitives=primitives,
+                              forward_backend="lrptool" if tool == "lrptool-low-memory" else "auto")
         run = lambda: explainer.explain(x)  # noqa: E731
     before = rss_bytes()
     reset_peak()

@@ -123,7 +123,7 @@ def read_labels(path):
 @click.option("--resume", is_flag=True, help="Skip images whose outputs all exist.")
 @click.option("--jsonl", type=click.Path(dir_okay=False), help="Write the JSON lines here instead of stdout.")
 @click.option("--low-memory", is_flag=True,
-              help="Run the rules' convolutions in NumPy: about half the memory, about half the speed.")
+              help="Run everything in NumPy/Numba: no second copy of the weights in onnxruntime; slower.")
 def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
             size, resize, channels, scale, mean, std, batch_size, jobs, resume, jsonl, low_memory):
     """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
@@ -169,7 +169,8 @@ def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, c
     if rule_spec and "=" in rule_spec and method != "epsilon-plus-flat":
         spec = f"{method},{rule_spec}"
     explainer = Explainer(graph, spec, bounds=preprocessing.bounds(),
-                          primitives="numpy" if low_memory else "onnxruntime")
+                          primitives="numpy" if low_memory else "onnxruntime",
+                          forward_backend="lrptool" if low_memory else "auto")
     try:
         os.makedirs(outdir, exist_ok=True)
         stream = open(jsonl, "w", encoding="utf-8") if jsonl else None

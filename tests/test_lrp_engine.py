@@ -246,3 +246,18 @@ def test_rule_maps_by_type_name_position_and_json_file(tmp_path):
         bad = tmp_path / "bad.json"
         bad.write_text("{")
         rule_map_from_spec(str(bad))
+
+
+def test_results_survive_the_next_batch():
+    """The float32 forward pass writes into buffers reused from batch to batch."""
+    graph = read_onnx(build_vgg("N"))
+    explainer = Explainer(graph, "epsilon-plus-flat", quiet=True)
+    rng = np.random.default_rng(13)
+    first_x, second_x = rng.normal(size=(2, 3, 32, 32)), rng.normal(size=(2, 3, 32, 32))
+    first = explainer.explain(first_x)
+    kept = (first.outputs.copy(), first.relevance.copy(), first.scores.copy())
+    explainer.explain(second_x)
+    np.testing.assert_array_equal(first.outputs, kept[0])
+    np.testing.assert_array_equal(first.relevance, kept[1])
+    again = explainer.explain(first_x)
+    np.testing.assert_allclose(again.relevance, kept[1], rtol=1e-6)

@@ -106,7 +106,8 @@ class Explainer:
         x = np.asarray(x, dtype=self.dtype)
         input_name = next(iter(self.graph.inputs))
         values = self.walk.forward(x)
-        outputs = values[self.output]
+        # the recorded tensors may live in buffers the next forward pass reuses: keep a copy
+        outputs = np.array(values[self.output])
         targets = select_targets(outputs, target)
         scores = outputs.reshape(outputs.shape[0], -1)[np.arange(len(targets)), targets]
         self.walk.keep_layers = layers

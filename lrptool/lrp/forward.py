@@ -18,6 +18,9 @@ class RecordingForward:
         self.dtype = np.dtype(dtype)
         self.needed = needed
         self.session = None
+        self.buffers, self.buffers_batch = {}, None
+        # the reverse walk only reads the recorded tensors before the next batch is run
+        self.copy_out = False
         if backend in ("auto", "onnxruntime") and self.dtype == np.float32:
             self.session = self.make_session(strict=backend == "onnxruntime")
         self.backend = "onnxruntime" if self.session is not None else "lrptool"
@@ -38,7 +41,7 @@ class RecordingForward:
             options.add_external_initializers(list(arrays), [onnxruntime.OrtValue.ortvalue_from_numpy(a)
                                                              for a in arrays.values()])
             options.log_severity_level = 3
-            options.enable_cpu_mem_arena = False
+            options.enable_cpu_mem_arena = True
             # spinning pool threads would take the cores the NumPy steps between two runs need
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = onnxruntime.InferenceSession(model.SerializeToString(), options,
@@ -56,11 +59,27 @@ class RecordingForward:
             values = run_graph(self.graph, x, dtype=self.dtype, keep_all=self.needed is None,
                                keep=self.needed)
         else:
-            name = next(iter(self.graph.inputs))
-            values = dict(zip(self.names, self.session.run(self.names, {name: x})))
-            values[name] = x
-            values.update(self.constants)
+            values = self.run_bound(x)
         return self.with_placeholders(values, x.shape[0])
+
+    def run_bound(self, x):
+        """Run with every output bound to a NumPy buffer of ours: no copies out of onnxruntime, and
+        the buffers are reused from batch to batch."""
+        batch = x.shape[0]
+        if self.buffers_batch != batch:
+            self.buffers = {n: np.empty(tuple(batch if d is None else d for d in self.graph.shapes[n]), self.dtype)
+                            for n in self.names}
+            self.buffers_batch = batch
+        binding = self.session.io_binding()
+        name = next(iter(self.graph.inputs))
+        binding.bind_cpu_input(name, x)
+        for output, buffer in self.buffers.items():
+            binding.bind_output(output, "cpu", 0, self.dtype, buffer.shape, buffer.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        values = {n: b.copy() if self.copy_out else b for n, b in self.buffers.items()}
+        values[name] = x
+        values.update(self.constants)
+        return values
 
     def with_placeholders(self, values, batch):
         zero = np.zeros((), dtype=self.dtype)
