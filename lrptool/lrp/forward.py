@@ -41,7 +41,7 @@ class RecordingForward:
             options.add_external_initializers(list(arrays), [onnxruntime.OrtValue.ortvalue_from_numpy(a)
                                                              for a in arrays.values()])
             options.log_severity_level = 3
-            options.enable_cpu_mem_arena = True
+            options.enable_cpu_mem_arena = False  # the arena would keep every internal buffer
             # spinning pool threads would take the cores the NumPy steps between two runs need
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = onnxruntime.InferenceSession(model.SerializeToString(), options,
