@@ -183,3 +183,16 @@ def test_bad_options_are_one_line_errors(tmp_path, tree):
     assert missing.returncode == 2 and "nope.onnx" in missing.stderr
     absent = run("explain", model, tmp_path / "absent.png", "-o", tmp_path / "y")
     assert absent.returncode == 1 and "absent.png" in absent.stderr
+
+
+def test_resume_clears_parts_a_hard_kill_left_behind(tmp_path, tree):
+    model = bias_free_mnist(tmp_path / "mnist.onnx")
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    stale = out / "a" / ".lrptool-part-abc123"
+    stale.write_bytes(b"half a PNG")
+    result = run("explain", model, tree / "a", "-o", out, "--format", "npy", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()
+    assert sorted(p.name for p in out.glob("*.npy")) == ["digit.jpg.npy", "digit.png.npy"]
+    assert len(json_lines(result.stdout)) == 2
