@@ -37,6 +37,7 @@ bench: reference-deps
 	$(BIN)/python benchmarks/bench_forward.py
 	$(BIN)/python benchmarks/bench_lrp.py
 	$(BIN)/python benchmarks/bench_cli.py
+	$(BIN)/python benchmarks/bench_evaluate.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

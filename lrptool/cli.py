@@ -95,6 +95,37 @@ def read_labels(path):
         raise LrpToolError(f"{path}: cannot read the labels ({error.strerror or error})") from None
 
 
+def preprocessing_options(function):
+    """The preprocessing flags that explain and evaluate share."""
+    options = [
+        click.option("--preprocess", "preprocess_preset", help="Preprocessing preset: imagenet, caffe, mnist, raw."),
+        click.option("--config", type=click.Path(dir_okay=False),
+                     help="Preprocessing JSON (default: MODEL.json next to the model, if present)."),
+        click.option("--size", help="Input size HxW (default: from the model)."),
+        click.option("--resize", type=click.Choice(["resize", "shorter-crop"])),
+        click.option("--channels", type=click.Choice(["rgb", "bgr", "gray"])),
+        click.option("--scale", type=float, help="Pixel (0-255) multiplier."),
+        click.option("--mean", help="Per-channel mean, comma-separated."),
+        click.option("--std", help="Per-channel std, comma-separated."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean, std):
+    import os
+
+    from .images import preprocessing_for
+
+    input_shape = next(iter(graph.inputs.values()))
+    if config is None and os.path.isfile(model + ".json"):
+        config = model + ".json"
+    return preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
+                             channels=channels, scale=scale, mean=parse_floats(mean, "--mean"),
+                             std=parse_floats(std, "--std"))
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
@@ -108,15 +139,7 @@ def read_labels(path):
 @click.option("--format", "formats", default="png", show_default=True, help="Any of png,overlay,npy.")
 @click.option("--cmap", default="bwr", show_default=True,
               help="Colour map: bwr, seismic, coldnhot, hot, gray, lrp.")
-@click.option("--preprocess", "preprocess_preset", help="Preprocessing preset: imagenet, caffe, mnist, raw.")
-@click.option("--config", type=click.Path(dir_okay=False),
-              help="Preprocessing JSON (default: MODEL.json next to the model, if present).")
-@click.option("--size", help="Input size HxW (default: from the model).")
-@click.option("--resize", type=click.Choice(["resize", "shorter-crop"]))
-@click.option("--channels", type=click.Choice(["rgb", "bgr", "gray"]))
-@click.option("--scale", type=float, help="Pixel (0-255) multiplier.")
-@click.option("--mean", help="Per-channel mean, comma-separated.")
-@click.option("--std", help="Per-channel std, comma-separated.")
+@preprocessing_options
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--jobs", default=2, show_default=True, type=click.IntRange(1),
               help="Threads for decoding and writing beside the engine.")
@@ -135,7 +158,7 @@ def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, c
     from converters import load_model
     from .explain_folder import FORMATS, FolderExplainer
     from .heatmaps import COLORMAPS
-    from .images import preprocessing_for, walk_inputs
+    from .images import walk_inputs
     from .lrp import Explainer
 
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
@@ -156,12 +179,8 @@ def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, c
         except ValueError:
             raise LrpToolError(f"--target {target!r}: give pred, a class index or top-K") from None
     graph = load_model(model)
-    input_shape = next(iter(graph.inputs.values()))
-    if config is None and os.path.isfile(model + ".json"):
-        config = model + ".json"
-    preprocessing = preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
-                                      channels=channels, scale=scale, mean=parse_floats(mean, "--mean"),
-                                      std=parse_floats(std, "--std"))
+    preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
+                                        std)
     items = walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None)
     if not items:
         raise LrpToolError("no images found in " + ", ".join(inputs))
@@ -186,6 +205,74 @@ def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, c
             stream.close()
     click.echo(f"lrptool: explained {runner.explained} image(s) into {outdir} ({runner.written} files); "
                f"{len(failures)} failed", err=True)
+    if failures:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Folder for curves.csv, summary.json and curves.png.")
+@click.option("--methods", "method_list", default="epsilon-plus-flat,epsilon,gradient,sensitivity,random",
+              show_default=True, help="Comma-separated presets or gradient methods; random is always added.")
+@click.option("--target", default="pred", show_default=True, help="pred or a class index.")
+@click.option("--patch", default=4, show_default=True, type=click.IntRange(1), help="Region size in pixels.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Regions removed.")
+@click.option("--order", default="morf,lerf", show_default=True, help="morf (most relevant first), lerf, or both.")
+@click.option("--replacement", default="uniform", show_default=True,
+              type=click.Choice(["uniform", "mean", "zero", "blur"]),
+              help="What removed regions become: uniform noise over the input range, the image mean, 0, a blur.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@preprocessing_options
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+def evaluate(model, inputs, outdir, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
+             config, size, resize, channels, scale, mean, std, batch_size):
+    """Compare explanation methods by region perturbation (Samek et al. 2017): AOPC per method with its
+    standard error, ranked, and the perturbation curves. Exit status 1 when some image failed."""
+    import numpy as np
+
+    from converters import load_model
+    from .evaluate import ORDERS, evaluate_methods, write_report
+    from .images import ImageError, load_picture, to_tensor, walk_inputs
+    from .lrp import METHODS
+
+    orders = tuple(o.strip() for o in order.split(",") if o.strip())
+    if not orders or any(o not in ORDERS for o in orders):
+        raise LrpToolError(f"--order {order!r}: choose from morf, lerf")
+    methods_wanted = [m.strip() for m in method_list.split(",") if m.strip()]
+    unknown = [m for m in methods_wanted if m not in METHODS]
+    if unknown:
+        raise LrpToolError(f"--methods: unknown {', '.join(unknown)}; see `lrptool methods`")
+    if target != "pred":
+        try:
+            target = int(target)
+        except ValueError:
+            raise LrpToolError(f"--target {target!r}: give pred or a class index") from None
+    graph = load_model(model)
+    preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
+                                        std)
+    tensors, failures = [], 0
+    for path, _ in walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None):
+        try:
+            tensors.append(to_tensor(load_picture(path, preprocessing), preprocessing))
+        except ImageError as problem:
+            failures += 1
+            click.echo(f"lrptool: skipped {path}: {problem}", err=True)
+    if not tensors:
+        raise LrpToolError("no readable images among " + ", ".join(inputs))
+    x = np.stack(tensors)
+    bounds = preprocessing.bounds()
+    curves, table, _ = evaluate_methods(graph, x, methods_wanted, target, patch, steps, orders, replacement, bounds,
+                                        seed, batch_size)
+    settings = {"model": model, "images": len(x), "patch": patch, "steps": steps, "orders": list(orders),
+                "replacement": replacement, "seed": seed, "target": target}
+    write_report(outdir, curves, table, settings, say=lambda m: click.echo(f"lrptool: {m}", err=True))
+    for name in orders:
+        click.echo(f"{name.upper()}  AOPC ± standard error ({len(x)} images)")
+        for row in table[name]:
+            click.echo(f"  {row['rank']}. {row['method']:<28} {row['aopc']:10.4g} ± {row['sem']:.2g}")
+    click.echo(f"lrptool: report in {outdir}; {failures} image(s) failed", err=True)
     if failures:
         sys.exit(1)
 
