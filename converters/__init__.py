@@ -5,13 +5,23 @@ import os
 from lrptool.errors import ModelFileError
 
 
-def load_model(path, **options):
-    """Read a model file into a ``lrptool.graph.Graph``, choosing the reader by file type."""
+def load_model(path, weights=None, model_config=None, **options):
+    """Read a model file into a ``lrptool.graph.Graph``, choosing the reader by file type.
+
+    ``weights``: the ``.caffemodel`` for a Caffe ``.prototxt``. ``model_config``: the architecture
+    JSON for a Keras weights-only ``.h5``.
+    """
     path = str(path)
     extension = os.path.splitext(path)[1].lower()
-    if extension == ".onnx" or (extension not in (".prototxt", ".h5", ".hdf5", ".keras") and os.path.isfile(path)):
-        from .onnx_reader import read_onnx
-        return read_onnx(path, **options)
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such file")
-    raise ModelFileError(f"{path}: this kind of model file is not supported yet (lrptool reads .onnx)")
+    if extension in (".h5", ".hdf5", ".keras"):
+        from .keras_reader import read_keras
+        return read_keras(path, model_config=model_config)
+    if extension in (".prototxt", ".pbtxt"):
+        from .caffe_reader import read_caffe
+        return read_caffe(path, weights=weights)
+    if extension == ".caffemodel":
+        raise ModelFileError(f"{path}: a .caffemodel holds the weights; give the .prototxt and --weights {path}")
+    from .onnx_reader import read_onnx
+    return read_onnx(path, **options)
