@@ -5,11 +5,12 @@ import os
 from lrptool.errors import ModelFileError
 
 
-def load_model(path, weights=None, model_config=None, **options):
+def load_model(path, weights=None, model_config=None, random_weights=False, **options):
     """Read a model file into a ``lrptool.graph.Graph``, choosing the reader by file type.
 
-    ``weights``: the ``.caffemodel`` for a Caffe ``.prototxt``. ``model_config``: the architecture
-    JSON for a Keras weights-only ``.h5``.
+    ``weights``: the ``.caffemodel`` for a Caffe ``.prototxt`` (``random_weights``: explain a
+    prototxt without weights, for structure checks). ``model_config``: the architecture JSON for a
+    Keras weights-only ``.h5``.
     """
     path = str(path)
     extension = os.path.splitext(path)[1].lower()
@@ -20,8 +21,12 @@ def load_model(path, weights=None, model_config=None, **options):
         return read_keras(path, model_config=model_config)
     if extension in (".prototxt", ".pbtxt"):
         from .caffe_reader import read_caffe
+        if random_weights:
+            return read_caffe(path, weights=weights, random_weights=True)
         return read_caffe(path, weights=weights)
     if extension == ".caffemodel":
         raise ModelFileError(f"{path}: a .caffemodel holds the weights; give the .prototxt and --weights {path}")
+    if weights or model_config:
+        raise ModelFileError(f"{path}: --weights belongs to Caffe prototxt files and --model-config to Keras .h5 files")
     from .onnx_reader import read_onnx
     return read_onnx(path, **options)

@@ -5,8 +5,6 @@ or convention cost, and adds IR nodes through the read context. ``Unsupported`` 
 (or a setting of it) that lrptool cannot represent; the reader reports all of them at once.
 """
 
-import math
-
 import numpy as np
 
 CONVERTERS = {}

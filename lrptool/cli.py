@@ -5,6 +5,8 @@ import sys
 import click
 
 from . import __version__
+from .cli_options import (build_preprocessing, model_options, open_model, preprocessing_options,
+                          read_labels)
 from .errors import LrpToolError
 
 
@@ -16,19 +18,19 @@ def cli():
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
+@model_options
 @click.option("--preset", help="Show the rule each node gets under this LRP preset.")
 @click.option("--rules", "rule_spec", help="Rule map: 'selector=rule,…' (with an optional preset name among "
               "the items) or a JSON file; shows the rule each node gets.")
-def inspect(model, preset, rule_spec):
+def inspect(model, weights, model_config, random_weights, preset, rule_spec):
     """Print the graph of MODEL: nodes, operators, shapes, parameter counts and totals.
 
     With --preset or --rules, print the graph the explainer walks (BatchNorm folded, output softmax
     removed) with each node's rule or relevance routing; nodes that relevance cannot cross are
     refused here, before anything runs."""
-    from converters import load_model
     from .inspect import graph_summary
 
-    graph = load_model(model)
+    graph = open_model(model, weights, model_config, random_weights)
     if not (preset or rule_spec):
         click.echo(graph_summary(graph, source=model))
         return
@@ -54,12 +56,12 @@ def inspect(model, preset, rule_spec):
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
-def convert(model, output):
+@model_options
+def convert(model, output, weights, model_config, random_weights):
     """Convert MODEL to ONNX (written through a temporary file, then renamed)."""
-    from converters import load_model
     from converters.onnx_writer import write_onnx
 
-    graph = load_model(model)
+    graph = open_model(model, weights, model_config, random_weights)
     try:
         write_onnx(graph, output)
     except OSError as error:
@@ -67,70 +69,12 @@ def convert(model, output):
     click.echo(f"wrote {output}: {len(graph.nodes)} nodes, {graph.parameter_count():,} parameters", err=True)
 
 
-def parse_size(text):
-    if text is None:
-        return None
-    parts = text.lower().replace("x", " ").split()
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        raise LrpToolError(f"--size {text!r}: give HxW or one number") from None
-    return values * 2 if len(values) == 1 else values
-
-
-def parse_floats(text, option):
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise LrpToolError(f"{option} {text!r}: give comma-separated numbers") from None
-
-
-def read_labels(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return [line.strip() for line in handle if line.strip()]
-    except OSError as error:
-        raise LrpToolError(f"{path}: cannot read the labels ({error.strerror or error})") from None
-
-
-def preprocessing_options(function):
-    """The preprocessing flags that explain and evaluate share."""
-    options = [
-        click.option("--preprocess", "preprocess_preset", help="Preprocessing preset: imagenet, caffe, mnist, raw."),
-        click.option("--config", type=click.Path(dir_okay=False),
-                     help="Preprocessing JSON (default: MODEL.json next to the model, if present)."),
-        click.option("--size", help="Input size HxW (default: from the model)."),
-        click.option("--resize", type=click.Choice(["resize", "shorter-crop"])),
-        click.option("--channels", type=click.Choice(["rgb", "bgr", "gray"])),
-        click.option("--scale", type=float, help="Pixel (0-255) multiplier."),
-        click.option("--mean", help="Per-channel mean, comma-separated."),
-        click.option("--std", help="Per-channel std, comma-separated."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean, std):
-    import os
-
-    from .images import preprocessing_for
-
-    input_shape = next(iter(graph.inputs.values()))
-    if config is None and os.path.isfile(model + ".json"):
-        config = model + ".json"
-    return preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
-                             channels=channels, scale=scale, mean=parse_floats(mean, "--mean"),
-                             std=parse_floats(std, "--std"))
-
-
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Folder for the outputs (a mirror of the input tree).")
+@model_options
 @click.option("--preset", "--method", "method", default="epsilon-plus-flat", show_default=True,
               help="LRP preset or gradient method (see `lrptool methods`).")
 @click.option("--rules", "rule_spec", help="Rule map 'selector=rule,…' or a JSON file; overrides --preset.")
@@ -147,7 +91,7 @@ def build_preprocessing(model, graph, preprocess_preset, config, size, resize, c
 @click.option("--jsonl", type=click.Path(dir_okay=False), help="Write the JSON lines here instead of stdout.")
 @click.option("--low-memory", is_flag=True,
               help="Run everything in NumPy/Numba: no second copy of the weights in onnxruntime; slower.")
-def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
+def explain(model, inputs, outdir, weights, model_config, random_weights, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
             size, resize, channels, scale, mean, std, batch_size, jobs, resume, jsonl, low_memory):
     """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
     stdin, each optionally followed by TAB and a class index). Writes heatmaps, overlays and raw
@@ -155,7 +99,6 @@ def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, c
     to stderr. Exit status 1 when some image failed."""
     import os
 
-    from converters import load_model
     from .explain_folder import FORMATS, FolderExplainer
     from .heatmaps import COLORMAPS
     from .images import walk_inputs
@@ -178,7 +121,7 @@ def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, c
             fixed_target = int(target)
         except ValueError:
             raise LrpToolError(f"--target {target!r}: give pred, a class index or top-K") from None
-    graph = load_model(model)
+    graph = open_model(model, weights, model_config, random_weights)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std)
     items = walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None)
@@ -214,6 +157,7 @@ def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, c
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Folder for curves.csv, summary.json and curves.png.")
+@model_options
 @click.option("--methods", "method_list", default="epsilon-plus-flat,epsilon,gradient,sensitivity,random",
               show_default=True, help="Comma-separated presets or gradient methods; random is always added.")
 @click.option("--target", default="pred", show_default=True, help="pred or a class index.")
@@ -226,13 +170,12 @@ def explain(model, inputs, outdir, method, rule_spec, target, labels, formats, c
 @click.option("--seed", default=0, show_default=True, type=int)
 @preprocessing_options
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-def evaluate(model, inputs, outdir, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
+def evaluate(model, inputs, outdir, weights, model_config, random_weights, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
              config, size, resize, channels, scale, mean, std, batch_size):
     """Compare explanation methods by region perturbation (Samek et al. 2017): AOPC per method with its
     standard error, ranked, and the perturbation curves. Exit status 1 when some image failed."""
     import numpy as np
 
-    from converters import load_model
     from .evaluate import ORDERS, evaluate_methods, write_report
     from .images import ImageError, load_picture, to_tensor, walk_inputs
     from .lrp import METHODS
@@ -249,7 +192,7 @@ def evaluate(model, inputs, outdir, method_list, target, patch, steps, order, re
             target = int(target)
         except ValueError:
             raise LrpToolError(f"--target {target!r}: give pred or a class index") from None
-    graph = load_model(model)
+    graph = open_model(model, weights, model_config, random_weights)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std)
     tensors, failures = [], 0

@@ -204,7 +204,7 @@ def _tap_ranges(n_out, kernel, stride, dilation, offset, size):
 
 
 def _pool_geometry(H, W, kernel, strides, dilations, pads, OH, OW):
-    (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = kernel, strides, dilations, pads
+    (kh, kw), (sh, sw), (dh, dw), (top, left) = kernel, strides, dilations, pads[:2]
     i_lo, i_hi = _tap_ranges(OH, kh, sh, dh, -top, H)
     j_lo, j_hi = _tap_ranges(OW, kw, sw, dw, -left, W)
     return i_lo, i_hi, j_lo, j_hi

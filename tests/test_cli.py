@@ -131,3 +131,12 @@ def test_inspect_refuses_unroutable_nodes_before_running(tmp_path):
     assert_one_line_error(lrptool("inspect", path, "--preset", "epsilon"), "'product' (Mul)")
     relu = tiny_model(tmp_path / "relu.onnx")
     assert_one_line_error(lrptool("inspect", relu, "--preset", "no-such-preset"), "unknown preset")
+
+
+def test_model_file_options_belong_to_their_formats(tmp_path):
+    path = tiny_model(tmp_path / "relu.onnx")
+    assert_one_line_error(lrptool("inspect", path, "--weights", path), "--weights belongs to Caffe")
+    assert_one_line_error(lrptool("convert", path, "-o", tmp_path / "x.onnx", "--model-config", path),
+                          "--model-config to Keras")
+    (tmp_path / "lenet.caffemodel").write_bytes(b"\x00")
+    assert_one_line_error(lrptool("inspect", tmp_path / "lenet.caffemodel"), "give the .prototxt")

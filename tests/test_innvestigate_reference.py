@@ -18,7 +18,7 @@ import pytest
 from lrptool.graph import Graph, Node
 from lrptool.lrp import Explainer
 
-from conftest import SHARED_MODELS, shared_models
+from conftest import shared_models
 
 REFERENCES = "references/innvestigate-layers/tests/references/layer"
 LAYERS = ("Dense", "Dense_relu", "Conv2D", "Conv2D_relu", "AveragePooling2D", "MaxPooling2D")

@@ -1,7 +1,5 @@
 """Binary arithmetic with NumPy broadcasting, n-ary Sum, and Constant tensors."""
 
-import numpy as np
-
 from .base import Operator, broadcast_shapes, register
 
 

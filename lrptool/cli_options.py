@@ -1,0 +1,83 @@
+"""Options and helpers that several lrptool commands share."""
+
+import click
+
+from .errors import LrpToolError
+
+
+def parse_size(text):
+    if text is None:
+        return None
+    parts = text.lower().replace("x", " ").split()
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise LrpToolError(f"--size {text!r}: give HxW or one number") from None
+    return values * 2 if len(values) == 1 else values
+
+
+def parse_floats(text, option):
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise LrpToolError(f"{option} {text!r}: give comma-separated numbers") from None
+
+
+def read_labels(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except OSError as error:
+        raise LrpToolError(f"{path}: cannot read the labels ({error.strerror or error})") from None
+
+
+def model_options(function):
+    """Options naming the parts of a model kept in more than one file."""
+    options = [
+        click.option("--weights", type=click.Path(dir_okay=False), help="Caffe: the .caffemodel beside the .prototxt."),
+        click.option("--model-config", type=click.Path(dir_okay=False),
+                     help="Keras: the architecture JSON for a weights-only .h5."),
+        click.option("--random-weights", is_flag=True, help="Caffe: a prototxt without weights, random weights."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def open_model(model, weights=None, model_config=None, random_weights=False):
+    from converters import load_model
+
+    return load_model(model, weights=weights, model_config=model_config, random_weights=random_weights)
+
+
+def preprocessing_options(function):
+    """The preprocessing flags that explain and evaluate share."""
+    options = [
+        click.option("--preprocess", "preprocess_preset", help="Preprocessing preset: imagenet, caffe, mnist, raw."),
+        click.option("--config", type=click.Path(dir_okay=False),
+                     help="Preprocessing JSON (default: MODEL.json next to the model, if present)."),
+        click.option("--size", help="Input size HxW (default: from the model)."),
+        click.option("--resize", type=click.Choice(["resize", "shorter-crop"])),
+        click.option("--channels", type=click.Choice(["rgb", "bgr", "gray"])),
+        click.option("--scale", type=float, help="Pixel (0-255) multiplier."),
+        click.option("--mean", help="Per-channel mean, comma-separated."),
+        click.option("--std", help="Per-channel std, comma-separated."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean, std):
+    import os
+
+    from .images import preprocessing_for
+
+    input_shape = next(iter(graph.inputs.values()))
+    if config is None and os.path.isfile(model + ".json"):
+        config = model + ".json"
+    return preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
+                             channels=channels, scale=scale, mean=parse_floats(mean, "--mean"),
+                             std=parse_floats(std, "--std"))
