@@ -92,7 +92,7 @@ def convert(model, output, weights, model_config, random_weights):
 @click.option("--low-memory", is_flag=True,
               help="Run everything in NumPy/Numba: no second copy of the weights in onnxruntime; slower.")
 def explain(model, inputs, outdir, weights, model_config, random_weights, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
-            size, resize, channels, scale, mean, std, batch_size, jobs, resume, jsonl, low_memory):
+            size, resize, channels, scale, mean, std, mean_file, batch_size, jobs, resume, jsonl, low_memory):
     """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
     stdin, each optionally followed by TAB and a class index). Writes heatmaps, overlays and raw
     relevance into a mirror of the input tree and one JSON line per image to stdout; messages go
@@ -123,7 +123,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, method
             raise LrpToolError(f"--target {target!r}: give pred, a class index or top-K") from None
     graph = open_model(model, weights, model_config, random_weights)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
-                                        std)
+                                        std, mean_file)
     items = walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None)
     if not items:
         raise LrpToolError("no images found in " + ", ".join(inputs))
@@ -171,7 +171,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, method
 @preprocessing_options
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 def evaluate(model, inputs, outdir, weights, model_config, random_weights, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
-             config, size, resize, channels, scale, mean, std, batch_size):
+             config, size, resize, channels, scale, mean, std, mean_file, batch_size):
     """Compare explanation methods by region perturbation (Samek et al. 2017): AOPC per method with its
     standard error, ranked, and the perturbation curves. Exit status 1 when some image failed."""
     import numpy as np
@@ -194,7 +194,7 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, metho
             raise LrpToolError(f"--target {target!r}: give pred or a class index") from None
     graph = open_model(model, weights, model_config, random_weights)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
-                                        std)
+                                        std, mean_file)
     tensors, failures = [], 0
     for path, _ in walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None):
         try:

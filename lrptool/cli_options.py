@@ -64,16 +64,23 @@ def preprocessing_options(function):
         click.option("--scale", type=float, help="Pixel (0-255) multiplier."),
         click.option("--mean", help="Per-channel mean, comma-separated."),
         click.option("--std", help="Per-channel std, comma-separated."),
+        click.option("--mean-file", type=click.Path(dir_okay=False),
+                     help="Caffe .binaryproto mean file (its per-channel means replace --mean)."),
     ]
     for option in reversed(options):
         function = option(function)
     return function
 
 
-def build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean, std):
+def build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean, std,
+                        mean_file=None):
     import os
 
     from .images import preprocessing_for
+
+    if mean_file:
+        from converters.caffe_reader import read_mean_file
+        mean = ",".join(str(v) for v in read_mean_file(mean_file))
 
     input_shape = next(iter(graph.inputs.values()))
     if config is None and os.path.isfile(model + ".json"):
