@@ -240,7 +240,9 @@ def eltwise(ctx, lp, bottoms):
     if len(bottoms) < 2:
         raise Unsupported("Eltwise needs at least two bottoms")
     if p.operation == 2:
-        raise Unsupported("MAX (the IR has no element-wise maximum)")
+        if p.coeff:
+            raise Unsupported("coeff is only allowed with SUM")
+        return ctx.add("Max", lp.name, bottoms, {}, {})
     if p.operation == 0:
         if p.coeff:
             raise Unsupported("coeff is only allowed with SUM")
@@ -270,17 +272,23 @@ def eltwise(ctx, lp, bottoms):
 @layer("Power")
 def power(ctx, lp, bottoms):
     p = lp.power_param
-    if p.power != 1.0:
-        raise Unsupported(f"power {p.power} (only the affine case power = 1 is supported)")
-    if p.scale == 1.0 and p.shift == 0.0:
-        return list(bottoms[:1])
-    shape = ctx.shape(bottoms[0])
-    if len(shape) < 2:
-        raise Unsupported(f"Power on a rank-{len(shape)} input")
-    params = {"scale": np.full(shape[1], p.scale, np.float32)}
-    if p.shift != 0.0:
-        params["bias"] = np.full(shape[1], p.shift, np.float32)
-    return ctx.add("Scale", lp.name, bottoms[:1], {}, params)
+    current = list(bottoms[:1])
+    if p.scale != 1.0 or p.shift != 0.0:
+        shape = ctx.shape(bottoms[0])
+        if len(shape) < 2:
+            raise Unsupported(f"Power on a rank-{len(shape)} input")
+        params = {"scale": np.full(shape[1], p.scale, np.float32)}
+        if p.shift != 0.0:
+            params["bias"] = np.full(shape[1], p.shift, np.float32)
+        current = ctx.add("Scale", lp.name if p.power == 1.0 else f"{lp.name}/affine", current, {}, params)
+    if p.power == 1.0:
+        return current
+    return ctx.add("Pow", lp.name, current, {"exponent": float(p.power)}, {})
+
+
+@layer("AbsVal")
+def absval(ctx, lp, bottoms):
+    return ctx.add("Abs", lp.name, bottoms[:1], {}, {})
 
 
 @layer("Concat")

@@ -216,6 +216,21 @@ def convert_binary(ctx, node, a):
     ctx.add(node.op_type, [left, right], node.output[0])
 
 
+@converter("Max")
+def convert_max(ctx, node, a):
+    if len(node.input) == 1:
+        return ctx.set_alias(node.output[0], node.input[0])
+    ctx.add("Max", list(node.input), node.output[0])
+
+
+@converter("Pow")
+def convert_pow(ctx, node, a):
+    exponent = ctx.require_const(node, 1, "the exponent")
+    if np.asarray(exponent).size != 1:
+        raise Unsupported("an exponent tensor (only one exponent for all elements)")
+    ctx.add("Pow", node.input[:1], node.output[0], dict(exponent=float(np.asarray(exponent).reshape(-1)[0])))
+
+
 @converter("Sum")
 def convert_sum(ctx, node, a):
     if len(node.input) == 1:
@@ -233,6 +248,7 @@ def simple(op_type, ir_op=None, **defaults):
 
 
 simple("Relu")
+simple("Abs")
 simple("Sigmoid")
 simple("Tanh")
 simple("HardSwish")

@@ -128,7 +128,7 @@ def export_per_channel(b, node):
 
 
 @exporter("Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "Elu", "Selu", "HardSigmoid", "GlobalAveragePool",
-          "GlobalMaxPool", "Add", "Sub", "Mul", "Div", "Sum", "Transpose", "Concat", "Flatten")
+          "GlobalMaxPool", "Add", "Sub", "Mul", "Div", "Sum", "Transpose", "Concat", "Flatten", "Abs", "Max")
 def export_same(b, node):
     b.node(node.op, node.inputs, node.outputs, node.name, **{k: (list(v) if isinstance(v, tuple) else v)
                                                                for k, v in node.attrs.items()})
@@ -137,6 +137,12 @@ def export_same(b, node):
 @exporter("PRelu")
 def export_prelu(b, node):
     b.node("PRelu", [node.inputs[0], b.constant(f"{node.name}.slope", node.params["slope"])], node.outputs,
+           node.name)
+
+
+@exporter("Pow")
+def export_pow(b, node):
+    b.node("Pow", [node.inputs[0], b.constant(f"{node.name}.exponent", node.attrs["exponent"])], node.outputs,
            node.name)
 
 

@@ -447,16 +447,30 @@ def test_unsupported_layers_are_listed_together(tmp_path):
     net = cp.NetParameter(name="odd")
     net.input.append("data")
     net.input_dim.extend([1, 3, 4, 4])
-    add_layer(net, "abs", "AbsVal", ["data"], ["abs"])
-    add_layer(net, "max", "Eltwise", ["data", "data"], ["max"], eltwise_param=dict(operation=2))
-    add_layer(net, "after", "ReLU", ["abs"], ["after"])
+    add_layer(net, "bnll", "BNLL", ["data"], ["bnll"])
+    add_layer(net, "max", "Eltwise", ["data", "data"], ["max"], eltwise_param=dict(operation=2, coeff=[1.0, 2.0]))
+    add_layer(net, "after", "ReLU", ["bnll"], ["after"])
     add_layer(net, "weird", "MyCustomLayer", ["data"], ["weird"])
     prototxt, _ = write_model(tmp_path, net)
     with pytest.raises(UnsupportedModelError) as caught:
         read_caffe(prototxt)
     names = [entry[:2] for entry in caught.value.nodes]
-    assert names == [("abs", "AbsVal"), ("max", "Eltwise"), ("weird", "MyCustomLayer")]
-    assert "MAX" in str(caught.value)
+    assert names == [("bnll", "BNLL"), ("max", "Eltwise"), ("weird", "MyCustomLayer")]
+    assert "coeff" in str(caught.value)
+
+
+def test_absval_eltwise_max_and_power_match_numpy(tmp_path):
+    net = cp.NetParameter(name="elementwise")
+    net.input.append("data")
+    net.input_dim.extend([1, 2, 3, 3])
+    add_layer(net, "abs", "AbsVal", ["data"], ["abs"])
+    add_layer(net, "max", "Eltwise", ["data", "abs"], ["max"], eltwise_param=dict(operation=2))
+    add_layer(net, "power", "Power", ["max"], ["power"], power_param=dict(power=2.0, scale=0.5, shift=1.0))
+    prototxt, _ = write_model(tmp_path, net)
+    graph = read_caffe(prototxt)
+    x = np.random.default_rng(4).normal(size=(2, 2, 3, 3))
+    expected = (1.0 + 0.5 * np.maximum(x, np.abs(x))) ** 2
+    np.testing.assert_allclose(run_graph(graph, x, dtype=np.float64)[graph.outputs[0]], expected, rtol=1e-12)
 
 
 def small_conv_net():

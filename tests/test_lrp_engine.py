@@ -261,3 +261,48 @@ def test_results_survive_the_next_batch():
     np.testing.assert_array_equal(first.relevance, kept[1])
     again = explainer.explain(first_x)
     np.testing.assert_allclose(again.relevance, kept[1], rtol=1e-6)
+
+
+def test_gradients_match_finite_differences():
+    """The vector-Jacobian products of the non-linear operators, against central differences."""
+    rng = np.random.default_rng(14)
+    w = rng.normal(size=(6, 2, 3, 3)) * 0.5
+    conv = dict(strides=(1, 1), dilations=(1, 1), pads=(1, 1, 1, 1))
+    nodes = [Node("conv", "Conv", ["x"], ["c"], conv, {"weight": w}),
+             Node("abs", "Abs", ["c"], ["a"]),
+             Node("pow", "Pow", ["a"], ["p"], {"exponent": 1.5}),
+             Node("elu", "Elu", ["c"], ["e"]),
+             Node("max", "Max", ["p", "e"], ["m"]),
+             Node("lrn", "LRN", ["m"], ["l"], {"size": 3, "alpha": 0.5, "beta": 0.75, "bias": 1.0}),
+             Node("swish", "HardSwish", ["l"], ["h"]),
+             Node("sig", "Sigmoid", ["c"], ["s"]),
+             Node("mul", "Mul", ["h", "s"], ["g"]),
+             Node("tanh", "Tanh", ["g"], ["t"]),
+             Node("div", "Div", ["t", "s"], ["d"]),
+             Node("sub", "Sub", ["d", "e"], ["q"]),
+             Node("leaky", "LeakyRelu", ["q"], ["k"], {"alpha": 0.1}),
+             Node("pool", "GlobalAveragePool", ["k"], ["o"]),
+             Node("flat", "Flatten", ["o"], ["y"])]
+    graph = Graph({"x": (None, 2, 4, 4)}, nodes, ["y"])
+    x = rng.normal(size=(1, 2, 4, 4))
+    e = explain(graph, x, "gradient", target=2, dtype=np.float64, quiet=True)
+    numeric = np.zeros_like(x)
+    step = 1e-6
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += step
+        down[index] -= step
+        numeric[index] = (run_graph(graph, up, dtype=np.float64)["y"][0, 2]
+                          - run_graph(graph, down, dtype=np.float64)["y"][0, 2]) / (2 * step)
+    np.testing.assert_allclose(e.relevance, numeric, rtol=1e-4, atol=1e-7)
+
+
+def test_elementwise_max_sends_relevance_to_the_winner():
+    graph = Graph({"x": (None, 4)}, [Node("neg", "Scale", ["x"], ["n"], {}, {"scale": -np.ones(4)}),
+                                     Node("max", "Max", ["x", "n"], ["m"]),
+                                     Node("dense", "Dense", ["m"], ["y"], {}, {"weight": np.ones((1, 4))})], ["y"])
+    x = np.array([[1.0, -2.0, 3.0, -4.0]])
+    e = explain(graph, x, "linear=zero", dtype=np.float64, stabiliser=1e-12, quiet=True, layers=True)
+    # |x| = max(x, -x); the dense layer spreads 10 as |x|; x wins where positive, -x where negative
+    np.testing.assert_allclose(e.layers["m"], [[1.0, 2.0, 3.0, 4.0]])
+    np.testing.assert_allclose(e.layers["n"], [[0.0, 2.0, 0.0, 4.0]])

@@ -9,8 +9,8 @@ from ..errors import LrpToolError
 from .forward import RecordingForward
 from .linear_ops import ADAPTERS, ParamCache, linear_adapter
 from .presets import assign_rules
-from .routing import (ACTIVATIONS, DATA_MOVEMENT, gradient_of, max_winners, move_back, multiplicative_routing,
-                      proportional_split, refuse)
+from .routing import (ACTIVATIONS, DATA_MOVEMENT, gradient_of, max_winners, max_winners_elementwise, move_back,
+                      multiplicative_routing, proportional_split, refuse)
 from .rules import PassRule, norm_rule
 
 PASS_THROUGH = ACTIVATIONS | {"LRN"}
@@ -100,7 +100,7 @@ class ReverseWalk:
                 needed.add(node.inputs[0])
                 if self.rules[node.name].needs_output:
                     needed.update(node.outputs)
-            elif node.op in ("MaxPool", "GlobalMaxPool", "Add", "Sum", "Sub"):
+            elif node.op in ("MaxPool", "GlobalMaxPool", "Add", "Sum", "Sub", "Max"):
                 needed.update(node.inputs)
         return needed
 
@@ -167,6 +167,8 @@ class ReverseWalk:
             return proportional_split(node, inputs, relevance, self.stabiliser)
         if op == "Sub":
             return proportional_split(node, inputs, relevance, self.stabiliser, signs=[1.0, -1.0])
+        if op == "Max":
+            return max_winners_elementwise(inputs, relevance)
         if op in ("Mul", "Div"):
             receiver = multiplicative_routing(node, self.producers)
             routed = [None, None]
@@ -201,6 +203,8 @@ def routing_description(node, rules, producers):
         return "moves with the data"
     if node.op in ("MaxPool", "GlobalMaxPool"):
         return "to the window's winner"
+    if node.op == "Max":
+        return "to the larger input"
     if node.op in ("Add", "Sum", "Sub"):
         return "split in proportion"
     if node.op in ("Mul", "Div"):

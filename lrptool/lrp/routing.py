@@ -12,7 +12,8 @@ from .. import kernels
 from ..errors import LrpToolError
 from .rules import stabilise
 
-ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip"}
+ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
+               "Abs", "Pow"}
 DATA_MOVEMENT = {"Concat", "Split", "Slice", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
                  "Upsample"}
 GATES = {"Sigmoid", "HardSigmoid"}
@@ -111,7 +112,20 @@ def activation_derivative(node, x, y):
         return np.where(x <= -3, 0 * one, np.where(x >= 3, one, (2 * x + 3) / 6))
     if op == "Clip":
         return ((x > a["min"]) & (x < a["max"])).astype(x.dtype)
+    if op == "Abs":
+        return np.sign(x)
+    if op == "Pow":
+        exponent = a["exponent"]
+        return exponent * np.power(x, exponent - 1) if exponent != 1 else one
     raise AssertionError(op)
+
+
+def max_winners_elementwise(inputs, relevance):
+    """Max of tensors: each element's relevance (or gradient) to the input that wins it (the first on ties)."""
+    shape = relevance.shape
+    stacked = np.stack([np.broadcast_to(x, shape) for x in inputs])
+    winner = np.argmax(stacked, axis=0)
+    return [unbroadcast(np.where(winner == index, relevance, 0), x.shape) for index, x in enumerate(inputs)]
 
 
 def softmax_vjp(node, y, g):
@@ -201,6 +215,8 @@ def gradient_of(node, inputs, outputs, grads, producers, relu_policy="gradient",
         return [lrn_vjp(node, x, g)]
     if op in ("Add", "Sum"):
         return [unbroadcast(g, i.shape) for i in inputs]
+    if op == "Max":
+        return max_winners_elementwise(inputs, g)
     if op == "Sub":
         return [unbroadcast(g, inputs[0].shape), unbroadcast(-g, inputs[1].shape)]
     if op == "Mul":

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .base import Operator, batch_fail, broadcast_shapes, fail, normalize_axis, register
+from .base import REQUIRED, Operator, batch_fail, broadcast_shapes, fail, normalize_axis, register
 
 
 class Elementwise(Operator):
@@ -100,6 +100,22 @@ class Clip(Elementwise):
 
     def apply(self, x, attrs, params):
         return np.minimum(np.maximum(x, as_dtype(attrs["min"], x)), as_dtype(attrs["max"], x))
+
+
+@register
+class Abs(Elementwise):
+    def apply(self, x, attrs, params):
+        return np.abs(x)
+
+
+@register
+class Pow(Elementwise):
+    """x raised to a constant exponent (Caffe's Power after its affine part, ONNX Pow by a scalar)."""
+
+    attributes = {"exponent": REQUIRED}
+
+    def apply(self, x, attrs, params):
+        return np.power(x, as_dtype(attrs["exponent"], x))
 
 
 class SoftmaxBase(Operator):

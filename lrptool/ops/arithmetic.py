@@ -1,5 +1,7 @@
 """Binary arithmetic with NumPy broadcasting, n-ary Sum, and Constant tensors."""
 
+import numpy as np
+
 from .base import Operator, broadcast_shapes, register
 
 
@@ -49,6 +51,22 @@ class Sum(Operator):
         for other in inputs[1:]:
             total = total + other
         return [total]
+
+
+@register
+class Max(Operator):
+    """Element-wise maximum of any number of tensors (Caffe's Eltwise MAX, ONNX Max)."""
+
+    num_inputs = None
+
+    def infer(self, node, shapes):
+        return [broadcast_shapes(node, *shapes)]
+
+    def run(self, node, inputs, params):
+        result = inputs[0]
+        for other in inputs[1:]:
+            result = np.maximum(result, other)
+        return [result]
 
 
 @register
