@@ -5,12 +5,12 @@ import os
 from lrptool.errors import ModelFileError
 
 
-def load_model(path, weights=None, model_config=None, random_weights=False, **options):
+def load_model(path, weights=None, model_config=None, random_weights=False, keras1_backend=None, **options):
     """Read a model file into a ``lrptool.graph.Graph``, choosing the reader by file type.
 
     ``weights``: the ``.caffemodel`` for a Caffe ``.prototxt`` (``random_weights``: explain a
     prototxt without weights, for structure checks). ``model_config``: the architecture JSON for a
-    Keras weights-only ``.h5``.
+    Keras weights-only ``.h5``; ``keras1_backend``: which backend wrote a Keras 1 file.
     """
     path = str(path)
     extension = os.path.splitext(path)[1].lower()
@@ -18,7 +18,7 @@ def load_model(path, weights=None, model_config=None, random_weights=False, **op
         raise ModelFileError(f"{path}: no such file")
     if extension in (".h5", ".hdf5", ".keras"):
         from .keras_reader import read_keras
-        return read_keras(path, model_config=model_config)
+        return read_keras(path, model_config=model_config, keras1_backend=keras1_backend)
     if extension in (".prototxt", ".pbtxt"):
         from .caffe_reader import read_caffe
         if random_weights:

@@ -218,9 +218,30 @@ def _per_channel_axis(ctx, lp, p, bottoms):
     return shape[1]
 
 
+def scale_by_tensor(ctx, lp, bottoms):
+    """Scale with a second bottom (e.g. squeeze-excitation): x · s, s aligned with x from ``axis``."""
+    p = lp.scale_param
+    x_shape, s_shape = ctx.shape(bottoms[0]), ctx.shape(bottoms[1])
+    axis = p.axis % len(x_shape)
+    if p.bias_term:
+        raise Unsupported("bias_term with a second bottom")
+    if axis + len(s_shape) > len(x_shape) or any(
+            a != b for a, b in zip(x_shape[axis:axis + len(s_shape)], s_shape) if a is not None and b is not None):
+        raise Unsupported(f"a scale of shape {s_shape} does not line up with {x_shape} at axis {axis}")
+    if (axis == 0) != (s_shape[:1] == (None,)):
+        raise Unsupported(f"a scale of shape {s_shape} at axis {axis} (the batch axes must line up)")
+    scale = bottoms[1]
+    padded = tuple(s_shape) + (1,) * (len(x_shape) - axis - len(s_shape))
+    if padded != tuple(s_shape):
+        (scale,) = ctx.add("Reshape", f"{lp.name}/align", [scale], {"shape": padded}, {})
+    return ctx.add("Mul", lp.name, [bottoms[0], scale], {}, {})
+
+
 @layer("Scale")
 def scale_layer(ctx, lp, bottoms):
     p = lp.scale_param
+    if len(bottoms) == 2:
+        return scale_by_tensor(ctx, lp, bottoms)
     channels = _per_channel_axis(ctx, lp, p, bottoms)
     params = {"scale": ctx.blob(lp, 0, (channels,), fill=1.0)}
     if p.bias_term:

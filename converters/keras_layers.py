@@ -167,7 +167,15 @@ def conv(ctx, lname, cfg, inputs, weights):
     use_bias = cfg.get("use_bias", True)
     w = take(weights, lname, 2 if use_bias else 1)
     attrs["group"] = int(cfg.get("groups", 1) or 1)
-    params = {"weight": conv_kernel(w[0])}
+    kernel = w[0]
+    if ctx.keras_major == 1:
+        # Keras 1 files do not say which backend wrote them; Theano's convolution flips the kernel
+        if ctx.keras1_backend not in ("tensorflow", "theano"):
+            raise Unsupported("a Keras 1 file does not record its backend, and Theano-backend kernels are stored "
+                              "for a flipped convolution: say which wrote it (--keras1-backend tensorflow|theano)")
+        if ctx.keras1_backend == "theano":
+            kernel = kernel[tuple(slice(None, None, -1) for _ in range(rank))]
+    params = {"weight": conv_kernel(np.ascontiguousarray(kernel))}
     if use_bias:
         params["bias"] = w[1]
     y = ctx.emit(lname, "Conv", [x], attrs, params)

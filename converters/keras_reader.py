@@ -99,9 +99,10 @@ class WeightStore:
 class Context:
     """Accumulates IR nodes, infers shapes as they are added, and tracks deferred Flattens."""
 
-    def __init__(self, source, keras_major):
+    def __init__(self, source, keras_major, keras1_backend=None):
         self.source = source
         self.keras_major = keras_major
+        self.keras1_backend = keras1_backend
         self.nodes = []
         self.shapes = {}
         self.inputs = {}
@@ -471,8 +472,11 @@ def keras_major_version(handle):
     return 2
 
 
-def read_keras(path, model_config=None, input_shapes=None):
+def read_keras(path, model_config=None, input_shapes=None, keras1_backend=None):
     """Read a Keras HDF5 model (or weights file plus ``model_config`` JSON) into a ``Graph``.
+
+    ``keras1_backend`` (``tensorflow`` or ``theano``): which backend wrote a Keras 1 file with
+    convolutions; Keras 1 does not record it and Theano's kernels are stored flipped.
 
     ``input_shapes`` (input layer name → Keras shape without the batch axis, e.g. ``(12, 12, 3)``)
     fixes the sizes a fully convolutional model leaves free, since every IR size but the batch is fixed.
@@ -504,7 +508,7 @@ def read_keras(path, model_config=None, input_shapes=None):
             raise GraphError(f"{path}: {error}") from None
         if version is None and model_config is not None:
             version = major_version(config.get("keras_version"))
-        ctx = Context(path, version or keras_major_version(handle))
+        ctx = Context(path, version or keras_major_version(handle), keras1_backend)
         outputs = ModelBuilder(ctx, path, input_shapes).build(config, weights)
     if ctx.unsupported:
         raise UnsupportedModelError(path, ctx.unsupported)

@@ -40,16 +40,19 @@ def model_options(function):
         click.option("--model-config", type=click.Path(dir_okay=False),
                      help="Keras: the architecture JSON for a weights-only .h5."),
         click.option("--random-weights", is_flag=True, help="Caffe: a prototxt without weights, random weights."),
+        click.option("--keras1-backend", type=click.Choice(["tensorflow", "theano"]),
+                     help="Keras 1: the backend that wrote the file (Theano stores kernels flipped)."),
     ]
     for option in reversed(options):
         function = option(function)
     return function
 
 
-def open_model(model, weights=None, model_config=None, random_weights=False):
+def open_model(model, weights=None, model_config=None, random_weights=False, keras1_backend=None):
     from converters import load_model
 
-    return load_model(model, weights=weights, model_config=model_config, random_weights=random_weights)
+    return load_model(model, weights=weights, model_config=model_config, random_weights=random_weights,
+                      keras1_backend=keras1_backend)
 
 
 def preprocessing_options(function):

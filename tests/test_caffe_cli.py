@@ -84,3 +84,30 @@ def test_broken_caffe_files_are_one_line_errors(tmp_path, lenet):
     mismatch = tmp_path / "mismatch.prototxt"
     mismatch.write_text(text.replace("num_output: 500", "num_output: 400"))
     one_line_error(lrptool("inspect", mismatch, "--weights", weights), "ip1")
+
+
+def test_prototxt_without_weights_is_inspected_and_explained_with_random_weights(tmp_path):
+    prototxt = shared_models() / "caffe" / "bvlc-prototxt" / "examples" / "cifar10" / "cifar10_quick.prototxt"
+    inspected = lrptool("inspect", prototxt)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "(N, 3, 32, 32)" in inspected.stdout and "(N, 10)" in inspected.stdout
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(3):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(images / f"{index}.png")
+    mean_file = tmp_path / "mean.binaryproto"
+    from converters.caffe_proto import BlobProto
+    blob = BlobProto()
+    blob.shape.dim.extend([1, 3, 2, 2])
+    blob.data.extend([100.0] * 4 + [110.0] * 4 + [120.0] * 4)
+    mean_file.write_bytes(blob.SerializeToString())
+    result = lrptool("explain", prototxt, "--random-weights", images, "-o", tmp_path / "out", "--format", "npy",
+                     "--preprocess", "caffe", "--mean-file", mean_file, "--rules", "first=flat,linear=epsilon-nobias:1e-9")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 3
+    for record in records:
+        relevance = np.load(record["files"][0])
+        assert relevance.shape == (3, 32, 32) and np.isfinite(relevance).all()
+        assert float(relevance.sum(dtype=np.float64)) == pytest.approx(record["score"], rel=1e-4)

@@ -574,3 +574,22 @@ def test_input_shape_overrides_a_fully_convolutional_net():
     # the top-left window sees exactly the 12×12 reference input
     np.testing.assert_allclose(run_graph(graph, big)["prob1"][:, :, 0, 0],
                                np.load(os.path.join(ref, "output_prob1.npy"))[:, :, 0, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_scale_by_a_second_bottom_is_a_gate(tmp_path):
+    """Squeeze-excitation as Caffe writes it: a sigmoid gate flattened to (N, C) scaling the features from axis 0."""
+    net = cp.NetParameter(name="se")
+    net.input.append("data")
+    net.input_dim.extend([1, 3, 4, 4])
+    add_layer(net, "pool", "Pooling", ["data"], ["pool"], pooling_param=dict(pool=1, global_pooling=True))
+    add_layer(net, "gate", "Sigmoid", ["pool"], ["gate"])
+    add_layer(net, "flat", "Flatten", ["gate"], ["flat"])
+    add_layer(net, "scale", "Scale", ["data", "flat"], ["out"], scale_param=dict(axis=0))
+    prototxt, _ = write_model(tmp_path, net)
+    graph = read_caffe(prototxt)
+    x = np.random.default_rng(5).normal(size=(2, 3, 4, 4))
+    gate = 1 / (1 + np.exp(-x.mean(axis=(2, 3), keepdims=True)))
+    np.testing.assert_allclose(run_graph(graph, x, dtype=np.float64)[graph.outputs[0]], x * gate, rtol=1e-12)
+    from lrptool.lrp.engine import routing_description
+    mul = next(n for n in graph.nodes if n.op == "Mul")
+    assert routing_description(mul, {}, graph.producers()) == "all to 'data'"

@@ -454,7 +454,15 @@ def test_keras3_archive_matches_its_h5_twin():
 def test_keras1_mnist_cnn_config_matches_a_numpy_forward_pass():
     folder = shared_models() / "keras" / "dl4j-2018" / "modelimport" / "keras" / "examples" / "mnist_cnn"
     weights_path = folder / "mnist_cnn_tf_keras_1_weights.h5"
-    graph = read_keras(weights_path, model_config=folder / "mnist_cnn_tf_keras_1_config.json")
+    config = folder / "mnist_cnn_tf_keras_1_config.json"
+    # Keras 1 does not record its backend: convolutions are refused until it is named
+    with pytest.raises(UnsupportedModelError, match="keras1-backend"):
+        read_keras(weights_path, model_config=config)
+    graph = read_keras(weights_path, model_config=config, keras1_backend="tensorflow")
+    theano = read_keras(weights_path, model_config=config, keras1_backend="theano")
+    flipped = [n.params["weight"] for n in theano.nodes if n.op == "Conv"]
+    for plain, other in zip([n.params["weight"] for n in graph.nodes if n.op == "Conv"], flipped):
+        np.testing.assert_array_equal(plain[:, :, ::-1, ::-1], other)
     with h5py.File(weights_path, "r") as f:
         def w(layer, i):
             group = f[layer]
@@ -642,8 +650,8 @@ def test_keras1_weights_file_with_config_taken_from_its_full_model(tmp_path):
     with h5py.File(folder / "cnn_tf_model.h5", "r") as f:
         config = f.attrs["model_config"]
     (tmp_path / "arch.json").write_text(config.decode() if isinstance(config, bytes) else config)
-    full = read_keras(folder / "cnn_tf_model.h5")
-    split = read_keras(folder / "cnn_tf_weights.h5", model_config=tmp_path / "arch.json")
+    full = read_keras(folder / "cnn_tf_model.h5", keras1_backend="tensorflow")
+    split = read_keras(folder / "cnn_tf_weights.h5", model_config=tmp_path / "arch.json", keras1_backend="tensorflow")
     assert [n.op for n in full.nodes] == [n.op for n in split.nodes]
     x = np.random.default_rng(11).normal(size=(3, 8, 8, 3))
     assert run_single(full, x)[0].shape == (3, full.shapes[full.outputs[0]][1])
