@@ -450,16 +450,19 @@ def pairs(value, rank):
     return out
 
 
+def border_spans(value, rank):
+    """(begin, end) per spatial axis from a Keras padding/cropping setting (1-D layers take one pair)."""
+    if rank == 1 and not isinstance(value, int):
+        return [(int(value[0]), int(value[1]))]
+    return pairs(value, rank)
+
+
 @layer("ZeroPadding1D", "ZeroPadding2D")
 def zero_padding(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     check_data_format(cfg)
     rank = 1 if "1D" in ctx.class_name else 2
-    value = cfg.get("padding", 1)
-    if rank == 1 and not isinstance(value, int):
-        spans = [(int(value[0]), int(value[1]))]
-    else:
-        spans = pairs(value, rank)
+    spans = border_spans(cfg.get("padding", 1), rank)
     pads = (0, 0) + tuple(b for b, _ in spans) + (0, 0) + tuple(e for _, e in spans)
     return ctx.emit(lname, "Pad", [x], {"pads": pads, "value": 0.0})
 
@@ -469,11 +472,7 @@ def cropping(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     check_data_format(cfg)
     rank = 1 if "1D" in ctx.class_name else 2
-    value = cfg.get("cropping", 1)
-    if rank == 1 and not isinstance(value, int):
-        spans = [(int(value[0]), int(value[1]))]
-    else:
-        spans = pairs(value, rank)
+    spans = border_spans(cfg.get("cropping", 1), rank)
     spatial = ctx.shape(x)[2:]
     starts = tuple(b for b, _ in spans)
     ends = tuple(size - e for size, (_, e) in zip(spatial, spans))
