@@ -90,13 +90,17 @@ def inner_product(ctx, lp, bottoms):
     p = lp.inner_product_param
     shape = ctx.shape(bottoms[0])
     axis = p.axis % len(shape)
-    if axis != 1:
-        raise Unsupported(f"inner product from axis {p.axis} (only axis 1 is supported)")
+    if axis == 0:
+        raise Unsupported("inner product over the batch axis")
     source = bottoms[0]
-    if len(shape) > 2:
+    if axis == 1 and len(shape) > 2:
         # Caffe flattens C·H·W in C-major order, which is what Flatten(axis=1) does for NCHW.
         (source,) = ctx.add("Flatten", f"{lp.name}/flatten", [source], {"axis": 1}, {})
-    features = int(np.prod(shape[1:], dtype=np.int64))
+    elif axis < len(shape) - 1:
+        # the axes before ``axis`` stay; the rest become one feature axis for the Dense on the last axis
+        target = tuple(shape[:axis]) + (int(np.prod(shape[axis:], dtype=np.int64)),)
+        (source,) = ctx.add("Reshape", f"{lp.name}/flatten", [source], {"shape": target}, {})
+    features = int(np.prod(shape[axis:], dtype=np.int64))
     outputs = int(p.num_output)
     if outputs < 1:
         raise Unsupported("num_output is not set")

@@ -593,3 +593,25 @@ def test_scale_by_a_second_bottom_is_a_gate(tmp_path):
     from lrptool.lrp.engine import routing_description
     mul = next(n for n in graph.nodes if n.op == "Mul")
     assert routing_description(mul, {}, graph.producers()) == "all to 'data'"
+
+
+def test_inner_product_from_axis_two_keeps_the_leading_axes(tmp_path):
+    net = cp.NetParameter(name="ip_axis")
+    net.input.append("data")
+    net.input_dim.extend([1, 3, 4, 5])
+    add_layer(net, "ip", "InnerProduct", ["data"], ["ip"], inner_product_param=dict(num_output=2, axis=2))
+    weights = np.random.default_rng(7).normal(size=(2, 20)).astype(np.float32)
+    bias = np.array([0.5, -1.0], np.float32)
+    model = cp.NetParameter(name="ip_axis")
+    layer = model.layer.add(name="ip", type="InnerProduct")
+    for array in (weights, bias):
+        blob = layer.blobs.add()
+        blob.shape.dim.extend(array.shape)
+        blob.data.extend(array.reshape(-1).tolist())
+    prototxt, _ = write_model(tmp_path, net)
+    caffemodel = tmp_path / "ip.caffemodel"
+    caffemodel.write_bytes(model.SerializeToString())
+    graph = read_caffe(prototxt, weights=str(caffemodel))
+    x = np.random.default_rng(8).normal(size=(2, 3, 4, 5))
+    expected = x.reshape(2, 3, 20) @ weights.T.astype(np.float64) + bias
+    np.testing.assert_allclose(run_graph(graph, x, dtype=np.float64)[graph.outputs[0]], expected, rtol=1e-6)
