@@ -350,9 +350,10 @@ def elu(ctx, lname, cfg, inputs, weights):
 @layer("ThresholdedReLU")
 def thresholded_relu(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
-    if float(cfg.get("theta", 1.0)) != 0.0:
-        raise Unsupported("theta != 0 (no thresholded ReLU operator)")
-    return ctx.emit(lname, "Relu", [x])
+    theta = float(cfg.get("theta", 1.0))
+    if theta == 0.0:
+        return ctx.emit(lname, "Relu", [x])
+    return ctx.emit(lname, "ThresholdedRelu", [x], {"alpha": theta})
 
 
 @layer("PReLU")

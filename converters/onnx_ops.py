@@ -256,6 +256,7 @@ simple("LeakyRelu", alpha=0.01)
 simple("Elu", alpha=1.0)
 simple("Selu", alpha=1.6732632423543772, gamma=1.0507009873554805)
 simple("HardSigmoid", alpha=0.2, beta=0.5)
+simple("ThresholdedRelu", alpha=1.0)
 
 
 @converter("PRelu")

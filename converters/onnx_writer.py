@@ -128,7 +128,8 @@ def export_per_channel(b, node):
 
 
 @exporter("Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "Elu", "Selu", "HardSigmoid", "GlobalAveragePool",
-          "GlobalMaxPool", "Add", "Sub", "Mul", "Div", "Sum", "Transpose", "Concat", "Flatten", "Abs", "Max")
+          "GlobalMaxPool", "Add", "Sub", "Mul", "Div", "Sum", "Transpose", "Concat", "Flatten", "Abs", "Max",
+          "ThresholdedRelu")
 def export_same(b, node):
     b.node(node.op, node.inputs, node.outputs, node.name, **{k: (list(v) if isinstance(v, tuple) else v)
                                                                for k, v in node.attrs.items()})

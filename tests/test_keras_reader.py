@@ -119,7 +119,7 @@ DL4J_REFERENCES = [
     "dl4j/modelimport/keras/examples/simple_sparse_xent/simple_sparse_xent_mlp_keras_2_model.h5",
     "dl4j/modelimport/keras/fullconfigs/cnn/cnn_batch_norm.h5",
     *[f"dl4j/modelimport/keras/tfkeras/{name}.h5" for name in (
-        "act_0", "act_1", "adv_act_0", "adv_act_1", "adv_act_2", "adv_act_3", "adv_act_4",
+        "act_0", "act_1", "adv_act_0", "adv_act_1", "adv_act_2", "adv_act_3", "adv_act_4", "adv_act_5",
         "cnn2d_64", "cnn2d_65", "cnn2d_66", "cnn2d_67", "cnn2d_68", "cnn2d_69", "cnn2d_70", "cnn2d_71",
         "misc_1", "mlp_0", "some_loss")],
     *[f"dl4j/modelimport/keras/weights/{name}.h5" for name in (
@@ -197,7 +197,6 @@ def test_dl4j_sparse_xent_matches_recorded_predictions():
 @pytest.mark.parametrize("relative, layer, words", [
     # The IR fixes every non-batch size; this fully convolutional net leaves H and W free.
     ("dl4j/modelimport/keras/examples/12net.h5", "input_2", "free sizes"),
-    ("dl4j/modelimport/keras/tfkeras/adv_act_5.h5", "thresholded_re_lu", "theta"),
 ])
 def test_dl4j_files_outside_the_ir_are_refused_by_layer(relative, layer, words):
     path = shared_models() / "keras" / relative

@@ -13,7 +13,7 @@ from ..errors import LrpToolError
 from .rules import stabilise
 
 ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
-               "Abs", "Pow"}
+               "Abs", "Pow", "ThresholdedRelu"}
 DATA_MOVEMENT = {"Concat", "Split", "Slice", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
                  "Upsample"}
 GATES = {"Sigmoid", "HardSigmoid"}
@@ -114,6 +114,8 @@ def activation_derivative(node, x, y):
         return ((x > a["min"]) & (x < a["max"])).astype(x.dtype)
     if op == "Abs":
         return np.sign(x)
+    if op == "ThresholdedRelu":
+        return (x > a["alpha"]).astype(x.dtype)
     if op == "Pow":
         exponent = a["exponent"]
         return exponent * np.power(x, exponent - 1) if exponent != 1 else one

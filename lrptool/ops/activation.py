@@ -103,6 +103,16 @@ class Clip(Elementwise):
 
 
 @register
+class ThresholdedRelu(Elementwise):
+    """x where x > alpha, else 0 (Keras ThresholdedReLU, ONNX ThresholdedRelu)."""
+
+    attributes = {"alpha": 1.0}
+
+    def apply(self, x, attrs, params):
+        return np.where(x > as_dtype(attrs["alpha"], x), x, as_dtype(0, x))
+
+
+@register
 class Abs(Elementwise):
     def apply(self, x, attrs, params):
         return np.abs(x)
