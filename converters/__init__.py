@@ -5,12 +5,14 @@ import os
 from lrptool.errors import ModelFileError
 
 
-def load_model(path, weights=None, model_config=None, random_weights=False, keras1_backend=None, **options):
+def load_model(path, weights=None, model_config=None, random_weights=False, keras1_backend=None, input_size=None,
+               **options):
     """Read a model file into a ``lrptool.graph.Graph``, choosing the reader by file type.
 
     ``weights``: the ``.caffemodel`` for a Caffe ``.prototxt`` (``random_weights``: explain a
     prototxt without weights, for structure checks). ``model_config``: the architecture JSON for a
     Keras weights-only ``.h5``; ``keras1_backend``: which backend wrote a Keras 1 file.
+    ``input_size``: the sizes a fully convolutional ONNX or Keras model leaves free (e.g. (H, W)).
     """
     path = str(path)
     extension = os.path.splitext(path)[1].lower()
@@ -18,7 +20,7 @@ def load_model(path, weights=None, model_config=None, random_weights=False, kera
         raise ModelFileError(f"{path}: no such file")
     if extension in (".h5", ".hdf5", ".keras"):
         from .keras_reader import read_keras
-        return read_keras(path, model_config=model_config, keras1_backend=keras1_backend)
+        return read_keras(path, model_config=model_config, keras1_backend=keras1_backend, input_size=input_size)
     if extension in (".prototxt", ".pbtxt"):
         from .caffe_reader import read_caffe
         if random_weights:
@@ -29,4 +31,4 @@ def load_model(path, weights=None, model_config=None, random_weights=False, kera
     if weights or model_config:
         raise ModelFileError(f"{path}: --weights belongs to Caffe prototxt files and --model-config to Keras .h5 files")
     from .onnx_reader import read_onnx
-    return read_onnx(path, **options)
+    return read_onnx(path, input_size=input_size, **options)

@@ -249,10 +249,11 @@ def input_shape_of(spec):
 
 
 class ModelBuilder:
-    def __init__(self, ctx, path, input_shapes=None):
+    def __init__(self, ctx, path, input_shapes=None, input_size=None):
         self.ctx = ctx
         self.path = path
         self.input_shapes = dict(input_shapes or {})
+        self.input_size = tuple(input_size) if input_size else None
 
     def convert_layer(self, spec, inputs, weights, prefix):
         """Run one layer's converter; returns its output tensors (BROKEN when refused)."""
@@ -344,9 +345,13 @@ class ModelBuilder:
                 raise ModelFileError(f"{self.path}: input {name!r} has shape {list(shape)}; "
                                      f"{list(fixed)} does not fit it")
             shape = (None,) + tuple(int(d) for d in fixed)
+        free = [i for i, d in enumerate(shape) if i and d is None]
+        if free and self.input_size and len(free) == len(self.input_size):
+            sizes = iter(self.input_size)
+            shape = tuple(next(sizes) if i in free else d for i, d in enumerate(shape))
         if any(d is None for d in shape[1:]):
             self.ctx.unsupported.append((name, "InputLayer", f"input shape {list(shape)} has free sizes "
-                                         "besides the batch axis"))
+                                         "besides the batch axis; fix them with --input-size"))
             return BROKEN
         return self.ctx.add_input(name, shape, keras_order)
 
@@ -472,14 +477,15 @@ def keras_major_version(handle):
     return 2
 
 
-def read_keras(path, model_config=None, input_shapes=None, keras1_backend=None):
+def read_keras(path, model_config=None, input_shapes=None, keras1_backend=None, input_size=None):
     """Read a Keras HDF5 model (or weights file plus ``model_config`` JSON) into a ``Graph``.
 
     ``keras1_backend`` (``tensorflow`` or ``theano``): which backend wrote a Keras 1 file with
     convolutions; Keras 1 does not record it and Theano's kernels are stored flipped.
 
     ``input_shapes`` (input layer name → Keras shape without the batch axis, e.g. ``(12, 12, 3)``)
-    fixes the sizes a fully convolutional model leaves free, since every IR size but the batch is fixed.
+    fixes the sizes a fully convolutional model leaves free, since every IR size but the batch is fixed;
+    ``input_size`` (e.g. ``(12, 12)``) fills the free spatial sizes of every input in order.
     """
     import h5py
 
@@ -509,7 +515,7 @@ def read_keras(path, model_config=None, input_shapes=None, keras1_backend=None):
         if version is None and model_config is not None:
             version = major_version(config.get("keras_version"))
         ctx = Context(path, version or keras_major_version(handle), keras1_backend)
-        outputs = ModelBuilder(ctx, path, input_shapes).build(config, weights)
+        outputs = ModelBuilder(ctx, path, input_shapes, input_size).build(config, weights)
     if ctx.unsupported:
         raise UnsupportedModelError(path, ctx.unsupported)
     outputs = [ctx.materialize(t) for t in outputs]

@@ -60,8 +60,9 @@ def tensor_shape(value_info):
 class ReadContext:
     """State of one conversion: constants, IR tensors with shapes, aliases and the IR nodes made."""
 
-    def __init__(self, model, source, free_batch):
+    def __init__(self, model, source, free_batch, input_size=None):
         self.model = model
+        self.input_size = tuple(input_size) if input_size else None
         self.source = source
         self.free_batch = free_batch
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -206,9 +207,13 @@ def graph_inputs(ctx, bind):
         shape = tensor_shape(value_info)
         if shape is None:
             raise GraphError(f"{ctx.source}: input {name!r} has no declared shape; lrptool needs one")
+        free = [i for i, d in enumerate(shape) if i and d in (None, 0)]
+        if free and ctx.input_size and len(free) == len(ctx.input_size):
+            sizes = iter(ctx.input_size)
+            shape = [next(sizes) if i in free else d for i, d in enumerate(shape)]
         if None in shape[1:] or 0 in shape[1:]:
             raise GraphError(f"{ctx.source}: input {name!r} has shape {shape} with a free size beyond the batch "
-                             "axis; lrptool needs fixed sizes except for the batch")
+                             "axis; lrptool needs fixed sizes except for the batch (give them with --input-size)")
         if shape and shape[0] not in (None, 0):
             ctx.declared_batch = shape[0]
         if ctx.free_batch:
@@ -219,8 +224,8 @@ def graph_inputs(ctx, bind):
     return inputs
 
 
-def convert(model, source, free_batch, bind):
-    ctx = ReadContext(model, source, free_batch)
+def convert(model, source, free_batch, bind, input_size=None):
+    ctx = ReadContext(model, source, free_batch, input_size)
     for init in model.graph.initializer:
         ctx.consts[init.name] = numpy_helper.to_array(init)
     for name, value in bind.items():
@@ -292,11 +297,12 @@ def finish_output(ctx, name, taken):
     return target
 
 
-def read_onnx(model_or_path, bind=None):
+def read_onnx(model_or_path, bind=None, input_size=None):
     """Read an ONNX model (a path or a ``ModelProto``) into a ``Graph``.
 
     ``bind`` maps graph input names to arrays that are to be treated as constants (for models
-    that take their weights as inputs).
+    that take their weights as inputs); ``input_size`` fills the free sizes after the batch axis
+    (e.g. ``(224, 224)`` for an image model exported with free height and width).
     """
     if isinstance(model_or_path, onnx.ModelProto):
         model, source = model_or_path, "<model>"
@@ -305,9 +311,9 @@ def read_onnx(model_or_path, bind=None):
         model = load_onnx_proto(source)
     bind = dict(bind or {})
     try:
-        return convert(model, source, free_batch=True, bind=bind)
+        return convert(model, source, free_batch=True, bind=bind, input_size=input_size)
     except BatchAxisError as first:
         try:
-            return convert(model, source, free_batch=False, bind=bind)
+            return convert(model, source, free_batch=False, bind=bind, input_size=input_size)
         except BatchAxisError:
             raise GraphError(f"{source}: {first}; the model declares no fixed batch size to fall back on") from None

@@ -22,7 +22,7 @@ def cli():
 @click.option("--preset", help="Show the rule each node gets under this LRP preset.")
 @click.option("--rules", "rule_spec", help="Rule map: 'selector=rule,…' (with an optional preset name among "
               "the items) or a JSON file; shows the rule each node gets.")
-def inspect(model, weights, model_config, random_weights, keras1_backend, preset, rule_spec):
+def inspect(model, weights, model_config, random_weights, keras1_backend, model_input_size, preset, rule_spec):
     """Print the graph of MODEL: nodes, operators, shapes, parameter counts and totals.
 
     With --preset or --rules, print the graph the explainer walks (BatchNorm folded, output softmax
@@ -30,7 +30,7 @@ def inspect(model, weights, model_config, random_weights, keras1_backend, preset
     refused here, before anything runs."""
     from .inspect import graph_summary
 
-    graph = open_model(model, weights, model_config, random_weights, keras1_backend)
+    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     if not (preset or rule_spec):
         click.echo(graph_summary(graph, source=model))
         return
@@ -57,11 +57,11 @@ def inspect(model, weights, model_config, random_weights, keras1_backend, preset
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
 @model_options
-def convert(model, output, weights, model_config, random_weights, keras1_backend):
+def convert(model, output, weights, model_config, random_weights, keras1_backend, model_input_size):
     """Convert MODEL to ONNX (written through a temporary file, then renamed)."""
     from converters.onnx_writer import write_onnx
 
-    graph = open_model(model, weights, model_config, random_weights, keras1_backend)
+    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     try:
         write_onnx(graph, output)
     except OSError as error:
@@ -91,7 +91,7 @@ def convert(model, output, weights, model_config, random_weights, keras1_backend
 @click.option("--jsonl", type=click.Path(dir_okay=False), help="Write the JSON lines here instead of stdout.")
 @click.option("--low-memory", is_flag=True,
               help="Run everything in NumPy/Numba: no second copy of the weights in onnxruntime; slower.")
-def explain(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
+def explain(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
             size, resize, channels, scale, mean, std, mean_file, batch_size, jobs, resume, jsonl, low_memory):
     """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
     stdin, each optionally followed by TAB and a class index). Writes heatmaps, overlays and raw
@@ -121,7 +121,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
             fixed_target = int(target)
         except ValueError:
             raise LrpToolError(f"--target {target!r}: give pred, a class index or top-K") from None
-    graph = open_model(model, weights, model_config, random_weights, keras1_backend)
+    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std, mean_file)
     items = walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None)
@@ -170,7 +170,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
 @click.option("--seed", default=0, show_default=True, type=int)
 @preprocessing_options
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
+def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
              config, size, resize, channels, scale, mean, std, mean_file, batch_size):
     """Compare explanation methods by region perturbation (Samek et al. 2017): AOPC per method with its
     standard error, ranked, and the perturbation curves. Exit status 1 when some image failed."""
@@ -192,7 +192,7 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
             target = int(target)
         except ValueError:
             raise LrpToolError(f"--target {target!r}: give pred or a class index") from None
-    graph = open_model(model, weights, model_config, random_weights, keras1_backend)
+    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std, mean_file)
     tensors, failures = [], 0

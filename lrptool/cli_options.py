@@ -42,17 +42,25 @@ def model_options(function):
         click.option("--random-weights", is_flag=True, help="Caffe: a prototxt without weights, random weights."),
         click.option("--keras1-backend", type=click.Choice(["tensorflow", "theano"]),
                      help="Keras 1: the backend that wrote the file (Theano stores kernels flipped)."),
+        click.option("--input-size", "model_input_size",
+                     help="ONNX/Keras: sizes a fully convolutional model leaves free, e.g. 12x12."),
     ]
     for option in reversed(options):
         function = option(function)
     return function
 
 
-def open_model(model, weights=None, model_config=None, random_weights=False, keras1_backend=None):
+def open_model(model, weights=None, model_config=None, random_weights=False, keras1_backend=None, input_size=None):
     from converters import load_model
 
+    sizes = None
+    if input_size:
+        try:
+            sizes = tuple(int(v) for v in input_size.lower().replace("x", " ").split())
+        except ValueError:
+            raise LrpToolError(f"--input-size {input_size!r}: give sizes like 12x12") from None
     return load_model(model, weights=weights, model_config=model_config, random_weights=random_weights,
-                      keras1_backend=keras1_backend)
+                      keras1_backend=keras1_backend, input_size=sizes)
 
 
 def preprocessing_options(function):

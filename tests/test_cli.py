@@ -140,3 +140,14 @@ def test_model_file_options_belong_to_their_formats(tmp_path):
                           "--model-config to Keras")
     (tmp_path / "lenet.caffemodel").write_bytes(b"\x00")
     assert_one_line_error(lrptool("inspect", tmp_path / "lenet.caffemodel"), "give the .prototxt")
+
+
+def test_input_size_fills_free_sizes_of_an_onnx_model(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="only")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])])
+    path = tmp_path / "free.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert_one_line_error(lrptool("inspect", path), "free size", "--input-size")
+    result = lrptool("inspect", path, "--input-size", "5x7")
+    assert result.returncode == 0 and "input  x: (N, 3, 5, 7)" in result.stdout

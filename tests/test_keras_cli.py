@@ -61,3 +61,17 @@ def test_dcgan_discriminator_from_the_command_line(tmp_path):
         relevance = np.load(record["files"][0])
         assert relevance.shape == (1, 28, 28)
         assert float(relevance.sum(dtype=np.float64)) == pytest.approx(record["score"], rel=1e-4)
+
+
+def test_input_size_fixes_a_fully_convolutional_model(tmp_path):
+    root = shared_models() / "keras" / "dl4j" / "modelimport" / "keras" / "examples"
+    refused = lrptool("inspect", root / "12net.h5")
+    assert refused.returncode == 2 and "--input-size" in refused.stderr
+    converted = lrptool("convert", root / "12net.h5", "--input-size", "12x12", "-o", tmp_path / "12net.onnx")
+    assert converted.returncode == 0, converted.stderr
+    x = np.load(root / "_ref_tfkeras2.15" / "12net.input.npy").transpose(0, 3, 1, 2).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(tmp_path / "12net.onnx"), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: x})
+    for index, output in enumerate(outputs):
+        expected = np.load(root / "_ref_tfkeras2.15" / f"12net.output_{index}.npy").transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
