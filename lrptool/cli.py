@@ -233,10 +233,14 @@ def interrupt_on_terminate():
     """SIGTERM ends a run like Ctrl-C: files being written are finished or removed, never half-left."""
     import signal
 
+    from .explain_folder import STOP
+
     def handler(signum, frame):
+        STOP.set()
         raise KeyboardInterrupt
     try:
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread
         pass
 

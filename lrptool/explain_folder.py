@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from .images import ImageError, load_picture, to_tensor
 from .lrp import top_k_targets
 
 TEMP_PREFIX = ".lrptool-part-"
+#: Set when the run is asked to stop (Ctrl-C, SIGTERM): an interrupt that lands inside compiled
+#: code reaches Python as some other exception, and this tells the two apart.
+STOP = threading.Event()
 FORMATS = ("png", "overlay", "npy")
 
 
@@ -134,6 +138,8 @@ class FolderExplainer:
             pending_writes = []
             decoded = pool.submit(self.decode, batches[0]) if batches else None
             for index in range(len(batches)):
+                if STOP.is_set():
+                    raise KeyboardInterrupt
                 batch = decoded.result()
                 decoded = pool.submit(self.decode, batches[index + 1]) if index + 1 < len(batches) else None
                 pending_writes += self.explain_batch(batch, pool)
@@ -178,6 +184,8 @@ class FolderExplainer:
         try:
             first = self.explainer.explain(x, target=self.targets_for(items))
         except Exception as error:  # noqa: BLE001 - one bad batch must not end the run
+            if STOP.is_set():
+                raise KeyboardInterrupt from None
             for item in items:
                 self.fail(item, f"explaining failed: {error}")
             return []

@@ -196,3 +196,24 @@ def test_resume_clears_parts_a_hard_kill_left_behind(tmp_path, tree):
     assert not stale.exists()
     assert sorted(p.name for p in out.glob("*.npy")) == ["digit.jpg.npy", "digit.png.npy"]
     assert len(json_lines(result.stdout)) == 2
+
+
+def test_an_interrupt_inside_compiled_code_stops_the_run(tmp_path, tree):
+    """A signal that lands inside a Numba kernel comes back as SystemError; with the stop flag set, the
+    run ends as interrupted instead of counting the batch as failed images."""
+    from lrptool import explain_folder
+    from lrptool.images import preprocessing_for
+
+    class Interrupted:
+        def explain(self, x, target=None):
+            explain_folder.STOP.set()
+            raise SystemError("returned a result with an exception set")
+
+    pre = preprocessing_for((None, 1, 28, 28), "raw")
+    runner = explain_folder.FolderExplainer(Interrupted(), pre, str(tmp_path / "out"), ("npy",))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run([(str(tree / "a" / "digit.png"), None)])
+        assert not runner.failures
+    finally:
+        explain_folder.STOP.clear()
