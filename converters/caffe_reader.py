@@ -19,7 +19,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from lrptool.errors import GraphError, ModelFileError, UnsupportedModelError
-from lrptool.graph import Graph, Node, normalize_node
+from lrptool.graph import Graph, Node, free_name, normalize_node
 
 from . import caffe_proto
 from .caffe_layers import LAYERS, Unsupported
@@ -150,18 +150,12 @@ class CaffeContext:
         return self.shapes[tensor]
 
     def unique(self, base):
-        name, k = base, 1
-        while name in self.tensor_names:
-            k += 1
-            name = f"{base}#{k}"
+        name = free_name(base, self.tensor_names, "#")
         self.tensor_names.add(name)
         return name
 
     def add(self, op, name, inputs, attrs, params, outputs=1, output_names=None):
-        base, k = name, 1
-        while name in self.node_names:
-            k += 1
-            name = f"{base}#{k}"
+        name = free_name(name, self.node_names, "#")
         self.node_names.add(name)
         names = output_names or [f"{name}:{i}" if outputs > 1 else name for i in range(outputs)]
         node = Node(name, op, list(inputs), [self.unique(n) for n in names], dict(attrs), dict(params))

@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 
 from lrptool.errors import GraphError, ModelFileError, UnsupportedModelError
-from lrptool.graph import Graph, Node, normalize_node
+from lrptool.graph import Graph, Node, free_name, normalize_node
 
 from .keras_layers import (LAYERS, Unsupported, WeightCountError, activation_nodes, channels_first_perm,
                            channels_last_perm, keras1_layer, wants_keras_order, REFUSED)
@@ -116,12 +116,7 @@ class Context:
         self.current_keras_order = False
 
     def unique(self, name):
-        if name not in self.shapes:
-            return name
-        i = 1
-        while f"{name}_{i}" in self.shapes:
-            i += 1
-        return f"{name}_{i}"
+        return free_name(name, self.shapes, start=1)
 
     def add_input(self, name, keras_shape, keras_order=False):
         shape = tuple(keras_shape)

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lrptool.errors import BatchAxisError, GraphError, ModelFileError, UnsupportedModelError
-from lrptool.graph import Graph, Node, normalize_node
+from lrptool.graph import Graph, Node, free_name, normalize_node
 
 from . import onnx_shape_ops  # noqa: F401  (registers the data-movement converters)
 from .onnx_ops import CONVERTERS, Unsupported
@@ -120,11 +120,7 @@ class ReadContext:
 
     # -- nodes -----------------------------------------------------------------------------
     def free_name(self, base):
-        name, count = base, 1
-        while name in self.node_names:
-            count += 1
-            name = f"{base}_{count}"
-        return name
+        return free_name(base, self.node_names)
 
     def unique_name(self, base):
         name = self.free_name(base)

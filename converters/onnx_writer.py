@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lrptool.errors import LrpToolError
+from lrptool.graph import free_name
 
 OPSET = 19
 EXPORTERS = {}
@@ -54,10 +55,7 @@ class OnnxBuilder:
             self.initializers.append(numpy_helper.from_array(array, name))
 
     def unique(self, base):
-        name, count = base, 1
-        while name in self.names:
-            count += 1
-            name = f"{base}_{count}"
+        name = free_name(base, self.names)
         self.names.add(name)
         return name
 

@@ -16,6 +16,15 @@ from .errors import GraphError
 from .ops import OPERATORS, REQUIRED
 
 
+def free_name(base, taken, separator="_", start=2):
+    """``base``, or the first of base{separator}{start}, base{separator}{start + 1}, … not in ``taken``."""
+    name, count = base, start
+    while name in taken:
+        name = f"{base}{separator}{count}"
+        count += 1
+    return name
+
+
 @dataclass
 class Node:
     name: str
