@@ -306,3 +306,30 @@ def test_elementwise_max_sends_relevance_to_the_winner():
     # |x| = max(x, -x); the dense layer spreads 10 as |x|; x wins where positive, -x where negative
     np.testing.assert_allclose(e.layers["m"], [[1.0, 2.0, 3.0, 4.0]])
     np.testing.assert_allclose(e.layers["n"], [[0.0, 2.0, 0.0, 4.0]])
+
+
+def test_unfolded_per_channel_nodes_in_the_gradient_and_the_epsilon_rule():
+    """BatchNorm and a bias-free Scale after a ReLU stay unfolded; their transpose is the per-channel factor."""
+    rng = np.random.default_rng(15)
+    nodes = [Node("relu", "Relu", ["x"], ["r"]),
+             Node("bn", "BatchNorm", ["r"], ["b"], {"epsilon": 1e-3},
+                  {"scale": rng.uniform(0.5, 2, 3), "bias": rng.normal(size=3), "mean": rng.normal(size=3),
+                   "var": rng.uniform(0.5, 2, 3)}),
+             Node("scale", "Scale", ["b"], ["s"], {}, {"scale": rng.normal(size=3)}),
+             Node("flat", "Flatten", ["s"], ["y"])]
+    graph = Graph({"x": (None, 3, 2, 2)}, nodes, ["y"])
+    x = rng.normal(size=(1, 3, 2, 2))
+    gradient = explain(graph, x, "gradient", target=5, dtype=np.float64, quiet=True).relevance
+    bn, scale = nodes[1].params, nodes[2].params
+    factor = bn["scale"] / np.sqrt(bn["var"] + 1e-3) * scale["scale"]
+    expected = np.zeros_like(x)
+    expected[0, 1, 0, 1] = factor[1] * (x[0, 1, 0, 1] > 0)   # output 5 = channel 1, pixel (0, 1)
+    np.testing.assert_allclose(gradient, expected, rtol=1e-12)
+    relevance = explain(graph, x, "epsilon,batchnorm=epsilon:1e-9", target=5, dtype=np.float64, quiet=True)
+    # through the BatchNorm with the ε rule: R_in = x·a·R/(x·a + c); the Scale (same category, no bias)
+    # passes it on up to its stabiliser ε = 1e-9
+    a = bn["scale"] / np.sqrt(bn["var"] + 1e-3)
+    c = bn["bias"] - bn["mean"] * a
+    r = np.maximum(x[0, 1, 0, 1], 0)
+    out = (r * a[1] + c[1]) * scale["scale"][1]
+    assert relevance.relevance[0, 1, 0, 1] == pytest.approx(r * a[1] * out / (r * a[1] + c[1]), rel=1e-6)

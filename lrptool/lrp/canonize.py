@@ -19,13 +19,13 @@ PER_CHANNEL = {"BatchNorm", "Scale", "Bias"}
 
 
 def per_channel_affine(node):
-    """(a, c) with node(x) = x·a + c per channel, in float64."""
+    """(a, c) with node(x) = x·a + c per channel, in float64; c is None for a Scale without bias."""
     p = {k: v.astype(np.float64) for k, v in node.params.items()}
     if node.op == "BatchNorm":
         a = p["scale"] / np.sqrt(p["var"] + node.attrs["epsilon"])
         return a, p["bias"] - p["mean"] * a
     if node.op == "Scale":
-        return p["scale"], p.get("bias", np.zeros_like(p["scale"]))
+        return p["scale"], p.get("bias")
     return np.ones_like(p["bias"]), p["bias"]
 
 
@@ -40,7 +40,8 @@ def fold_into(layer, affine_node):
     else:
         weight = weight * a.reshape((-1,) + (1,) * (weight.ndim - 1))
     dtype = layer.params["weight"].dtype
-    params = {"weight": weight.astype(dtype), "bias": (bias * a + c).astype(dtype)}
+    shift = bias * a if c is None else bias * a + c
+    params = {"weight": weight.astype(dtype), "bias": shift.astype(dtype)}
     return Node(layer.name, layer.op, list(layer.inputs), list(affine_node.outputs), dict(layer.attrs), params)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import kernels
 from . import ort_primitives
+from .canonize import per_channel_affine
 from ..errors import LrpToolError
 from ..ops.linear import channel_view, to_2d
 
@@ -139,24 +140,15 @@ class DenseAdapter(LinearAdapter):
 class PerChannelAdapter(LinearAdapter):
     """BatchNorm, Scale and Bias: y = x·a + c per channel."""
 
-    def factors(self):
-        p = {k: v.astype(np.float64) for k, v in self.node.params.items()}
-        if self.node.op == "BatchNorm":
-            a = p["scale"] / np.sqrt(p["var"] + self.node.attrs["epsilon"])
-            return a, p["bias"] - p["mean"] * a
-        if self.node.op == "Scale":
-            return p["scale"], p.get("bias")
-        return np.ones_like(p["bias"]), p["bias"]
-
     def forward(self, x, mode, bias_mode, gamma=0.0):
-        a, c = self.factors()
+        a, c = per_channel_affine(self.node)
         y = x * channel_view(modify(a, mode, gamma).astype(self.dtype), x.ndim)
         if bias_mode is not None and c is not None:
             y = y + channel_view(modify(c, bias_mode, gamma).astype(self.dtype), x.ndim)
         return y
 
     def transpose(self, s, mode, gamma=0.0):
-        a, _ = self.factors()
+        a, _ = per_channel_affine(self.node)
         return s * channel_view(modify(a, mode, gamma).astype(self.dtype), s.ndim)
 
 
