@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import LrpToolError
+from ..ops.pooling import channel_window_sum
 from .rules import stabilise
 
 ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
@@ -141,19 +142,11 @@ def lrn_vjp(node, x, g):
     a = node.attrs
     size = a["size"]
     before = (size - 1) // 2
-    scale = a["bias"] + a["alpha"] / size * window_sum(x * x, before, size)
+    scale = a["bias"] + a["alpha"] / size * channel_window_sum(x * x, before, size)
     g_scaled = g * x * scale ** (-a["beta"] - 1)
     # channel j feeds every output i whose window holds j: the mirrored window
-    back = window_sum(g_scaled, size - 1 - before, size)
+    back = channel_window_sum(g_scaled, size - 1 - before, size)
     return g * scale ** (-a["beta"]) - 2 * a["alpha"] * a["beta"] / size * x * back
-
-
-def window_sum(values, before, size):
-    channels = values.shape[1]
-    padded = np.zeros((values.shape[0], channels + size - 1) + values.shape[2:], dtype=values.dtype)
-    padded[:, before:before + channels] = values
-    cumulative = np.concatenate([np.zeros_like(padded[:, :1]), np.cumsum(padded, axis=1)], axis=1)
-    return cumulative[:, size:size + channels] - cumulative[:, :channels]
 
 
 # -- gates ----------------------------------------------------------------------------------------

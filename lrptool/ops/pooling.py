@@ -98,6 +98,16 @@ class GlobalMaxPool(GlobalPool):
         return [np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)]
 
 
+def channel_window_sum(values, before, size):
+    """Σ over the channel window [c − before, c − before + size − 1] for every channel c, zero outside;
+    running sums in float64, the result in the values' dtype."""
+    channels = values.shape[1]
+    padded = np.zeros((values.shape[0], channels + size - 1) + values.shape[2:], dtype=np.float64)
+    padded[:, before:before + channels] = values
+    cumulative = np.concatenate([np.zeros_like(padded[:, :1]), np.cumsum(padded, axis=1)], axis=1)
+    return (cumulative[:, size:size + channels] - cumulative[:, :channels]).astype(values.dtype)
+
+
 @register
 class LRN(Operator):
     """Local response normalisation across channels (ONNX form):
@@ -117,13 +127,7 @@ class LRN(Operator):
         x = inputs[0]
         a = node.attrs
         size = a["size"]
-        before = (size - 1) // 2
-        squares = np.square(x)
-        padded = np.zeros((x.shape[0], x.shape[1] + size - 1) + x.shape[2:], dtype=x.dtype)
-        padded[:, before:before + x.shape[1]] = squares
-        cumulative = np.cumsum(padded, axis=1, dtype=np.float64)
-        cumulative = np.concatenate([np.zeros_like(cumulative[:, :1]), cumulative], axis=1)
-        window = (cumulative[:, size:] - cumulative[:, :-size])[:, : x.shape[1]].astype(x.dtype)
+        window = channel_window_sum(np.square(x), (size - 1) // 2, size)
         scale = np.asarray(a["bias"], x.dtype) + np.asarray(a["alpha"] / size, x.dtype) * window
         return [x / scale ** np.asarray(a["beta"], x.dtype)]
 
