@@ -4,14 +4,12 @@ Each IR operator has one small exporter; parameters become float32 initializers 
 batch size becomes the symbolic dimension ``batch``.
 """
 
-import os
-import tempfile
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lrptool.errors import LrpToolError
+from lrptool.files import write_atomically
 from lrptool.graph import free_name
 
 OPSET = 19
@@ -273,15 +271,5 @@ def graph_to_onnx(graph, expose=(), external=None):
 
 def write_onnx(graph, path):
     """Write ``graph`` to ``path`` through a temporary file, so no half-written model is left behind."""
-    model = graph_to_onnx(graph)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".lrptool-", suffix=".onnx.part", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(model.SerializeToString())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    write_atomically(path, graph_to_onnx(graph).SerializeToString(), make_folders=False)
     return path

@@ -176,7 +176,7 @@ def write_report(outdir, curves, table, settings, write=None, say=print):
     import json
     import os
 
-    from .explain_folder import write_atomically
+    from .files import write_atomically
 
     os.makedirs(outdir, exist_ok=True)
     text = io.StringIO()

@@ -10,18 +10,17 @@ import io
 import json
 import os
 import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from .files import remove_stale_parts, write_atomically
 from .heatmaps import heatmap_image, overlay_image
 from .images import ImageError, load_picture, to_tensor
 from .lrp import top_k_targets
 
-TEMP_PREFIX = ".lrptool-part-"
 #: Set when the run is asked to stop (Ctrl-C, SIGTERM): an interrupt that lands inside compiled
 #: code reaches Python as some other exception, and this tells the two apart.
 STOP = threading.Event()
@@ -45,21 +44,6 @@ def mirrored_items(items):
     return [Item(path, target, os.path.relpath(os.path.abspath(path), root)) for path, target in items]
 
 
-def write_atomically(path, payload):
-    """Write bytes to ``path`` through a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def png_bytes(image):
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -70,13 +54,6 @@ def npy_bytes(array):
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array, dtype=np.float32))
     return buffer.getvalue()
-
-
-def remove_stale_parts(outdir):
-    for folder, _, files in os.walk(outdir):
-        for name in files:
-            if name.startswith(TEMP_PREFIX):
-                os.unlink(os.path.join(folder, name))
 
 
 class FolderExplainer:
