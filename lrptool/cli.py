@@ -5,8 +5,8 @@ import sys
 import click
 
 from . import __version__
-from .cli_options import (build_preprocessing, model_options, open_model, preprocessing_options,
-                          read_labels)
+from .cli_options import (build_preprocessing, combined_rule_spec, model_options, open_model,
+                          preprocessing_options, read_labels)
 from .errors import LrpToolError
 
 
@@ -40,10 +40,7 @@ def inspect(model, weights, model_config, random_weights, keras1_backend, model_
 
     canonical, changes = canonize(graph)
     check_routable(canonical)
-    spec = rule_spec if rule_spec else preset
-    if rule_spec and preset:
-        spec = f"{preset},{rule_spec}" if "=" in rule_spec else rule_spec
-    rules = assign_rules(canonical, rule_map_from_spec(spec))
+    rules = assign_rules(canonical, rule_map_from_spec(combined_rule_spec(preset, rule_spec)))
     producers = canonical.producers()
     routing = {node.name: routing_description(node, rules, producers) for node in canonical.nodes}
     click.echo(graph_summary(canonical, source=model, routing=routing))
@@ -75,8 +72,8 @@ def convert(model, output, weights, model_config, random_weights, keras1_backend
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Folder for the outputs (a mirror of the input tree).")
 @model_options
-@click.option("--preset", "--method", "method", default="epsilon-plus-flat", show_default=True,
-              help="LRP preset or gradient method (see `lrptool methods`).")
+@click.option("--preset", "--method", "method",
+              help="LRP preset or gradient method (see `lrptool methods`); default epsilon-plus-flat.")
 @click.option("--rules", "rule_spec", help="Rule map 'selector=rule,…' or a JSON file; overrides --preset.")
 @click.option("--target", default="pred", show_default=True, help="pred, a class index, or top-K.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line.")
@@ -127,10 +124,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     items = walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None)
     if not items:
         raise LrpToolError("no images found in " + ", ".join(inputs))
-    spec = rule_spec or method
-    if rule_spec and "=" in rule_spec and method != "epsilon-plus-flat":
-        spec = f"{method},{rule_spec}"
-    explainer = Explainer(graph, spec, bounds=preprocessing.bounds(),
+    explainer = Explainer(graph, combined_rule_spec(method, rule_spec, "epsilon-plus-flat"), bounds=preprocessing.bounds(),
                           primitives="numpy" if low_memory else "onnxruntime",
                           forward_backend="lrptool" if low_memory else "auto")
     try:

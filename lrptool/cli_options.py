@@ -33,6 +33,13 @@ def read_labels(path):
         raise LrpToolError(f"{path}: cannot read the labels ({error.strerror or error})") from None
 
 
+def combined_rule_spec(preset, rule_spec, default=None):
+    """--preset with --rules: the rule items decide first, the preset for every node they leave."""
+    if preset and rule_spec and "=" in rule_spec:
+        return f"{preset},{rule_spec}"
+    return rule_spec or preset or default
+
+
 def model_options(function):
     """Options naming the parts of a model kept in more than one file."""
     options = [

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LrpToolError
+from ..graph import Node, normalize_node
 from .forward import RecordingForward
 from .linear_ops import ADAPTERS, ParamCache, linear_adapter
 from .presets import assign_rules
@@ -184,11 +185,8 @@ class ReverseWalk:
         return self.bounds
 
     def maxpool_as_average(self, node, x, relevance):
-        from ..graph import Node
-        average = Node(node.name, "AveragePool", node.inputs, node.outputs, dict(node.attrs, count_include_pad=False))
-        average.attrs = {k: v for k, v in average.attrs.items()}
-        from ..graph import normalize_node
-        normalize_node(average)
+        average = normalize_node(Node(node.name, "AveragePool", node.inputs, node.outputs,
+                                      dict(node.attrs, count_include_pad=False)))
         adapter = linear_adapter(average, self.cache, x.shape, self.dtype)
         return norm_rule(self.stabiliser).apply(adapter, x, relevance)
 
