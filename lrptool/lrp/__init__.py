@@ -82,15 +82,14 @@ class Explainer:
         if method in GRADIENT_METHODS:
             policy = {"guided-backprop": "guided", "deconvnet": "deconvnet"}.get(method, "gradient")
             self.walk = ReverseWalk(self.graph, mode="gradient", relu_policy=policy, dtype=self.dtype,
-                                    forward_backend=forward_backend)
+                                    forward_backend=forward_backend, primitives=primitives)
             self.rules = {}
         else:
             rule_map = rule_map_from_spec(method, epsilon, stabiliser, gamma)
             self.rules = assign_rules(self.graph, rule_map)
             self.walk = ReverseWalk(self.graph, mode="lrp", rules=self.rules, bounds=self.bounds, maxpool=maxpool,
-                                    stabiliser=stabiliser, dtype=self.dtype, forward_backend=forward_backend)
-            if primitives == "numpy":
-                self.walk.cache.sessions = None
+                                    stabiliser=stabiliser, dtype=self.dtype, forward_backend=forward_backend,
+                                    primitives=primitives)
             if any(r.name == "zbox" for r in self.rules.values()) and self.bounds is None:
                 raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
 

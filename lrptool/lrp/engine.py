@@ -71,7 +71,8 @@ class ReverseWalk:
     """
 
     def __init__(self, graph, mode="lrp", rules=None, bounds=None, maxpool="winner", relu_policy="gradient",
-                 stabiliser=1e-6, dtype=np.float64, keep_layers=False, forward_backend="auto"):
+                 stabiliser=1e-6, dtype=np.float64, keep_layers=False, forward_backend="auto",
+                 primitives="onnxruntime"):
         self.graph = graph
         self.mode = mode
         self.rules = rules or {}
@@ -83,7 +84,7 @@ class ReverseWalk:
         self.keep_layers = keep_layers
         self.forward_backend = forward_backend
         self.recorder = None
-        self.cache = ParamCache()
+        self.cache = ParamCache(use_onnxruntime=primitives == "onnxruntime")
         self.producers = graph.producers()
         if mode == "lrp":
             check_routable(graph)
