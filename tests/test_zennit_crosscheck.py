@@ -31,7 +31,8 @@ def import_or_skip():
     except ImportError as error:
         if os.environ.get("LRPTOOL_REQUIRE_ZENNIT"):
             pytest.fail(f"the Zennit cross-check needs torch and zennit: {error}")
-        pytest.skip(f"torch and zennit are not installed ({error}); see this file's docstring")
+        pytest.skip(f"torch and zennit are not installed ({error}); see this file's docstring",
+                    allow_module_level=True)
 
 
 torch, zennit = import_or_skip()
