@@ -4,6 +4,8 @@ import os
 
 from lrptool.errors import ModelFileError
 
+from .reading import reading_file
+
 
 def load_model(path, weights=None, model_config=None, random_weights=False, keras1_backend=None, input_size=None,
                **options):
@@ -15,6 +17,11 @@ def load_model(path, weights=None, model_config=None, random_weights=False, kera
     ``input_size``: the sizes a fully convolutional ONNX or Keras model leaves free (e.g. (H, W)).
     """
     path = str(path)
+    with reading_file(path):
+        return _read(path, weights, model_config, random_weights, keras1_backend, input_size, **options)
+
+
+def _read(path, weights, model_config, random_weights, keras1_backend, input_size, **options):
     extension = os.path.splitext(path)[1].lower()
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such file")

@@ -258,7 +258,22 @@ def main(argv=None):
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(1)
+    except Exception as error:  # noqa: BLE001 - a bug must still end in one line, not a traceback
+        report_internal_error(error)
+        sys.exit(3)
     sys.exit(0)
+
+
+def report_internal_error(error):
+    """A failure no check foresaw: one line saying so (the traceback with LRPTOOL_DEBUG=1)."""
+    import os
+    import traceback
+
+    if os.environ.get("LRPTOOL_DEBUG"):
+        traceback.print_exc()
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    click.echo(f"lrptool: internal error: {type(error).__name__}{': ' + first if first else ''} "
+               "(a bug in lrptool; rerun with LRPTOOL_DEBUG=1 for the traceback and report it)", err=True)
 
 
 if __name__ == "__main__":
