@@ -5,8 +5,8 @@ import sys
 import click
 
 from . import __version__
-from .cli_options import (build_preprocessing, combined_rule_spec, model_options, open_model,
-                          preprocessing_options, read_labels)
+from .cli_options import (build_preprocessing, check_target_range, combined_rule_spec, model_options, open_model,
+                          parse_target, preprocessing_options, read_labels, require_runnable)
 from .errors import LrpToolError
 
 
@@ -84,7 +84,8 @@ def convert(model, output, weights, model_config, random_weights, keras1_backend
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--jobs", default=2, show_default=True, type=click.IntRange(1),
               help="Threads for decoding and writing beside the engine.")
-@click.option("--resume", is_flag=True, help="Skip images whose outputs all exist.")
+@click.option("--resume", is_flag=True,
+              help="Skip images the output folder's manifest proves finished (files whole); append to --jsonl.")
 @click.option("--jsonl", type=click.Path(dir_okay=False), help="Write the JSON lines here instead of stdout.")
 @click.option("--low-memory", is_flag=True,
               help="Run everything in NumPy/Numba: no second copy of the weights in onnxruntime; slower.")
@@ -100,6 +101,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     from .heatmaps import COLORMAPS
     from .images import walk_inputs
     from .lrp import Explainer
+    from .records import open_records
 
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
     unknown = [f for f in wanted if f not in FORMATS]
@@ -107,35 +109,28 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
         raise LrpToolError(f"--format {formats!r}: choose from {', '.join(FORMATS)}")
     if cmap not in COLORMAPS:
         raise LrpToolError(f"--cmap {cmap!r}: choose from {', '.join(sorted(COLORMAPS))}")
-    top_k, fixed_target = None, "pred"
-    if target.startswith("top-"):
-        try:
-            top_k = int(target[4:])
-        except ValueError:
-            raise LrpToolError(f"--target {target!r}: give pred, a class index or top-K") from None
-    elif target != "pred":
-        try:
-            fixed_target = int(target)
-        except ValueError:
-            raise LrpToolError(f"--target {target!r}: give pred, a class index or top-K") from None
+    fixed_target, top_k = parse_target(target)
+    label_names = read_labels(labels) if labels else None
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std, mean_file)
-    items = walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None)
-    if not items:
-        raise LrpToolError("no images found in " + ", ".join(inputs))
+    require_runnable(graph, model)
     explainer = Explainer(graph, combined_rule_spec(method, rule_spec, "epsilon-plus-flat"), bounds=preprocessing.bounds(),
                           primitives="numpy" if low_memory else "onnxruntime",
                           forward_backend="lrptool" if low_memory else "auto")
+    check_target_range(fixed_target, top_k, explainer.output_size())
+    items = walk_inputs(inputs, stdin=click.get_binary_stream("stdin") if "-" in inputs else None)
+    if not items:
+        raise LrpToolError("no images found in " + ", ".join(inputs))
     try:
         os.makedirs(outdir, exist_ok=True)
-        stream = open(jsonl, "w", encoding="utf-8") if jsonl else None
+        stream, recorded = open_records(jsonl, resume)
     except OSError as error:
-        raise LrpToolError(f"{error.filename}: cannot write ({error.strerror})") from None
+        raise LrpToolError(f"{error.filename or jsonl}: cannot write ({error.strerror})") from None
     try:
-        runner = FolderExplainer(explainer, preprocessing, outdir, wanted, cmap, fixed_target, top_k,
-                                 read_labels(labels) if labels else None, batch_size, jobs, resume, stream,
-                                 progress=sys.stderr.isatty())
+        runner = FolderExplainer(explainer, preprocessing, outdir, wanted, cmap, fixed_target, top_k, label_names,
+                                 batch_size, jobs, resume, stream, progress=sys.stderr.isatty(),
+                                 recorded=recorded if jsonl else None)
         failures = runner.run(items)
     finally:
         if stream:
@@ -172,6 +167,7 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
 
     from .evaluate import ORDERS, evaluate_methods, write_report
     from .images import ImageError, load_picture, to_tensor, walk_inputs
+    from .limits import check_bytes
     from .lrp import METHODS
 
     orders = tuple(o.strip() for o in order.split(",") if o.strip())
@@ -181,32 +177,44 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     unknown = [m for m in methods_wanted if m not in METHODS]
     if unknown:
         raise LrpToolError(f"--methods: unknown {', '.join(unknown)}; see `lrptool methods`")
-    if target != "pred":
-        try:
-            target = int(target)
-        except ValueError:
-            raise LrpToolError(f"--target {target!r}: give pred or a class index") from None
+    target, _ = parse_target(target, top=False)
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std, mean_file)
-    tensors, failures = [], 0
-    for path, _ in walk_inputs(inputs, stdin=click.get_text_stream("stdin") if "-" in inputs else None):
+    require_runnable(graph, model)
+    output_shape = graph.shapes[graph.outputs[0]]
+    check_target_range(target, None, None if None in output_shape[1:] else int(np.prod(output_shape[1:])))
+    height, width = preprocessing.size
+    if patch > max(height, width):
+        raise LrpToolError(f"--patch {patch}: larger than the {height}x{width} input; give at most {max(height, width)}")
+    tensors, paths, failures = [], [], 0
+    for path, _ in walk_inputs(inputs, stdin=click.get_binary_stream("stdin") if "-" in inputs else None):
         try:
             tensors.append(to_tensor(load_picture(path, preprocessing), preprocessing))
+            paths.append(path)
         except ImageError as problem:
             failures += 1
             click.echo(f"lrptool: skipped {path}: {problem}", err=True)
     if not tensors:
         raise LrpToolError("no readable images among " + ", ".join(inputs))
+    runs = len(set(methods_wanted) | {"random"}) * len(orders)
+    check_bytes(tensors[0].nbytes * len(tensors) * (2 * runs + 3),
+                f"region perturbation of {len(tensors)} images with {runs} method/order runs")
     x = np.stack(tensors)
     bounds = preprocessing.bounds()
-    curves, table, _ = evaluate_methods(graph, x, methods_wanted, target, patch, steps, orders, replacement, bounds,
-                                        seed, batch_size)
-    settings = {"model": model, "images": len(x), "patch": patch, "steps": steps, "orders": list(orders),
+    with np.errstate(all="ignore"):
+        curves, table, _, dropped = evaluate_methods(graph, x, methods_wanted, target, patch, steps, orders,
+                                                     replacement, bounds, seed, batch_size)
+    for index in dropped:
+        failures += 1
+        click.echo(f"lrptool: skipped {paths[index]}: its scores or relevance are not finite (NaN or Inf)", err=True)
+    if len(dropped) == len(x):
+        raise LrpToolError("no image gave finite scores and relevance; nothing to evaluate")
+    settings = {"model": model, "images": len(x) - len(dropped), "patch": patch, "steps": steps, "orders": list(orders),
                 "replacement": replacement, "seed": seed, "target": target}
     write_report(outdir, curves, table, settings, say=lambda m: click.echo(f"lrptool: {m}", err=True))
     for name in orders:
-        click.echo(f"{name.upper()}  AOPC ± standard error ({len(x)} images)")
+        click.echo(f"{name.upper()}  AOPC ± standard error ({len(x) - len(dropped)} images)")
         for row in table[name]:
             click.echo(f"  {row['rank']}. {row['method']:<28} {row['aopc']:10.4g} ± {row['sem']:.2g}")
     click.echo(f"lrptool: report in {outdir}; {failures} image(s) failed", err=True)
@@ -239,8 +247,19 @@ def interrupt_on_terminate():
         pass
 
 
+def quiet_handled_warnings():
+    """Pillow warns about pictures beyond its pixel limit; lrptool refuses those itself, with a line
+    naming the picture, so the warning would only repeat it."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def main(argv=None):
     interrupt_on_terminate()
+    quiet_handled_warnings()
     try:
         cli.main(args=argv, prog_name="lrptool", standalone_mode=False)
     except click.exceptions.Abort:

@@ -1,36 +1,110 @@
 """Options and helpers that several lrptool commands share."""
 
+import math
+
 import click
 
 from .errors import LrpToolError
 
 
-def parse_size(text):
+def parse_sizes(text, option, counts=(1, 2), example="HxW or one number", square=True):
+    """Positive integer sizes like ``224x224`` or ``224`` (``square``: one number stands for both sides)."""
     if text is None:
         return None
-    parts = text.lower().replace("x", " ").split()
+    parts = text.lower().replace("x", " ").replace(",", " ").split()
     try:
         values = tuple(int(p) for p in parts)
     except ValueError:
-        raise LrpToolError(f"--size {text!r}: give HxW or one number") from None
-    return values * 2 if len(values) == 1 else values
+        values = ()
+    if len(values) not in counts or any(v < 1 for v in values):
+        raise LrpToolError(f"{option} {text!r}: give {example} (positive whole numbers)")
+    return values * 2 if len(values) == 1 and square else values
 
 
-def parse_floats(text, option):
+def parse_size(text):
+    return parse_sizes(text, "--size")
+
+
+def parse_floats(text, option, positive=False):
+    """Comma-separated finite numbers (``positive``: each above 0)."""
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
         raise LrpToolError(f"{option} {text!r}: give comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise LrpToolError(f"{option} {text!r}: every value must be a finite number")
+    if positive and not all(v > 0 for v in values):
+        raise LrpToolError(f"{option} {text!r}: every value must be above 0")
+    return values
+
+
+def check_scale(scale):
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise LrpToolError(f"--scale {scale}: give a finite number above 0")
+    return scale
 
 
 def read_labels(path):
+    """Class names, one per line (UTF-8)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return [line.strip() for line in handle if line.strip()]
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as error:
         raise LrpToolError(f"{path}: cannot read the labels ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise LrpToolError(f"{path}: the labels are not UTF-8 text (byte {error.start}); save the file as UTF-8") \
+            from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def parse_target(target, top=True):
+    """``pred``, a class index (≥ 0), or ``top-K`` (K ≥ 1): returns (fixed target, K or None)."""
+    choices = "pred, a class index or top-K" if top else "pred or a class index"
+    text = target.strip().lower()
+    if text == "pred":
+        return "pred", None
+    if top and text.startswith("top-"):
+        number = text[4:]
+        if not number.isdigit() or int(number) < 1:
+            raise LrpToolError(f"--target {target!r}: top-K needs K of 1 or more")
+        return "pred", int(number)
+    try:
+        index = int(text)
+    except ValueError:
+        raise LrpToolError(f"--target {target!r}: give {choices}") from None
+    if index < 0:
+        raise LrpToolError(f"--target {target!r}: class indices start at 0 (use pred for the predicted class)")
+    return index, None
+
+
+def check_target_range(target, top_k, classes):
+    """Refuse a class index or K beyond the model's outputs, before any image is read."""
+    if classes is None:
+        return
+    if isinstance(target, int) and target >= classes:
+        raise LrpToolError(f"--target {target}: the model has {classes} outputs (0–{classes - 1})")
+    if top_k is not None and top_k > classes:
+        raise LrpToolError(f"--target top-{top_k}: the model has only {classes} outputs")
+
+
+def require_runnable(graph, source):
+    """Before explaining: every weight finite, and one image's tensors within the memory budget."""
+    import numpy as np
+
+    from .limits import check_bytes, element_count
+
+    for node in graph.nodes:
+        for name, value in node.params.items():
+            array = np.asarray(value)
+            if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+                raise LrpToolError(f"{source}: node {node.name!r} ({node.op}): parameter {name!r} holds NaN or "
+                                   "infinite values; no explanation of this model can be finite")
+    per_image = sum(element_count(shape[1:]) for shape in graph.shapes.values()) * 4
+    check_bytes(per_image, f"{source}: one image through this model")
 
 
 def combined_rule_spec(preset, rule_spec, default=None):
@@ -60,12 +134,8 @@ def model_options(function):
 def open_model(model, weights=None, model_config=None, random_weights=False, keras1_backend=None, input_size=None):
     from converters import load_model
 
-    sizes = None
-    if input_size:
-        try:
-            sizes = tuple(int(v) for v in input_size.lower().replace("x", " ").split())
-        except ValueError:
-            raise LrpToolError(f"--input-size {input_size!r}: give sizes like 12x12") from None
+    sizes = parse_sizes(input_size, "--input-size", counts=(1, 2, 3), example="sizes like 12x12",
+                        square=False)
     return load_model(model, weights=weights, model_config=model_config, random_weights=random_weights,
                       keras1_backend=keras1_backend, input_size=sizes)
 
@@ -96,13 +166,20 @@ def build_preprocessing(model, graph, preprocess_preset, config, size, resize, c
 
     from .images import preprocessing_for
 
+    check_scale(scale)
     if mean_file:
         from converters.caffe_reader import read_mean_file
-        mean = ",".join(str(v) for v in read_mean_file(mean_file))
+        from converters.reading import reading_file
+
+        with reading_file(mean_file):
+            values = [float(v) for v in read_mean_file(mean_file)]
+        if not all(math.isfinite(v) for v in values):
+            raise LrpToolError(f"{mean_file}: the mean file holds NaN or infinite values")
+        mean = ",".join(repr(v) for v in values)
 
     input_shape = next(iter(graph.inputs.values()))
     if config is None and os.path.isfile(model + ".json"):
         config = model + ".json"
     return preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
                              channels=channels, scale=scale, mean=parse_floats(mean, "--mean"),
-                             std=parse_floats(std, "--std"))
+                             std=parse_floats(std, "--std", positive=True))

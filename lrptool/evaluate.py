@@ -148,7 +148,8 @@ def onnxruntime_scorer(graph):
 def evaluate_methods(graph, x, methods, target="pred", patch=4, steps=20, orders=("morf",), replacement="uniform",
                      bounds=(0.0, 1.0), seed=0, batch_size=64, explainer_options=None):
     """Explain ``x`` with every method (``random`` always among them), then perturb and score.
-    Returns (Curves, summary, targets)."""
+    Returns (Curves, summary, targets, dropped): images with non-finite scores or relevance are
+    dropped from the curves and the summary, and their indices listed."""
     from .lrp import Explainer, select_targets
 
     methods = list(dict.fromkeys(list(methods) + ["random"]))
@@ -166,7 +167,23 @@ def evaluate_methods(graph, x, methods, target="pred", patch=4, steps=20, orders
                                              .relevance for i in range(0, len(x), batch_size)])
     curves = perturbation_curves(score, x, targets, relevances, patch, steps, orders, replacement, bounds, seed,
                                  batch_size=max(batch_size, 256))
-    return curves, summary(curves), targets
+    curves, dropped = without_non_finite(curves, relevances)
+    return curves, summary(curves) if len(dropped) < len(x) else {}, targets, dropped
+
+
+def without_non_finite(curves, relevances):
+    """The curves of the images whose relevance (every method) and scores (every step) are finite,
+    and the indices of the others, which no AOPC may include."""
+    finite = None
+    for method, relevance in relevances.items():
+        ok = np.all(np.isfinite(relevance.reshape(len(relevance), -1)), axis=1)
+        finite = ok if finite is None else finite & ok
+    for curve in curves.scores.values():
+        finite &= np.all(np.isfinite(curve), axis=0)
+    dropped = [int(i) for i in np.flatnonzero(~finite)]
+    if dropped:
+        curves = Curves({run: curve[:, finite] for run, curve in curves.scores.items()})
+    return curves, dropped
 
 
 def write_report(outdir, curves, table, settings, write=None, say=print):
@@ -188,7 +205,7 @@ def write_report(outdir, curves, table, settings, write=None, say=print):
             writer.writerow([method, order, step, f"{np.mean(row):.9g}", f"{np.std(row):.9g}", f"{sem:.9g}"])
     write_atomically(os.path.join(outdir, "curves.csv"), text.getvalue().encode())
     write_atomically(os.path.join(outdir, "summary.json"),
-                     json.dumps({"settings": settings, "aopc": table}, indent=2).encode())
+                     json.dumps({"settings": settings, "aopc": table}, indent=2, allow_nan=False).encode())
     try:
         import matplotlib
         matplotlib.use("Agg")

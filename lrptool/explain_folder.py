@@ -2,8 +2,10 @@
 per explained image.
 
 Decoding and writing run in a thread pool beside the engine. Every file is written under a
-temporary name and renamed when whole, so an interrupted run leaves no half-written output, and
-``resume`` skips images whose outputs all exist. Unreadable images are reported and skipped.
+temporary name and renamed when whole, only inside the output folder; an image is then recorded
+as finished in the folder's manifest (``lrptool.manifest``) and its JSON line written, in that
+order. ``resume`` skips exactly the images the manifest proves finished. Unreadable images, and
+images whose explanation is not finite, are reported and skipped.
 """
 
 import io
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .files import remove_stale_parts, write_atomically
+from .files import OutsideOutputError, remove_stale_parts, write_atomically
 from .heatmaps import heatmap_image, overlay_image
 from .images import ImageError, load_picture, to_tensor
 from .lrp import top_k_targets
+from .manifest import Manifest, digest
 
 #: Set when the run is asked to stop (Ctrl-C, SIGTERM): an interrupt that lands inside compiled
 #: code reaches Python as some other exception, and this tells the two apart.
@@ -56,12 +59,21 @@ def npy_bytes(array):
     return buffer.getvalue()
 
 
+def finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
 class FolderExplainer:
-    """Runs an ``Explainer`` over image files; see ``lrptool explain --help`` for the options."""
+    """Runs an ``Explainer`` over image files; see ``lrptool explain --help`` for the options.
+
+    ``jsonl``: the stream for the JSON lines (stdout by default). ``recorded``: with ``resume``, the
+    (path, rank) pairs that stream already holds; records of finished images missing from it are
+    written from the manifest (a run killed between the two steps loses no record)."""
 
     def __init__(self, explainer, preprocessing, outdir, formats=("png",), colormap="bwr", target="pred",
                  top_k=None, labels=None, batch_size=16, jobs=2, resume=False, jsonl=None, progress=False,
-                 report=None):
+                 report=None, recorded=None):
         self.explainer = explainer
         self.preprocessing = preprocessing
         self.outdir = outdir
@@ -74,11 +86,15 @@ class FolderExplainer:
         self.jobs = max(1, jobs)
         self.resume = resume
         self.jsonl = jsonl or sys.stdout
+        self.recorded = recorded
         self.progress = progress
         self.report = report or (lambda message: print(f"lrptool: {message}", file=sys.stderr))
         self.failures = []
         self.explained = 0
         self.written = 0
+        self.resumed = 0
+        self.classes = explainer.output_size() if hasattr(explainer, "output_size") else None
+        self.manifest = Manifest(outdir)
 
     # -- naming ------------------------------------------------------------------------------
     def suffix(self, rank):
@@ -89,30 +105,49 @@ class FolderExplainer:
         names = {"png": base + ".heatmap.png", "overlay": base + ".overlay.png", "npy": base + ".npy"}
         return {fmt: names[fmt] for fmt in self.formats}
 
-    def all_outputs(self, item):
-        ranks = [None] if not self.top_k else range(1, self.top_k + 1)
-        return [p for rank in ranks for p in self.output_paths(item, rank).values()]
+    def ranks(self):
+        return [None] if not self.top_k else list(range(1, self.top_k + 1))
 
-    def done(self, item):
-        return all(os.path.isfile(p) for p in self.all_outputs(item))
+    def finished_records(self, item):
+        """The recorded JSON records of ``item`` (one per rank) when all its outputs are provably
+        whole, else None."""
+        records = []
+        for rank in self.ranks():
+            expected = [os.path.relpath(p, self.outdir) for p in self.output_paths(item, rank).values()]
+            record = self.manifest.finished(item.stem, rank, expected)
+            if record is None:
+                return None
+            records.append(record)
+        return records
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, items):
         items = mirrored_items(items)
+        os.makedirs(self.outdir, exist_ok=True)
         if self.resume:
             remove_stale_parts(self.outdir)
-            before = len(items)
-            items = [item for item in items if not self.done(item)]
-            if before != len(items):
-                self.report(f"resuming: {before - len(items)} image(s) already explained")
-        os.makedirs(self.outdir, exist_ok=True)
+            self.manifest.load()
+            remaining = []
+            for item in items:
+                records = self.finished_records(item)
+                if records is None:
+                    remaining.append(item)
+                    continue
+                self.resumed += 1
+                for record in records:
+                    if self.recorded is not None and (record.get("path"), record.get("rank")) not in self.recorded:
+                        self.emit(record)
+            if self.resumed:
+                self.report(f"resuming: {self.resumed} image(s) already explained")
+            items = remaining
         bar = None
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True)
         batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
-        with ThreadPoolExecutor(self.jobs) as pool:
-            pending_writes = []
+        pool = ThreadPoolExecutor(self.jobs)
+        pending_writes = []
+        try:
             decoded = pool.submit(self.decode, batches[0]) if batches else None
             for index in range(len(batches)):
                 if STOP.is_set():
@@ -124,19 +159,44 @@ class FolderExplainer:
                 if bar is not None:
                     bar.update(len(batches[index]))
             self.flush(pending_writes, keep=0)
-        if bar is not None:
-            bar.close()
+        except BaseException:
+            # finish (or drop) what is being written so that nothing is half-left, then stop
+            for future in pending_writes:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            self.manifest.close()
+            if bar is not None:
+                bar.close()
         return self.failures
 
     def decode(self, batch):
         decoded = []
         for item in batch:
             try:
+                problem = self.target_problem(item.target)
+                if problem:
+                    raise ImageError(problem)
                 picture = load_picture(item.path, self.preprocessing)
                 decoded.append((item, picture, to_tensor(picture, self.preprocessing)))
             except ImageError as problem:
                 decoded.append((item, None, str(problem)))
+            except Exception as error:  # noqa: BLE001 - a decoder's surprise is that image's problem
+                decoded.append((item, None, f"cannot decode ({type(error).__name__}: {error})"))
         return decoded
+
+    def target_problem(self, target):
+        """Why a class index from a list file cannot be explained, or None."""
+        if target is None:
+            return None
+        if isinstance(target, str):
+            return target
+        if target < 0 or (self.classes is not None and target >= self.classes):
+            return (f"target {target} is out of range: the model has {self.classes} outputs (0–{self.classes - 1})"
+                    if self.classes else f"target {target} is out of range")
+        return None
 
     def targets_for(self, items):
         wanted = []
@@ -159,64 +219,88 @@ class FolderExplainer:
         x = np.stack([tensor for _, _, tensor in good])
         items = [item for item, _, _ in good]
         try:
-            first = self.explainer.explain(x, target=self.targets_for(items))
+            # overflow and 0/0 show up as non-finite values, which are checked per image below
+            with np.errstate(all="ignore"):
+                first = self.explainer.explain(x, target=self.targets_for(items))
+                runs = [(None, first)]
+                if self.top_k:
+                    ranking = top_k_targets(first.outputs, self.top_k)
+                    runs = [(1, first)] + [(rank + 1, self.explainer.explain(x, target=ranking[rank]))
+                                           for rank in range(1, min(self.top_k, ranking.shape[0]))]
         except Exception as error:  # noqa: BLE001 - one bad batch must not end the run
             if STOP.is_set():
                 raise KeyboardInterrupt from None
             for item in items:
                 self.fail(item, f"explaining failed: {error}")
             return []
-        runs = [(None, first)]
-        if self.top_k:
-            ranking = top_k_targets(first.outputs, self.top_k)
-            runs = [(1, first)] + [(rank + 1, self.explainer.explain(x, target=ranking[rank]))
-                                   for rank in range(1, min(self.top_k, ranking.shape[0]))]
         futures = []
-        for rank, explanation in runs:
-            for index, (item, picture, _) in enumerate(good):
-                futures.append(pool.submit(self.write_outputs, item, picture, explanation, index, rank))
+        for index, (item, picture, _) in enumerate(good):
+            if not all(self.finite(explanation, index) for _, explanation in runs):
+                self.fail(item, "the explanation is not finite (NaN or Inf): the model's values overflow "
+                                "float32 for this image, or its weights are not finite")
+                continue
+            future = pool.submit(self.write_outputs, item, picture, runs, index)
+            future.item = item
+            futures.append(future)
         return futures
 
-    def write_outputs(self, item, picture, explanation, index, rank):
-        relevance = explanation.relevance[index]
-        paths = self.output_paths(item, rank)
-        for fmt, path in paths.items():
-            if fmt == "png":
-                payload = png_bytes(heatmap_image(relevance, self.colormap))
-            elif fmt == "overlay":
-                payload = png_bytes(overlay_image(picture, relevance, self.colormap))
-            else:
-                payload = npy_bytes(relevance)
-            write_atomically(path, payload)
-        target = int(explanation.targets[index])
-        score = float(explanation.scores[index])
-        total = float(np.sum(relevance, dtype=np.float64))
-        record = {"path": item.path, "target": target,
-                  "label": self.labels[target] if self.labels and target < len(self.labels) else None,
-                  "score": score, "relevance_sum": total,
-                  "conservation_error": abs(total - score) / abs(score) if score else None,
-                  "files": list(paths.values())}
-        if rank is not None:
-            record["rank"] = rank
-        return item, record
+    @staticmethod
+    def finite(explanation, index):
+        return bool(np.isfinite(explanation.scores[index]) and np.all(np.isfinite(explanation.relevance[index])))
+
+    def write_outputs(self, item, picture, runs, index):
+        """Write every output of one image (all ranks); returns (item, [(rank, files, record)])."""
+        done = []
+        for rank, explanation in runs:
+            relevance = explanation.relevance[index]
+            paths = self.output_paths(item, rank)
+            files = {}
+            for fmt, path in paths.items():
+                if fmt == "png":
+                    payload = png_bytes(heatmap_image(relevance, self.colormap))
+                elif fmt == "overlay":
+                    payload = png_bytes(overlay_image(picture, relevance, self.colormap))
+                else:
+                    payload = npy_bytes(relevance)
+                write_atomically(path, payload, root=self.outdir)
+                files[os.path.relpath(path, self.outdir)] = (len(payload), digest(payload))
+            target = int(explanation.targets[index])
+            score = float(explanation.scores[index])
+            total = float(np.sum(relevance, dtype=np.float64))
+            record = {"path": item.path, "target": target,
+                      "label": self.labels[target] if self.labels and target < len(self.labels) else None,
+                      "score": score, "relevance_sum": total,
+                      "conservation_error": finite_or_none(abs(total - score) / abs(score)) if score else None,
+                      "files": list(paths.values())}
+            if rank is not None:
+                record["rank"] = rank
+            done.append((rank, files, record))
+        return item, done
 
     def flush(self, futures, keep):
-        """Emit the JSON lines of finished writes, in order, keeping at most ``keep`` in flight."""
+        """Commit finished writes in order — the manifest line, then the JSON line — keeping at most
+        ``keep`` writes in flight."""
         while futures and (len(futures) > keep or futures[0].done()):
             future = futures.pop(0)
             try:
-                item, record = future.result()
-            except OSError as error:
-                # the write of one image's outputs failed; report it with that image
-                self.failures.append(("?", str(error)))
-                self.report(f"cannot write: {error.strerror or error}: {getattr(error, 'filename', '')}")
+                item, done = future.result()
+            except OutsideOutputError as error:
+                self.fail(future.item, f"not written: {error.filename} {error.strerror}")
                 continue
-            self.written += len(record["files"])
-            if record.get("rank") in (None, 1):
-                self.explained += 1
-            self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
+            except (OSError, ValueError) as error:
+                reason = getattr(error, "strerror", None) or str(error)
+                self.fail(future.item, f"cannot write its outputs: {reason}")
+                continue
+            for rank, files, record in done:
+                self.manifest.append(item.stem, rank, files, record)
+                self.written += len(files)
+                self.emit(record)
+            self.explained += 1
         return futures
+
+    def emit(self, record):
+        self.jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+        self.jsonl.flush()
 
     def fail(self, item, problem):
         self.failures.append((item.path, problem))

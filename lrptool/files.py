@@ -1,30 +1,93 @@
-"""Files written whole or not at all: a temporary name in the same folder, renamed when complete."""
+"""Files written whole or not at all, and only inside the output folder.
 
+Every file goes to a temporary name in its own folder (``.lrptool-part-PID-RANDOM``), created with
+the permissions the umask allows, and is renamed when complete. The PID in the name tells a later
+``--resume`` which parts a dead run left behind and which belong to a run still going.
+"""
+
+import errno
 import os
-import tempfile
+import secrets
 
 TEMP_PREFIX = ".lrptool-part-"
 
 
-def write_atomically(path, payload, make_folders=True):
-    """Write bytes to ``path`` through a temporary file in the same folder, then rename."""
+class OutsideOutputError(OSError):
+    """An output path would leave the output folder (through a symbolic link or ``..``)."""
+
+
+def inside(folder, path):
+    """Whether the real location of ``path`` lies in the real location of ``folder``."""
+    root = os.path.realpath(folder)
+    target = os.path.realpath(path)
+    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def safe_folder(root, folder):
+    """Create ``folder`` (below ``root``) and check that it does not lead outside ``root``:
+    a symbolic link in the output tree must not carry outputs elsewhere."""
+    if not inside(root, folder):
+        raise OutsideOutputError(errno.EXDEV, "leads outside the output folder (a symbolic link?)", folder)
+    os.makedirs(folder, exist_ok=True)
+    if not inside(root, folder):  # a link made while the folders were being created
+        raise OutsideOutputError(errno.EXDEV, "leads outside the output folder (a symbolic link?)", folder)
+
+
+def write_atomically(path, payload, make_folders=True, root=None):
+    """Write bytes to ``path`` through a temporary file in the same folder, then rename.
+
+    With ``root``, the file's folder must lie inside ``root`` once symbolic links are resolved."""
     folder = os.path.dirname(os.path.abspath(path))
-    if make_folders:
+    if root is not None:
+        safe_folder(root, folder)
+    elif make_folders:
         os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+    temporary = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+    # os.open with 0o666 lets the umask decide the permissions, as any other program's output
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
         os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(temporary):
+        try:
             os.unlink(temporary)
+        except OSError:
+            pass
         raise
 
 
+def part_owner(name):
+    """The PID in a temporary file's name, or None for names without one."""
+    rest = name[len(TEMP_PREFIX):]
+    pid, _, _ = rest.partition("-")
+    return int(pid) if pid.isdigit() else None
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_parts(folder):
-    """Delete temporary files a hard kill left behind under ``folder``."""
+    """Delete temporary files that a killed run left under ``folder``; parts of a run that is still
+    going (its PID alive) are left alone. Returns how many were removed."""
+    removed = 0
     for parent, _, files in os.walk(folder):
         for name in files:
-            if name.startswith(TEMP_PREFIX):
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            owner = part_owner(name)
+            if owner is not None and (owner == os.getpid() or process_alive(owner)):
+                continue
+            try:
                 os.unlink(os.path.join(parent, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed

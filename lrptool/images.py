@@ -8,6 +8,7 @@ give the common conventions; the model's input shape fills in what the preset le
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -70,6 +71,7 @@ def preprocessing_for(model_shape, preset=None, config=None, **overrides):
     for key, value in overrides.items():
         if value is not None:
             base = replace(base, **{key: value})
+    base = checked(base)
     if len(model_shape) != 4:
         raise LrpToolError(f"the model's input has shape {model_shape}; images need (N, C, H, W)")
     _, channels, height, width = model_shape
@@ -83,54 +85,150 @@ def preprocessing_for(model_shape, preset=None, config=None, **overrides):
     if tuple(base.size) != (height, width):
         raise LrpToolError(f"the model takes {height}x{width} inputs but the preprocessing makes "
                            f"{base.size[0]}x{base.size[1]}")
-    if base.resize not in ("resize", "shorter-crop"):
-        raise LrpToolError(f"unknown resize mode {base.resize!r} (resize, shorter-crop)")
     base.per_channel(base.mean), base.per_channel(base.std)
     return base
 
 
 def apply_config(base, config):
+    source = config if isinstance(config, str) else "the preprocessing settings"
     if isinstance(config, str):
         try:
-            with open(config, encoding="utf-8") as handle:
-                config = json.load(handle)
-        except (OSError, ValueError) as error:
-            raise LrpToolError(f"{config}: not a readable JSON preprocessing file ({error})") from None
+            with open(config, "rb") as handle:
+                config = json.loads(handle.read().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as error:
+            reason = getattr(error, "strerror", None) or str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise LrpToolError(f"{source}: not a readable JSON preprocessing file ({reason})") from None
+    if not isinstance(config, dict):
+        raise LrpToolError(f"{source}: a preprocessing file holds one JSON object, e.g. "
+                           '{"preset": "imagenet", "mean": [0.5]}')
     config = dict(config)
     if "preset" in config:
         name = config.pop("preset")
-        if name not in PRESETS:
-            raise LrpToolError(f"unknown preprocessing preset {name!r}; presets: {', '.join(PRESETS)}")
+        if not isinstance(name, str) or name not in PRESETS:
+            raise LrpToolError(f"{source}: unknown preprocessing preset {name!r}; presets: {', '.join(PRESETS)}")
         base = replace(PRESETS[name])
     known = set(Preprocessing.__dataclass_fields__)
     unknown = set(config) - known
     if unknown:
-        raise LrpToolError(f"unknown preprocessing setting(s) {sorted(unknown)}; settings: {sorted(known)}")
-    if "size" in config and config["size"] is not None:
-        config["size"] = tuple(config["size"]) if not isinstance(config["size"], int) else (config["size"],) * 2
-    return replace(base, **config)
+        raise LrpToolError(f"{source}: unknown preprocessing setting(s) {sorted(unknown)}; settings: {sorted(known)}")
+    if isinstance(config.get("size"), int) and not isinstance(config.get("size"), bool):
+        config["size"] = (config["size"],) * 2
+    return checked(replace(base, **config), source)
+
+
+def checked(settings, source="preprocessing"):
+    """The settings, each of the right type and range; a one-line error naming the first that is not."""
+    def whole(value):
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+    def finite_numbers(value):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                                    for v in values)
+
+    size = settings.size
+    if size is not None:
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(whole(v) for v in size)):
+            raise LrpToolError(f"{source}: size {size!r}: give [height, width] (positive whole numbers)")
+        settings = replace(settings, size=tuple(int(v) for v in size))
+    if settings.resize not in ("resize", "shorter-crop"):
+        raise LrpToolError(f"{source}: unknown resize mode {settings.resize!r} (resize, shorter-crop)")
+    if settings.shorter is not None and not whole(settings.shorter):
+        raise LrpToolError(f"{source}: shorter {settings.shorter!r}: give a positive whole number")
+    if settings.channels not in (None, "rgb", "bgr", "gray"):
+        raise LrpToolError(f"{source}: channels {settings.channels!r}: choose rgb, bgr or gray")
+    if not (finite_numbers(settings.scale) and not isinstance(settings.scale, (list, tuple)) and settings.scale > 0):
+        raise LrpToolError(f"{source}: scale {settings.scale!r}: give a finite number above 0")
+    if not finite_numbers(settings.mean):
+        raise LrpToolError(f"{source}: mean {settings.mean!r}: give finite numbers (one, or one per channel)")
+    if not finite_numbers(settings.std) or not all(v > 0 for v in np.ravel(settings.std)):
+        raise LrpToolError(f"{source}: std {settings.std!r}: give numbers above 0 (one, or one per channel)")
+    return settings
+
+
+#: Pictures larger than this (width × height) are refused before they are decoded: a 45-byte PNG
+#: can declare 20000×20000 pixels. Pillow's own limit by default; ``LRPTOOL_MAX_PIXELS`` changes both.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89478485
+if os.environ.get("LRPTOOL_MAX_PIXELS", "").isdigit():
+    MAX_PIXELS = Image.MAX_IMAGE_PIXELS = int(os.environ["LRPTOOL_MAX_PIXELS"])
+
+
+def open_regular_file(path):
+    """Open an image file for reading; FIFOs, devices and folders are refused before they are
+    opened, since reading a FIFO would wait forever."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except OSError as error:
+        raise ImageError(f"cannot read ({error.strerror or error})") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise ImageError("is a folder")
+    if not stat.S_ISREG(status.st_mode):
+        raise ImageError("not a regular file (a FIFO, socket or device); give image files")
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise ImageError(f"cannot read ({error.strerror or error})") from None
 
 
 def load_picture(path, preprocessing):
     """Decode, convert and resize one image; returns the PIL image the model sees (for overlays)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            picture = image
-            if picture.mode in ("RGBA", "LA", "P", "PA"):
-                picture = picture.convert("RGBA")
-                background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
-                picture = Image.alpha_composite(background, picture)
-            picture = picture.convert("L" if preprocessing.channels == "gray" else "RGB")
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder") from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image file lrptool can read") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"cannot decode ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    with open_regular_file(path) as handle:
+        try:
+            # beyond MAX_PIXELS Pillow warns (the CLI silences that) and this refuses
+            image = Image.open(handle)
+            with image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(f"declares {width}×{height} pixels, more than the limit of {MAX_PIXELS:,} "
+                                     "(set LRPTOOL_MAX_PIXELS to allow more)")
+                if width < 1 or height < 1:
+                    raise ImageError(f"declares {width}×{height} pixels")
+                image.load()
+                picture = eight_bit(image)
+                if picture.mode in ("RGBA", "LA", "P", "PA"):
+                    picture = picture.convert("RGBA")
+                    background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+                    picture = Image.alpha_composite(background, picture)
+                picture = picture.convert("L" if preprocessing.channels == "gray" else "RGB")
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError("not an image file lrptool can read") from None
+        except Image.DecompressionBombError as error:
+            raise ImageError(f"too many pixels ({error})") from None
+        except MemoryError:
+            raise ImageError("too large to decode in this machine's memory") from None
+        except Exception as error:  # noqa: BLE001 - every decoder failure is this image's problem
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ImageError(f"cannot decode ({text})") from None
     return resize(picture, preprocessing)
+
+
+def eight_bit(image):
+    """The picture with 8-bit channels. 16-bit and 32-bit integer greys are scaled from their
+    range (0–65535) to 0–255, float images from 0–1 (or 0–255 when their values lie there); Pillow's
+    own conversion would clip them instead."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageError(f"{image.mode} pixels outside 0–65535; convert the image to 8 or 16 bits")
+        return Image.fromarray(np.round(values / 257.0).astype(np.uint8), "L")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ImageError("floating-point pixels that are NaN or infinite")
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if low >= 0 and high <= 1:
+            values = values * 255.0
+        elif low < 0 or high > 255:
+            raise ImageError(f"floating-point pixels from {low:g} to {high:g}; lrptool reads float images "
+                             "with values in 0–1 or 0–255")
+        return Image.fromarray(np.round(values).astype(np.uint8), "L")
+    if image.mode in ("1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
+        return image
+    return image.convert("RGB")
 
 
 def resize(picture, preprocessing):
@@ -157,17 +255,21 @@ def to_tensor(picture, preprocessing):
 
 
 def walk_inputs(arguments, stdin=None):
-    """(path, target or None) for every image named: files, folders (recursively, image types
-    only) and ``-`` for newline-separated paths on stdin, each optionally followed by TAB target."""
+    """(path, target) for every image named: files, folders (recursively, image types only) and
+    ``-`` for newline-separated paths on stdin, each optionally followed by TAB and a class index.
+
+    stdin is read as bytes and decoded like file names (``os.fsdecode``), so that any path the file
+    system holds can be listed. ``target`` is None, an int, or — for a list line whose target is
+    not a class index — the problem as a string, which fails that image alone."""
     items = []
     for argument in arguments:
         if argument == "-":
-            for line in (stdin or []):
-                line = line.rstrip("\n").rstrip("\r")
+            for raw in stdin_lines(stdin):
+                line = raw.rstrip(b"\r")
                 if not line.strip():
                     continue
-                path, _, target = line.partition("\t")
-                items.append((path, parse_target(target, line) if target.strip() else None))
+                path, _, target = line.partition(b"\t")
+                items.append((os.fsdecode(path), parse_target(target) if target.strip() else None))
         elif os.path.isdir(argument):
             found = []
             for folder, dirs, files in os.walk(argument):
@@ -180,8 +282,22 @@ def walk_inputs(arguments, stdin=None):
     return items
 
 
-def parse_target(text, line):
+def stdin_lines(stream):
+    if stream is None:
+        return []
+    binary = getattr(stream, "buffer", stream)
+    data = binary.read()
+    if isinstance(data, str):
+        data = os.fsencode(data)
+    return data.split(b"\n")
+
+
+def parse_target(text):
     try:
-        return int(text.strip())
+        value = int(text.strip())
     except ValueError:
-        raise LrpToolError(f"list line {line!r}: the target after the tab must be a class index") from None
+        shown = text.strip().decode("utf-8", "backslashreplace")
+        return f"the target {shown!r} after the tab is not a class index"
+    if value < 0:
+        return f"the target {value} after the tab is negative; class indices start at 0"
+    return value

@@ -104,7 +104,7 @@ def test_lrp_beats_sensitivity_and_random_on_real_mnist_digits():
     x = mnist_digits()
     assert len(x) == 100
     presets = ["epsilon-plus-flat", "epsilon-plus", "epsilon", "epsilon-alpha2-beta1"]
-    curves, table, _ = evaluate_methods(graph, x, presets + ["sensitivity"], patch=4, steps=20, orders=("morf",),
+    curves, table, _, _ = evaluate_methods(graph, x, presets + ["sensitivity"], patch=4, steps=20, orders=("morf",),
                                         replacement="zero", bounds=(0.0, 1.0))
     rows = {row["method"]: row for row in table["morf"]}
     for preset in presets:

@@ -141,8 +141,9 @@ def test_a_killed_run_leaves_whole_files_and_resume_redoes_nothing(tmp_path):
     for index in range(400):
         Image.fromarray(digit(rng), "L").save(images / f"img{index:03d}.png")
     out = tmp_path / "out"
+    records = tmp_path / "run.jsonl"
     process = subprocess.Popen(COMMAND + ["explain", str(model), str(images), "-o", str(out), "--format",
-                                          "png,npy", "--batch-size", "4"],
+                                          "png,npy", "--batch-size", "4", "--jsonl", str(records)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and len(list(out.glob("*.npy"))) < 20:
@@ -150,7 +151,7 @@ def test_a_killed_run_leaves_whole_files_and_resume_redoes_nothing(tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    written = sorted(out.iterdir())
+    written = sorted(p for p in out.iterdir() if not p.name.startswith(".lrptool-manifest"))
     assert not [p for p in written if p.name.startswith(".lrptool-part-")]
     finished = [p for p in written if p.suffix == ".npy"]
     assert 20 <= len(finished) < 400
@@ -160,14 +161,21 @@ def test_a_killed_run_leaves_whole_files_and_resume_redoes_nothing(tmp_path):
         else:
             with Image.open(path) as image:
                 image.load()
+    before = json_lines(records.read_text())
+    committed = {json.loads(line)["record"]["path"] for line in (out / ".lrptool-manifest.jsonl").read_text().splitlines()}
+    assert {r["path"] for r in before} <= committed
     stamps = {p: p.stat().st_mtime_ns for p in written}
-    resumed = run("explain", model, images, "-o", out, "--format", "png,npy", "--resume")
+    resumed = run("explain", model, images, "-o", out, "--format", "png,npy", "--resume", "--jsonl", records)
     assert resumed.returncode == 0, resumed.stderr
-    redone = {r["path"] for r in json_lines(resumed.stdout)}
-    complete = {p.name[: -len(".npy")] for p in finished if (out / (p.name[: -len(".npy")] + ".heatmap.png")).exists()}
-    assert len(redone) == 400 - len(complete)
-    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items()
-               if p.name[: -len(".npy")] in complete or p.name[: -len(".heatmap.png")] in complete)
+    # the same --jsonl is continued: one record per image in all, none lost, none twice
+    after = json_lines(records.read_text())
+    assert sorted(r["path"] for r in after) == sorted(str(p) for p in images.iterdir())
+    assert after[:len(before)] == before
+    # what the manifest proves finished is not touched again; everything else is (re)done
+    for path, stamp in stamps.items():
+        source = str(images / path.name.removesuffix(".npy").removesuffix(".heatmap.png"))
+        if source in committed:
+            assert path.stat().st_mtime_ns == stamp, path
     assert len(list(out.glob("*.npy"))) == 400 and len(list(out.glob("*.heatmap.png"))) == 400
 
 

@@ -1,6 +1,8 @@
 """Preprocessing and heatmap rendering, against values worked out by hand in the tests."""
 
+import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -70,11 +72,17 @@ def test_walk_inputs_reads_folders_lists_and_targets(tmp_path):
     (tmp_path / "d" / "e").mkdir(parents=True)
     for name in ("d/b.png", "d/a.jpg", "d/e/c.bmp", "d/skip.txt"):
         (tmp_path / name).write_bytes(b"")
-    items = walk_inputs([str(tmp_path / "d"), "-"], stdin=["x.png\t4\n", "\n", "y.png\n"])
+    items = walk_inputs([str(tmp_path / "d"), "-"], stdin=io.BytesIO(b"x.png\t4\n\ny.png\r\n"))
     assert [(p.replace(str(tmp_path) + "/", ""), t) for p, t in items] == [
         ("d/a.jpg", None), ("d/b.png", None), ("d/e/c.bmp", None), ("x.png", 4), ("y.png", None)]
-    with pytest.raises(LrpToolError, match="class index"):
-        walk_inputs(["-"], stdin=["x.png\tcat\n"])
+    # a bad target fails that line's image alone: the problem travels with the item
+    (path, problem), = walk_inputs(["-"], stdin=io.BytesIO(b"x.png\tcat\n"))
+    assert path == "x.png" and "not a class index" in problem
+    (_, problem), = walk_inputs(["-"], stdin=io.BytesIO(b"x.png\t-3\n"))
+    assert "negative" in problem
+    # paths are bytes on stdin: a name that is not UTF-8 comes through as the file system's name
+    (path, _), = walk_inputs(["-"], stdin=io.BytesIO(b"caf\xe9.png\n"))
+    assert os.fsencode(path) == b"caf\xe9.png"
 
 
 def test_heatmaps_are_symmetric_and_colour_maps_have_the_right_ends():

@@ -93,6 +93,13 @@ class Explainer:
             if any(r.name == "zbox" for r in self.rules.values()) and self.bounds is None:
                 raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
 
+    def output_size(self):
+        """How many outputs a sample has (the range of class indices), or None where it is free."""
+        shape = self.graph.shapes.get(self.output)
+        if shape is None or any(d is None for d in shape[1:]):
+            return None
+        return int(np.prod(shape[1:], dtype=np.int64))
+
     def seed_for(self, outputs, targets):
         flat = outputs.reshape(outputs.shape[0], -1)
         seed = np.zeros_like(flat)

@@ -8,6 +8,7 @@ a node-name pattern (``name:features.*``, shell-style).
 
 import fnmatch
 import json
+import math
 import os
 
 from ..errors import LrpToolError
@@ -65,6 +66,8 @@ PRESET_NAMES = ("epsilon", "zero", "epsilon-plus", "epsilon-plus-flat", "epsilon
 def parse_rule(text, default_stabiliser=1e-6):
     """``epsilon``, ``epsilon:0.25``, ``gamma:0.25``, ``alpha-beta:2:1``, ``zplus``, ``zbox``, ``flat``,
     ``wsquare``, ``zero``, ``pass``, ``norm``; a ``-nobias`` suffix leaves biases out."""
+    if not isinstance(text, str):
+        raise LrpToolError(f"rule {text!r}: give a rule name such as epsilon:0.25 (a string)")
     name, *args = text.strip().split(":")
     bias = not name.endswith("-nobias")
     name = name.removesuffix("-nobias")
@@ -72,6 +75,8 @@ def parse_rule(text, default_stabiliser=1e-6):
         values = [float(a) for a in args]
     except ValueError:
         raise LrpToolError(f"rule {text!r}: parameters must be numbers") from None
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise LrpToolError(f"rule {text!r}: parameters must be finite numbers of 0 or more")
     makers = {
         "epsilon": lambda e=1e-6: R.epsilon_rule(e, bias),
         "zero": lambda: R.zero_rule(bias),
@@ -136,16 +141,29 @@ def rule_map_from_spec(spec, epsilon=1e-6, stabiliser=1e-6, gamma=0.25):
     ``{"preset": "epsilon-plus", "rules": {"first": "flat", "name:fc*": "epsilon:0.1"}}``."""
     if isinstance(spec, list):
         return spec
+    source = "the rule map"
     if isinstance(spec, str) and os.path.isfile(spec):
+        source = spec
         try:
-            with open(spec, encoding="utf-8") as handle:
-                spec = json.load(handle)
-        except (OSError, ValueError) as error:
-            raise LrpToolError(f"{spec}: not a readable JSON rule file ({error})") from None
+            with open(spec, "rb") as handle:
+                spec = json.loads(handle.read().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise LrpToolError(f"{source}: not a readable JSON rule file ({reason})") from None
+        if not isinstance(spec, dict):
+            raise LrpToolError(f"{source}: a rule file holds one JSON object: "
+                               '{"preset": "epsilon-plus", "rules": {"first": "flat"}}')
     if isinstance(spec, dict):
-        custom = [(k, parse_rule(v, stabiliser)) for k, v in spec.get("rules", {}).items()]
-        base = make_preset(spec["preset"], epsilon, stabiliser, gamma) if spec.get("preset") else base_map(stabiliser)
+        rules, preset = spec.get("rules", {}), spec.get("preset")
+        unknown = set(spec) - {"rules", "preset"}
+        if unknown or not isinstance(rules, dict) or not isinstance(preset, (str, type(None))):
+            raise LrpToolError(f"{source}: give {{\"preset\": NAME, \"rules\": {{SELECTOR: RULE, …}}}} "
+                               "with strings for names, selectors and rules")
+        custom = [(k, parse_rule(v, stabiliser)) for k, v in rules.items()]
+        base = make_preset(preset, epsilon, stabiliser, gamma) if preset else base_map(stabiliser)
         return custom + base
+    if not isinstance(spec, str):
+        raise LrpToolError(f"rule map {spec!r}: give a preset name, 'selector=rule,…' or a JSON file")
     if "=" in spec:
         custom = []
         base_name = None
