@@ -119,7 +119,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
                           primitives="numpy" if low_memory else "onnxruntime",
                           forward_backend="lrptool" if low_memory else "auto")
     check_target_range(fixed_target, top_k, explainer.output_size())
-    items = walk_inputs(inputs, stdin=click.get_binary_stream("stdin") if "-" in inputs else None)
+    items = walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None)
     if not items:
         raise LrpToolError("no images found in " + ", ".join(inputs))
     try:
@@ -188,7 +188,7 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     if patch > max(height, width):
         raise LrpToolError(f"--patch {patch}: larger than the {height}x{width} input; give at most {max(height, width)}")
     tensors, paths, failures = [], [], 0
-    for path, _ in walk_inputs(inputs, stdin=click.get_binary_stream("stdin") if "-" in inputs else None):
+    for path, _ in walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None):
         try:
             tensors.append(to_tensor(load_picture(path, preprocessing), preprocessing))
             paths.append(path)
@@ -245,6 +245,11 @@ def interrupt_on_terminate():
         signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread
         pass
+
+
+def stdin_bytes():
+    """Standard input as bytes: listed paths are file names, which need not be UTF-8."""
+    return getattr(sys.stdin, "buffer", sys.stdin)
 
 
 def quiet_handled_warnings():

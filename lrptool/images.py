@@ -196,8 +196,9 @@ def load_picture(path, preprocessing):
             raise
         except UnidentifiedImageError:
             raise ImageError("not an image file lrptool can read") from None
-        except Image.DecompressionBombError as error:
-            raise ImageError(f"too many pixels ({error})") from None
+        except Image.DecompressionBombError:
+            raise ImageError(f"declares more pixels than the limit of {MAX_PIXELS:,} "
+                             "(set LRPTOOL_MAX_PIXELS to allow more)") from None
         except MemoryError:
             raise ImageError("too large to decode in this machine's memory") from None
         except Exception as error:  # noqa: BLE001 - every decoder failure is this image's problem

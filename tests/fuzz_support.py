@@ -71,7 +71,9 @@ def classify(code, escaped, stderr):
     if code == 2:
         if is_usage_error(lines):
             return "error"
-        return "error" if len(lines) == 1 and lines[0].startswith("lrptool: error: ") else "noisy"
+        # the error line may follow one line per skipped image ("lrptool: skipped …"), nothing else
+        return "error" if lines and lines[-1].startswith("lrptool: error: ") and all(
+            line.startswith("lrptool: skipped ") for line in lines[:-1]) else "noisy"
     if code in (0, 1):
         return "ok"
     if code == 130:
