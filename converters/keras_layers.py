@@ -11,13 +11,35 @@ A Flatten of a channels-last feature map is not emitted where it stands: its IR 
 permuting its weight rows once; any other reader gets an explicit Transpose + Flatten.
 """
 
+import math
+
 import numpy as np
 
+from lrptool.limits import check_shape
+
 LAYERS = {}
+# Layers that combine several tensors; every other converter takes exactly one.
+MERGE_LAYERS = ("Add", "Subtract", "Multiply", "Average", "Concatenate")
+
+# Sizes, strides and paddings beyond this are damage, not models; it also keeps them in ONNX's int64.
+LARGEST_SIZE = 2 ** 31 - 1
 
 
 class Unsupported(Exception):
     pass
+
+
+class BadLayer(Exception):
+    """A layer setting or weight that no Keras model has (a damaged or hand-edited file); the reader
+    names the file, layer and class. ``advice`` is what the user can do about it."""
+
+    def __init__(self, problem, advice="the file is damaged; save the model again with Keras"):
+        super().__init__(problem)
+        self.problem = problem
+        self.advice = advice
+
+
+WEIGHTS_ADVICE = "the weights do not belong to this layer; save the model again (or check --model-config)"
 
 
 def layer(*class_names):
@@ -26,6 +48,87 @@ def layer(*class_names):
             LAYERS[class_name] = function
         return function
     return register
+
+
+# ---------------------------------------------------------------- settings
+
+def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and -LARGEST_SIZE <= value <= LARGEST_SIZE
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def ints(value, low):
+    """An int or a (non-empty) list of ints, each at least ``low``."""
+    items = value if isinstance(value, list) else [value]
+    return bool(items) and all(is_int(v) and v >= low for v in items)
+
+
+def spans(value):
+    """ZeroPadding/Cropping: an int, a list of ints, or a list of (begin, end) pairs, all >= 0."""
+    if isinstance(value, list):
+        return bool(value) and all(ints(v, 0) and (not isinstance(v, list) or len(v) == 2) for v in value)
+    return ints(value, 0)
+
+
+def activation_setting(value):
+    if value is None or isinstance(value, str):
+        return True
+    if not isinstance(value, dict):
+        return False
+    inner = value.get("config")
+    return isinstance(value.get("class_name", ""), str) and (
+        inner is None or isinstance(inner, str) or (isinstance(inner, dict) and isinstance(inner.get("name", ""), str)))
+
+
+# What each setting a converter reads may hold, with the words for the message.
+SETTINGS = {
+    "kernel_size": (lambda v: ints(v, 1), "a positive int or a list of them"),
+    "strides": (lambda v: v is None or ints(v, 1), "a positive int or a list of them"),
+    "dilation_rate": (lambda v: ints(v, 1), "a positive int or a list of them"),
+    "pool_size": (lambda v: ints(v, 1), "a positive int or a list of them"),
+    "size": (lambda v: ints(v, 1), "a positive int or a list of them"),
+    "groups": (lambda v: v is None or ints(v, 1) and not isinstance(v, list), "a positive int"),
+    "padding": (lambda v: isinstance(v, str) or spans(v), "'valid', 'same', or sizes >= 0"),
+    "cropping": (spans, "sizes >= 0"),
+    "axis": (lambda v: ints(v, -LARGEST_SIZE), "an int or a list of ints"),
+    "target_shape": (lambda v: isinstance(v, list) and all(is_int(d) and (d > 0 or d == -1) for d in v),
+                     "a list of positive sizes (one may be -1)"),
+    "dims": (lambda v: isinstance(v, list) and all(is_int(d) for d in v), "a list of axes"),
+    "epsilon": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    "alpha": (is_number, "a number"),
+    "theta": (is_number, "a number"),
+    "negative_slope": (lambda v: v is None or is_number(v), "a number"),
+    "threshold": (lambda v: v is None or is_number(v), "a number"),
+    "max_value": (lambda v: v is None or is_number(v), "a number or null"),
+    "use_bias": (lambda v: isinstance(v, bool), "true or false"),
+    "scale": (lambda v: isinstance(v, bool), "true or false"),
+    "center": (lambda v: isinstance(v, bool), "true or false"),
+    "keepdims": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "data_format": (lambda v: v is None or isinstance(v, str), "a string"),
+    "interpolation": (lambda v: isinstance(v, str), "a string"),
+    "activation": (activation_setting, "an activation name"),
+}
+
+
+def check_settings(cfg):
+    """Refuse settings of the wrong type or range before a converter trusts them."""
+    for key, (valid, expected) in SETTINGS.items():
+        if key in cfg and not valid(cfg[key]):
+            raise BadLayer(f"setting {key!r} is {short(cfg[key])}, expected {expected}")
+
+
+def short(value):
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def checked_axis(axis, rank):
+    if not -rank <= axis < rank:
+        raise BadLayer(f"axis {axis} is outside a tensor of {rank} axes")
+    return axis
 
 
 def to_keras_axis(axis, rank):
@@ -44,9 +147,11 @@ def channels_first_perm(rank):
     return (0, rank - 1) + tuple(range(1, rank - 1))
 
 
-def tuple_of(value, rank):
+def tuple_of(value, rank, what="setting"):
     if isinstance(value, int):
         return (value,) * rank
+    if len(value) != rank:
+        raise BadLayer(f"{what} {list(value)} has {len(value)} entries for a {rank}-D layer")
     return tuple(int(v) for v in value)
 
 
@@ -95,6 +200,8 @@ def activation_nodes(ctx, name):
         # A serialised activation: the name sits in ``config`` (a string or a dict) or is the class.
         inner = name.get("config")
         name = inner if isinstance(inner, str) else (inner or {}).get("name") or name.get("class_name")
+    if name is not None and not isinstance(name, str):
+        raise BadLayer(f"activation {short(name)} is not a name")
     name = (name or "linear").lower()
     simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "selu": "Selu", "elu": "Elu",
               "hard_swish": "HardSwish"}
@@ -129,10 +236,26 @@ def check_activation(ctx, cfg):
         activation_nodes(ctx, cfg["activation"])
 
 
-def take(weights, lname, count):
+def take(weights, lname, count, ranks=None):
+    """The layer's ``count`` weight arrays, read now (the reader checks each as it reads it);
+    ``ranks`` is the number of axes each must have."""
     if len(weights) != count:
-        raise WeightCountError(f"layer {lname!r} has {len(weights)} weight arrays, expected {count}")
-    return weights
+        raise WeightCountError(f"{len(weights)} weight arrays are stored, {count} expected")
+    arrays = [np.asarray(w) for w in weights]
+    for index, (array, rank) in enumerate(zip(arrays, ranks or ())):
+        if array.ndim != rank:
+            raise BadLayer(f"weight {index} has shape {list(array.shape)}, expected {rank} axes", WEIGHTS_ADVICE)
+    return arrays
+
+
+def expect_shape(array, shape, what):
+    if tuple(array.shape) != tuple(shape):
+        raise BadLayer(f"{what} has shape {list(array.shape)}, expected {list(shape)}", WEIGHTS_ADVICE)
+
+
+def bias_of(w, index, channels):
+    expect_shape(w[index], (channels,), "the bias")
+    return w[index]
 
 
 class WeightCountError(Exception):
@@ -143,14 +266,27 @@ class WeightCountError(Exception):
 
 def conv_common(ctx, cfg, x, rank):
     check_data_format(cfg)
-    kernel = tuple_of(cfg["kernel_size"], rank)
-    strides = tuple_of(cfg.get("strides", 1), rank)
-    dilations = tuple_of(cfg.get("dilation_rate", 1), rank)
+    kernel = tuple_of(required(cfg, "kernel_size"), rank, "kernel_size")
+    strides = tuple_of(cfg.get("strides") or 1, rank, "strides")
+    dilations = tuple_of(cfg.get("dilation_rate", 1), rank, "dilation_rate")
     spatial = ctx.shape(x)[2:]
     if len(spatial) != rank:
         raise Unsupported(f"a {rank}-D convolution on an input of shape {ctx.keras_shape(x)}")
     pads = window_pads(cfg.get("padding", "valid"), spatial, kernel, strides, dilations)
-    return {"strides": strides, "dilations": dilations, "pads": pads}
+    return {"strides": strides, "dilations": dilations, "pads": pads, "kernel": kernel}
+
+
+def required(cfg, key):
+    if key not in cfg:
+        raise BadLayer(f"the config has no {key!r}")
+    return cfg[key]
+
+
+def check_kernel(array, kernel, what="the kernel"):
+    """Keras stores kernels as (k…, in, out): the window must be the configured one."""
+    if tuple(array.shape[:len(kernel)]) != tuple(kernel) or min(array.shape, default=0) < 1:
+        raise BadLayer(f"{what} has shape {list(array.shape)}, which does not fit kernel_size {list(kernel)}",
+                       WEIGHTS_ADVICE)
 
 
 def conv_kernel(k):
@@ -165,7 +301,8 @@ def conv(ctx, lname, cfg, inputs, weights):
     rank = 1 if "1D" in ctx.class_name else 2
     attrs = conv_common(ctx, cfg, x, rank)
     use_bias = cfg.get("use_bias", True)
-    w = take(weights, lname, 2 if use_bias else 1)
+    w = take(weights, lname, 2 if use_bias else 1, (rank + 2, 1))
+    check_kernel(w[0], attrs.pop("kernel"))
     attrs["group"] = int(cfg.get("groups", 1) or 1)
     kernel = w[0]
     if ctx.keras_major == 1:
@@ -177,7 +314,7 @@ def conv(ctx, lname, cfg, inputs, weights):
             kernel = kernel[tuple(slice(None, None, -1) for _ in range(rank))]
     params = {"weight": conv_kernel(np.ascontiguousarray(kernel))}
     if use_bias:
-        params["bias"] = w[1]
+        params["bias"] = bias_of(w, 1, kernel.shape[-1])
     y = ctx.emit(lname, "Conv", [x], attrs, params)
     return apply_activation(ctx, lname, y, cfg.get("activation"))
 
@@ -196,11 +333,12 @@ def depthwise(ctx, lname, cfg, inputs, weights):
     rank = 1 if "1D" in ctx.class_name else 2
     attrs = conv_common(ctx, cfg, x, rank)
     use_bias = cfg.get("use_bias", True)
-    w = take(weights, lname, 2 if use_bias else 1)
+    w = take(weights, lname, 2 if use_bias else 1, (rank + 2, 1))
+    check_kernel(w[0], attrs.pop("kernel"))
     attrs["group"] = int(w[0].shape[-2])
     params = {"weight": depthwise_weight(w[0])}
     if use_bias:
-        params["bias"] = w[1]
+        params["bias"] = bias_of(w, 1, w[0].shape[-2] * w[0].shape[-1])
     y = ctx.emit(lname, "Conv", [x], attrs, params)
     return apply_activation(ctx, lname, y, cfg.get("activation"))
 
@@ -211,12 +349,14 @@ def separable(ctx, lname, cfg, inputs, weights):
     rank = 1 if "1D" in ctx.class_name else 2
     attrs = conv_common(ctx, cfg, x, rank)
     use_bias = cfg.get("use_bias", True)
-    w = take(weights, lname, 3 if use_bias else 2)
+    w = take(weights, lname, 3 if use_bias else 2, (rank + 2, rank + 2, 1))
+    check_kernel(w[0], attrs.pop("kernel"), "the depthwise kernel")
+    check_kernel(w[1], (1,) * rank, "the pointwise kernel")
     attrs["group"] = int(w[0].shape[-2])
     y = ctx.emit(f"{lname}/depthwise", "Conv", [x], attrs, {"weight": depthwise_weight(w[0])})
     params = {"weight": conv_kernel(w[1])}
     if use_bias:
-        params["bias"] = w[2]
+        params["bias"] = bias_of(w, 2, w[1].shape[-1])
     ones = (1,) * rank
     y = ctx.emit(lname, "Conv", [y], {"strides": ones, "dilations": ones, "pads": (0,) * (2 * rank)}, params)
     return apply_activation(ctx, lname, y, cfg.get("activation"))
@@ -227,9 +367,9 @@ def conv_transpose(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     check_data_format(cfg)
     rank = 1 if "1D" in ctx.class_name else 2
-    kernel = tuple_of(cfg["kernel_size"], rank)
-    strides = tuple_of(cfg.get("strides", 1), rank)
-    dilations = tuple_of(cfg.get("dilation_rate", 1), rank)
+    kernel = tuple_of(required(cfg, "kernel_size"), rank, "kernel_size")
+    strides = tuple_of(cfg.get("strides") or 1, rank, "strides")
+    dilations = tuple_of(cfg.get("dilation_rate", 1), rank, "dilation_rate")
     if cfg.get("output_padding") is not None:
         raise Unsupported("output_padding")
     if max(dilations) != 1:
@@ -245,11 +385,12 @@ def conv_transpose(ctx, lname, cfg, inputs, weights):
     elif padding != "valid":
         raise Unsupported(f"padding {padding!r}")
     use_bias = cfg.get("use_bias", True)
-    w = take(weights, lname, 2 if use_bias else 1)
+    w = take(weights, lname, 2 if use_bias else 1, (rank + 2, 1))
+    check_kernel(w[0], kernel)
     # Keras stores (k…, out, in); the IR wants (in, out, k…).
     params = {"weight": conv_kernel(w[0])}
     if use_bias:
-        params["bias"] = w[1]
+        params["bias"] = bias_of(w, 1, w[0].shape[-2])
     y = ctx.emit(lname, "ConvTranspose", [x], {"strides": strides, "dilations": dilations, "pads": tuple(pads),
                                                "output_padding": tuple(extra)}, params)
     return apply_activation(ctx, lname, y, cfg.get("activation"))
@@ -259,12 +400,15 @@ def conv_transpose(ctx, lname, cfg, inputs, weights):
 def dense(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     use_bias = cfg.get("use_bias", True)
-    w = take(weights, lname, 2 if use_bias else 1)
+    w = take(weights, lname, 2 if use_bias else 1, (2, 1))
     kernel = w[0]
     flat = ctx.flattened(x)
     if flat is not None:
         source, keras_shape = flat
         spatial, channels = keras_shape[1:-1], keras_shape[-1]
+        features = math.prod(keras_shape[1:])
+        if kernel.shape[0] != features:
+            raise BadLayer(f"the kernel has {kernel.shape[0]} rows for {features} flattened inputs", WEIGHTS_ADVICE)
         # Rows arrive in Keras (h, w, c) order; the IR flattens (c, h, w).
         rows = kernel.reshape(tuple(spatial) + (channels, -1))
         order = (len(spatial),) + tuple(range(len(spatial))) + (len(spatial) + 1,)
@@ -272,7 +416,7 @@ def dense(ctx, lname, cfg, inputs, weights):
         x = ctx.emit(f"{lname}/flatten", "Flatten", [source], {"axis": 1})
     params = {"weight": np.ascontiguousarray(kernel.T)}
     if use_bias:
-        params["bias"] = w[1]
+        params["bias"] = bias_of(w, 1, kernel.shape[1])
     rank = len(ctx.shape(x))
     if rank >= 3:
         x = ctx.emit(f"{lname}/to_last", "Transpose", [x], {"perm": channels_last_perm(rank)})
@@ -292,14 +436,20 @@ def batch_norm(ctx, lname, cfg, inputs, weights):
         if len(axis) != 1:
             raise Unsupported(f"normalisation over axes {axis}")
         axis = axis[0]
+    checked_axis(axis, rank)
     ir_axis = axis % rank if ctx.in_keras_order(x) else to_keras_axis(axis, rank)
     if ir_axis != 1:
         raise Unsupported(f"axis {axis} is not the channel axis")
     scale, center = cfg.get("scale", True), cfg.get("center", True)
-    w = list(take(weights, lname, 2 + scale + center))
+    w = list(take(weights, lname, 2 + scale + center, (1,) * (2 + scale + center)))
+    channels = ctx.shape(x)[1]
+    for array in w:
+        expect_shape(array, (channels,), "a normalisation vector")
     gamma = w.pop(0) if scale else None
     beta = w.pop(0) if center else None
     mean, var = w
+    if np.any(var < 0):
+        raise BadLayer("the moving variance has negative entries", WEIGHTS_ADVICE)
     params = {"scale": gamma if gamma is not None else np.ones_like(mean),
               "bias": beta if beta is not None else np.zeros_like(mean), "mean": mean, "var": var}
     return ctx.emit(lname, "BatchNorm", [x], {"epsilon": float(cfg.get("epsilon", 1e-3))}, params)
@@ -338,7 +488,7 @@ def relu(ctx, lname, cfg, inputs, weights):
 def leaky_relu(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     alpha = cfg.get("negative_slope", cfg.get("alpha", 0.3))
-    return ctx.emit(lname, "LeakyRelu", [x], {"alpha": float(alpha)})
+    return ctx.emit(lname, "LeakyRelu", [x], {"alpha": float(0.3 if alpha is None else alpha)})
 
 
 @layer("ELU")
@@ -360,6 +510,9 @@ def thresholded_relu(ctx, lname, cfg, inputs, weights):
 def prelu(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     (alpha,) = take(weights, lname, 1)
+    if alpha.ndim >= 1 and alpha.ndim != len(ctx.shape(x)) - 1:
+        raise BadLayer(f"the slopes have shape {list(alpha.shape)} for an input of {len(ctx.shape(x)) - 1} axes",
+                       WEIGHTS_ADVICE)
     if alpha.ndim >= 2:
         # Keras' slope has the input's (…, C) shape without batch; move C first as in the IR.
         alpha = np.moveaxis(alpha, -1, 0)
@@ -372,7 +525,7 @@ def softmax(ctx, lname, cfg, inputs, weights):
     rank = len(ctx.shape(x))
     axis = cfg.get("axis", -1)
     axes = axis if isinstance(axis, (list, tuple)) else [axis]
-    return ctx.emit(lname, "Softmax", [x], {"axes": tuple(to_keras_axis(a, rank) for a in axes)})
+    return ctx.emit(lname, "Softmax", [x], {"axes": tuple(to_keras_axis(checked_axis(a, rank), rank) for a in axes)})
 
 
 @layer("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
@@ -386,8 +539,8 @@ def identity(ctx, lname, cfg, inputs, weights):
 def pool(ctx, lname, cfg, inputs, op, rank):
     (x,) = inputs
     check_data_format(cfg)
-    kernel = tuple_of(cfg.get("pool_size", 2), rank)
-    strides = tuple_of(cfg.get("strides") or kernel, rank)
+    kernel = tuple_of(cfg.get("pool_size", 2), rank, "pool_size")
+    strides = tuple_of(cfg.get("strides") or kernel, rank, "strides")
     ones = (1,) * rank
     pads = window_pads(cfg.get("padding", "valid"), ctx.shape(x)[2:], kernel, strides, ones)
     attrs = {"kernel_shape": kernel, "strides": strides, "dilations": ones, "pads": pads, "ceil_mode": False}
@@ -441,21 +594,16 @@ def flatten(ctx, lname, cfg, inputs, weights):
     return ctx.defer_flatten(lname, x, as_channels_last=cfg.get("data_format") == "channels_first")
 
 
-def pairs(value, rank):
-    """Keras padding/cropping: int, (a, b) per axis symmetric, or ((begin, end), …)."""
+def border_spans(value, rank):
+    """(begin, end) per spatial axis from a Keras padding/cropping setting: an int, one size per axis,
+    or (begin, end) per axis; a 1-D layer also takes a bare (begin, end)."""
     if isinstance(value, int):
         return [(value, value)] * rank
-    out = []
-    for item in value:
-        out.append((int(item), int(item)) if isinstance(item, int) else (int(item[0]), int(item[1])))
-    return out
-
-
-def border_spans(value, rank):
-    """(begin, end) per spatial axis from a Keras padding/cropping setting (1-D layers take one pair)."""
-    if rank == 1 and not isinstance(value, int):
-        return [(int(value[0]), int(value[1]))]
-    return pairs(value, rank)
+    if rank == 1 and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return [(value[0], value[1])]
+    if len(value) != rank:
+        raise BadLayer(f"{short(value)} does not give one span per axis of a {rank}-D layer")
+    return [(item, item) if isinstance(item, int) else (item[0], item[1]) for item in value]
 
 
 @layer("ZeroPadding1D", "ZeroPadding2D")
@@ -488,7 +636,7 @@ def upsampling(ctx, lname, cfg, inputs, weights):
     rank = 1 if "1D" in ctx.class_name else 2
     if cfg.get("interpolation", "nearest") != "nearest":
         raise Unsupported(f"interpolation {cfg.get('interpolation')!r}")
-    size = tuple_of(cfg.get("size", 2), rank)
+    size = tuple_of(cfg.get("size", 2), rank, "size")
     return ctx.emit(lname, "Upsample", [x], {"scales": size})
 
 
@@ -496,12 +644,12 @@ def upsampling(ctx, lname, cfg, inputs, weights):
 def reshape(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     keras_in = ctx.keras_shape(x)
-    target = [int(d) for d in cfg["target_shape"]]
+    target = [int(d) for d in required(cfg, "target_shape")]
     if target.count(-1) > 1:
         raise Unsupported(f"target_shape {target}")
     if -1 in target:
-        known = int(np.prod([d for d in target if d != -1]))
-        target[target.index(-1)] = int(np.prod(keras_in[1:])) // known
+        known = math.prod(d for d in target if d != -1)
+        target[target.index(-1)] = math.prod(keras_in[1:]) // known
     rank = len(ctx.shape(x))
     if rank >= 3:
         x = ctx.emit(f"{lname}/to_last", "Transpose", [x], {"perm": channels_last_perm(rank)})
@@ -517,7 +665,9 @@ def reshape(ctx, lname, cfg, inputs, weights):
 def permute(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     rank = len(ctx.shape(x))
-    dims = (0,) + tuple(int(d) for d in cfg["dims"])
+    dims = (0,) + tuple(int(d) for d in required(cfg, "dims"))
+    if sorted(dims) != list(range(rank)):
+        raise BadLayer(f"dims {list(dims[1:])} is not an order of the axes 1..{rank - 1}")
     # IR axes in Keras order, permuted as Keras does, then back to the IR layout.
     keras_axes = [channels_last_perm(rank)[i] for i in range(rank)] if rank >= 3 else list(range(rank))
     permuted = [keras_axes[d] for d in dims]
@@ -528,7 +678,10 @@ def permute(ctx, lname, cfg, inputs, weights):
 @layer("Concatenate")
 def concatenate(ctx, lname, cfg, inputs, weights):
     rank = len(ctx.shape(inputs[0]))
-    return ctx.emit(lname, "Concat", list(inputs), {"axis": to_keras_axis(int(cfg.get("axis", -1)), rank)})
+    axis = cfg.get("axis", -1)
+    if isinstance(axis, list):
+        raise BadLayer(f"axis {axis} is not one axis")
+    return ctx.emit(lname, "Concat", list(inputs), {"axis": to_keras_axis(checked_axis(axis, rank), rank)})
 
 
 @layer("Add")
@@ -555,6 +708,7 @@ def multiply(ctx, lname, cfg, inputs, weights):
 def average(ctx, lname, cfg, inputs, weights):
     total = ctx.emit(f"{lname}/sum", "Sum", list(inputs))
     channels = ctx.shape(total)[1]
+    check_shape((channels,), 4, f"the averaging factors of {channels} channels")
     factor = np.full(channels, 1.0 / len(inputs), dtype=np.float32)
     return ctx.emit(lname, "Scale", [total], {}, {"scale": factor})
 
@@ -596,7 +750,8 @@ def keras1_layer(class_name, cfg):
         if old in cfg:
             cfg[new] = cfg.pop(old)
     if "nb_row" in cfg:
-        cfg["kernel_size"] = [cfg.pop("nb_row"), cfg.pop("nb_col")]
+        # a missing nb_col leaves None in kernel_size, which the settings check refuses by name
+        cfg["kernel_size"] = [cfg.pop("nb_row"), cfg.pop("nb_col", None)]
     if "filter_length" in cfg:
         cfg["kernel_size"] = [cfg.pop("filter_length")]
     if "subsample" in cfg:
