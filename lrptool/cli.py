@@ -156,7 +156,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
 @click.option("--replacement", default="uniform", show_default=True,
               type=click.Choice(["uniform", "mean", "zero", "blur"]),
               help="What removed regions become: uniform noise over the input range, the image mean, 0, a blur.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the replacement values.")
 @preprocessing_options
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
@@ -253,13 +253,15 @@ def stdin_bytes():
 
 
 def quiet_handled_warnings():
-    """Pillow warns about pictures beyond its pixel limit; lrptool refuses those itself, with a line
-    naming the picture, so the warning would only repeat it."""
+    """Pillow warns about pictures beyond its pixel limit, which lrptool refuses itself with a line
+    naming the picture, and about odd metadata in pictures it still decodes; neither needs more
+    lines on stderr."""
     import warnings
 
     from PIL import Image
 
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
 
 
 def main(argv=None):

@@ -45,7 +45,8 @@ class Preprocessing:
     def bounds(self):
         """The lowest and highest input values (per channel): pixels 0 and 255, preprocessed."""
         mean, std = self.per_channel(self.mean), self.per_channel(self.std)
-        return (0.0 - mean) / std, (255.0 * self.scale - mean) / std
+        with np.errstate(over="ignore"):  # an overflow is refused by preprocessing_for
+            return (0.0 - mean) / std, (255.0 * self.scale - mean) / std
 
     def describe(self):
         return {k: v for k, v in asdict(self).items()}
@@ -86,6 +87,11 @@ def preprocessing_for(model_shape, preset=None, config=None, **overrides):
         raise LrpToolError(f"the model takes {height}x{width} inputs but the preprocessing makes "
                            f"{base.size[0]}x{base.size[1]}")
     base.per_channel(base.mean), base.per_channel(base.std)
+    low, high = base.bounds()
+    limit = float(np.finfo(np.float32).max)
+    if not (np.all(np.abs(low) < limit) and np.all(np.abs(high) < limit)):
+        raise LrpToolError(f"the preprocessing (scale {base.scale:g}, mean {base.mean}, std {base.std}) maps pixels "
+                           "beyond the range of float32; check --scale, --mean and --std")
     return base
 
 
@@ -186,7 +192,8 @@ def load_picture(path, preprocessing):
                 if width < 1 or height < 1:
                     raise ImageError(f"declares {width}×{height} pixels")
                 image.load()
-                picture = eight_bit(image)
+                with np.errstate(all="ignore"):  # non-finite pixels are refused by eight_bit
+                    picture = eight_bit(image)
                 if picture.mode in ("RGBA", "LA", "P", "PA"):
                     picture = picture.convert("RGBA")
                     background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
