@@ -1,6 +1,7 @@
 # make test  — create .venv, install lrptool with its test extras, run the tests
 # make demo  — install and run lrptool on the bundled sample model
 # make bench — install and run the benchmarks
+# make fuzz  — the long fuzz run: 10,000 mutants per model format, counts per outcome
 # make reference-deps — add torch and zennit, which the Zennit cross-check tests and benchmarks use
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lrptool-installed
 DEMO_OUT ?= demo-output
 
-.PHONY: install reference-deps test demo bench clean
+.PHONY: install reference-deps test fuzz demo bench clean
 
 install: $(STAMP)
 
@@ -27,6 +28,12 @@ reference-deps: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+FUZZ_MUTANTS ?= 10000
+fuzz: $(STAMP)
+	LRPTOOL_FUZZ_MUTANTS=$(FUZZ_MUTANTS) LRPTOOL_FUZZ_REPORT=fuzz-report.json $(BIN)/python -m pytest -q -p no:randomly \
+		tests/test_fuzz_onnx.py tests/test_fuzz_caffe.py tests/test_fuzz_keras.py tests/test_fuzz_cli.py
+	@echo "fuzz: counts per outcome in fuzz-report.json"
+
 demo: $(STAMP)
 	$(BIN)/lrptool inspect sample_models/mnist/mnist.onnx --preset epsilon-plus-flat
 	$(BIN)/lrptool explain sample_models/mnist/mnist.onnx sample_models/mnist/images -o $(DEMO_OUT) \
@@ -40,4 +47,4 @@ bench: reference-deps
 	$(BIN)/python benchmarks/bench_evaluate.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info fuzz-report.json
