@@ -3,6 +3,7 @@
 import os
 
 from lrptool.errors import ModelFileError
+from lrptool.files import regular_file_problem
 
 from .reading import reading_file
 
@@ -17,6 +18,10 @@ def load_model(path, weights=None, model_config=None, random_weights=False, kera
     ``input_size``: the sizes a fully convolutional ONNX or Keras model leaves free (e.g. (H, W)).
     """
     path = str(path)
+    for given, what in ((path, "model"), (weights, "--weights"), (model_config, "--model-config")):
+        problem = given and regular_file_problem(str(given))
+        if problem:
+            raise ModelFileError(f"{given}: {problem}; give the {what} file")
     with reading_file(path):
         return _read(path, weights, model_config, random_weights, keras1_backend, input_size, **options)
 

@@ -48,6 +48,11 @@ def check_scale(scale):
 
 def read_labels(path):
     """Class names, one per line (UTF-8)."""
+    from .files import regular_file_problem
+
+    problem = regular_file_problem(path)
+    if problem:
+        raise LrpToolError(f"{path}: {problem}; give a text file of class names")
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -167,6 +172,12 @@ def build_preprocessing(model, graph, preprocess_preset, config, size, resize, c
     from .images import preprocessing_for
 
     check_scale(scale)
+    from .files import regular_file_problem
+
+    for given, option in ((mean_file, "--mean-file"), (config, "--config")):
+        problem = given and regular_file_problem(given)
+        if problem:
+            raise LrpToolError(f"{given}: {problem}; give the {option} file")
     if mean_file:
         from converters.caffe_reader import read_mean_file
         from converters.reading import reading_file

@@ -91,3 +91,21 @@ def remove_stale_parts(folder):
             except FileNotFoundError:
                 pass
     return removed
+
+
+def regular_file_problem(path):
+    """Why ``path`` cannot be read as a file (missing, a folder, a FIFO or device), or None.
+    Opening a FIFO would wait for a writer forever, so it is refused before it is opened."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as error:
+        return f"cannot read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device)"
+    return None

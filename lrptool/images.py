@@ -8,13 +8,13 @@ give the common conventions; the model's input shape fills in what the preset le
 
 import json
 import os
-import stat
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import LrpToolError
+from .files import regular_file_problem
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -160,18 +160,10 @@ if os.environ.get("LRPTOOL_MAX_PIXELS", "").isdigit():
 
 
 def open_regular_file(path):
-    """Open an image file for reading; FIFOs, devices and folders are refused before they are
-    opened, since reading a FIFO would wait forever."""
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except OSError as error:
-        raise ImageError(f"cannot read ({error.strerror or error})") from None
-    if stat.S_ISDIR(status.st_mode):
-        raise ImageError("is a folder")
-    if not stat.S_ISREG(status.st_mode):
-        raise ImageError("not a regular file (a FIFO, socket or device); give image files")
+    """Open an image file for reading; FIFOs, devices and folders are refused before they are opened."""
+    problem = regular_file_problem(path)
+    if problem:
+        raise ImageError(problem + ("; give image files" if "regular" in problem else ""))
     try:
         return open(path, "rb")
     except OSError as error:

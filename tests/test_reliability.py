@@ -286,3 +286,13 @@ def test_outputs_respect_the_umask(tmp_path, images, model, umask, mode):
     assert lines(result.stderr) == [line for line in lines(result.stderr) if line.startswith("lrptool: ")]
     for path in out.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+def test_a_fifo_given_as_model_or_option_file_is_refused_without_waiting(worker, tmp_path, images, model):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for argv in (["inspect", fifo], ["convert", model, "--weights", fifo, "-o", tmp_path / "x.onnx"],
+                 ["explain", model, images, "-o", tmp_path / "out", "--labels", fifo],
+                 ["explain", model, images, "-o", tmp_path / "out", "--config", fifo],
+                 ["evaluate", model, images, "-o", tmp_path / "ev", "--mean-file", fifo]):
+        one_line_error(worker.run(argv, timeout=30), "not a regular file")
