@@ -18,7 +18,7 @@ from onnx import AttributeProto, TensorProto, defs, helper, numpy_helper
 from lrptool.errors import ModelFileError
 from lrptool.limits import check_bytes, check_shape
 
-from .onnx_ops import Unsupported
+from .onnx_ops import Unsupported, brief
 from .reading import reading_at
 
 DAMAGED = "the file is damaged; export the model again"
@@ -50,6 +50,12 @@ ATTRIBUTE_KINDS = {
 #: Line and paragraph separators and control characters would break the one-line error messages.
 BAD_NAME_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")
 
+#: Longer names and strings are refused: they would turn a one-line message into a page.
+LONGEST_TEXT = 4096
+
+#: More axes than NumPy (64) can hold, and far more than any network uses.
+MOST_AXES = 32
+
 
 def refuse(source, where, problem, advice=DAMAGED):
     return ModelFileError(f"{source}: {where}: {problem}; {advice}")
@@ -59,6 +65,8 @@ def check_text(source, where, text, what="name"):
     """A name from the file: valid UTF-8 without line breaks (protobuf hands invalid UTF-8 over as bytes)."""
     if isinstance(text, bytes):
         raise refuse(source, where, f"{what} {text!r} is not valid UTF-8")
+    if len(text) > LONGEST_TEXT:
+        raise refuse(source, where, f"{what} {text[:40]!r}… is {len(text)} characters long")
     if any(unicodedata.category(c) in BAD_NAME_CATEGORIES for c in text):
         raise refuse(source, where, f"{what} {text!r} holds control characters or line breaks")
     return text
@@ -101,8 +109,10 @@ def tensor_array(tensor, source, where, folder):
         raise refuse(source, where, f"tensors of type {data_type_name(data_type)} are not supported",
                      "convert the model's weights to float32")
     dims = [int(d) for d in tensor.dims]
+    if len(dims) > MOST_AXES:
+        raise refuse(source, where, f"has {len(dims)} axes", f"lrptool reads tensors of up to {MOST_AXES} axes")
     if any(d < 0 for d in dims):
-        raise refuse(source, where, f"negative size in dims {dims}")
+        raise refuse(source, where, f"negative size in dims {brief(dims)}")
     itemsize = 8 if data_type == TensorProto.STRING else np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
     check_shape(dims, itemsize, f"{source}: {where}")
     count = math.prod(dims)
@@ -123,13 +133,13 @@ def tensor_array(tensor, source, where, folder):
         if data_type == TensorProto.STRING:
             raise refuse(source, where, "a string tensor with raw_data")
         if len(tensor.raw_data) != count * itemsize:
-            raise refuse(source, where, f"raw_data holds {len(tensor.raw_data)} bytes but dims {dims} of "
+            raise refuse(source, where, f"raw_data holds {len(tensor.raw_data)} bytes but dims {brief(dims)} of "
                                         f"{data_type_name(data_type)} need {count * itemsize}")
     else:
         field, per_element = TYPED_FIELDS[data_type]
         held = len(getattr(tensor, field))
         if held != count * per_element:
-            raise refuse(source, where, f"{field} holds {held} values but dims {dims} need {count * per_element}")
+            raise refuse(source, where, f"{field} holds {held} values but dims {brief(dims)} need {count * per_element}")
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         array = numpy_helper.to_array(tensor)
@@ -248,9 +258,10 @@ def attribute_values(ctx, node, where):
 
 def attribute_text(raw, source, where, name):
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise refuse(source, where, f"attribute {name!r} is not valid UTF-8 text") from None
+    return check_text(source, where, text, f"attribute {name!r}")
 
 
 def op_schema(op_type, opset):
@@ -395,6 +406,9 @@ def tensor_shape(value_info, source="", what="value"):
                      "lrptool reads numeric tensors only")
     if not t.HasField("shape"):
         return None
+    if len(t.shape.dim) > MOST_AXES:
+        raise refuse(source, f"{what} {value_info.name!r}", f"has {len(t.shape.dim)} axes",
+                     f"lrptool reads tensors of up to {MOST_AXES} axes")
     dims = []
     for d in t.shape.dim:
         if d.WhichOneof("value") == "dim_value":

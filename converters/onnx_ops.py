@@ -26,6 +26,41 @@ def ints(values):
     return tuple(int(v) for v in values)
 
 
+def brief(values, limit=8):
+    """A list for a message: a hostile file's list can be millions of entries long."""
+    values = list(values)
+    if len(values) <= limit:
+        return str(values)
+    return "[" + ", ".join(str(v) for v in values[:limit]) + f", … ({len(values)} entries)]"
+
+
+def axis_index(ctx, axis, rank, what="axis"):
+    """``axis`` counted from 0, or the node's error when a rank-``rank`` tensor has no such axis."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise ctx.invalid(f"{what} {axis} is out of range for a rank-{rank} input")
+    return axis % rank
+
+
+def scalar(ctx, value, what):
+    """One finite-or-infinite number from a constant operand (a bound, a pad value, an exponent)."""
+    value = np.asarray(value)
+    if value.size != 1 or value.dtype.kind not in "fiub":
+        raise ctx.invalid(f"{what} must be one number, got {value.size} of type {value.dtype}")
+    number = float(value.reshape(-1)[0])
+    if np.isnan(number):
+        raise ctx.invalid(f"{what} is NaN")
+    return number
+
+
+def check_lengths(ctx, rank, **settings):
+    """Per-axis settings must have one entry per spatial axis (``pads``: two)."""
+    for name, values in settings.items():
+        wanted = 2 * rank if name == "pads" else rank
+        if values is not None and len(values) != wanted:
+            raise ctx.invalid(f"{name} {brief(values)} should have {wanted} entries for {rank} spatial axes")
+
+
 def resolve_pads(a, spatial, kernel, strides, dilations):
     """Explicit (begin…, end…) pads from ONNX ``pads``/``auto_pad``."""
     rank = len(kernel)
@@ -55,28 +90,44 @@ def window_settings(ctx, node, a, kernel):
     spatial = ctx.shape(node.input[0])[2:]
     if len(spatial) != rank:
         raise Unsupported(f"a {rank}-D window on an input of shape {ctx.shape(node.input[0])}")
+    check_lengths(ctx, rank, strides=strides, dilations=dilations, pads=a.get("pads"))
+    if min(strides) < 1 or min(dilations) < 1 or min(kernel) < 1:
+        raise ctx.invalid(f"kernel {brief(kernel)}, strides {brief(strides)} and dilations {brief(dilations)} "
+                          "must be at least 1")
     return strides, dilations, resolve_pads(a, spatial, kernel, strides, dilations)
 
 
 @converter("Conv")
 def convert_conv(ctx, node, a):
-    weight = ctx.require_const(node, 1, "the kernel")
-    bias = ctx.input_const(node, 2)
-    if len(node.input) > 2 and node.input[2] and bias is None:
-        raise Unsupported("the bias (input 2) must be a constant")
+    weight = kernel_weight(ctx, node)
+    bias = ctx.optional_const(node, 2, "the bias")
     kernel = ints(a.get("kernel_shape", weight.shape[2:]))
     if kernel != weight.shape[2:]:
         raise Unsupported(f"kernel_shape {kernel} differs from the kernel {weight.shape}")
     strides, dilations, pads = window_settings(ctx, node, a, kernel)
     ctx.add("Conv", node.input[:1], node.output[0],
-            dict(strides=strides, dilations=dilations, pads=pads, group=int(a.get("group", 1))),
+            dict(strides=strides, dilations=dilations, pads=pads, group=group_count(ctx, a)),
             dict(weight=weight, bias=bias))
+
+
+def kernel_weight(ctx, node):
+    weight = np.asarray(ctx.require_const(node, 1, "the kernel"))
+    if weight.ndim < 3:
+        raise ctx.invalid(f"the kernel has shape {weight.shape}; a convolution kernel has at least 3 axes")
+    return weight
+
+
+def group_count(ctx, a):
+    group = int(a.get("group", 1))
+    if group < 1:
+        raise ctx.invalid(f"group {group} must be at least 1")
+    return group
 
 
 @converter("ConvTranspose")
 def convert_conv_transpose(ctx, node, a):
-    weight = ctx.require_const(node, 1, "the kernel")
-    bias = ctx.input_const(node, 2)
+    weight = kernel_weight(ctx, node)
+    bias = ctx.optional_const(node, 2, "the bias")
     kernel = ints(a.get("kernel_shape", weight.shape[2:]))
     rank = len(kernel)
     if rank not in (1, 2):
@@ -87,6 +138,13 @@ def convert_conv_transpose(ctx, node, a):
     spatial = ctx.shape(node.input[0])[2:]
     auto_pad = a.get("auto_pad", "NOTSET")
     pads = list(ints(a.get("pads", [0] * (2 * rank))))
+    if len(spatial) != rank:
+        raise Unsupported(f"a {rank}-D kernel on an input of shape {ctx.shape(node.input[0])}")
+    check_lengths(ctx, rank, strides=strides, dilations=dilations, output_padding=output_padding, pads=pads)
+    if "output_shape" in a and len(a["output_shape"]) < rank:
+        raise ctx.invalid(f"output_shape {a['output_shape']} has fewer than {rank} entries")
+    if auto_pad not in ("NOTSET", "", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise Unsupported(f"auto_pad {auto_pad!r}")
     if "output_shape" in a or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         wanted = ints(a["output_shape"])[-rank:] if "output_shape" in a else tuple(n * s for n, s in zip(spatial, strides))
         for i in range(rank):
@@ -102,7 +160,7 @@ def convert_conv_transpose(ctx, node, a):
         pads = [0] * (2 * rank)
     ctx.add("ConvTranspose", node.input[:1], node.output[0],
             dict(strides=strides, dilations=dilations, pads=tuple(pads), output_padding=tuple(output_padding),
-                 group=int(a.get("group", 1))),
+                 group=group_count(ctx, a)),
             dict(weight=weight, bias=bias))
 
 
@@ -128,8 +186,12 @@ def add_dense(ctx, x, output, weight, bias_value):
 
 @converter("Gemm")
 def convert_gemm(ctx, node, a):
-    b = ctx.require_const(node, 1, "B")
+    b = np.asarray(ctx.require_const(node, 1, "B"))
+    if b.ndim != 2:
+        raise ctx.invalid(f"B has shape {b.shape}; Gemm takes a matrix")
     c = ctx.input_const(node, 2)
+    if c is not None and np.asarray(c).dtype.kind not in "fiub":
+        raise Unsupported(f"C (input 2) is of type {np.asarray(c).dtype}, not numbers")
     dynamic_c = len(node.input) > 2 and node.input[2] and c is None
     if dynamic_c and float(a.get("beta", 1.0)) != 1.0:
         raise Unsupported("a computed C (input 2) with beta != 1")
@@ -178,7 +240,7 @@ def legacy_broadcast(ctx, node, a, constant, data_shape):
     """Opset < 7 ``broadcast``/``axis``: align the second operand at ``axis``."""
     if ctx.opset >= 7 or not a.get("broadcast") or "axis" not in a:
         return constant
-    axis = a["axis"] % len(data_shape)
+    axis = axis_index(ctx, a["axis"], len(data_shape))
     trailing = len(data_shape) - axis - constant.ndim
     return constant.reshape(constant.shape + (1,) * max(trailing, 0))
 
@@ -228,7 +290,7 @@ def convert_pow(ctx, node, a):
     exponent = ctx.require_const(node, 1, "the exponent")
     if np.asarray(exponent).size != 1:
         raise Unsupported("an exponent tensor (only one exponent for all elements)")
-    ctx.add("Pow", node.input[:1], node.output[0], dict(exponent=float(np.asarray(exponent).reshape(-1)[0])))
+    ctx.add("Pow", node.input[:1], node.output[0], dict(exponent=scalar(ctx, exponent, "the exponent")))
 
 
 @converter("Sum")
@@ -273,12 +335,9 @@ def convert_clip(ctx, node, a):
     if ctx.opset < 11:
         low, high = a.get("min", -np.inf), a.get("max", np.inf)
     else:
-        low_value, high_value = ctx.input_const(node, 1), ctx.input_const(node, 2)
-        for index, value in ((1, low_value), (2, high_value)):
-            if len(node.input) > index and node.input[index] and value is None:
-                raise Unsupported(f"bound (input {index}) must be a constant")
-        low = -np.inf if low_value is None else float(low_value)
-        high = np.inf if high_value is None else float(high_value)
+        low_value, high_value = ctx.optional_const(node, 1, "the bound"), ctx.optional_const(node, 2, "the bound")
+        low = -np.inf if low_value is None else scalar(ctx, low_value, "the lower bound (input 1)")
+        high = np.inf if high_value is None else scalar(ctx, high_value, "the upper bound (input 2)")
     ctx.add("Clip", node.input[:1], node.output[0], dict(min=float(low), max=float(high)))
 
 
@@ -286,10 +345,10 @@ def convert_clip(ctx, node, a):
 def convert_softmax(ctx, node, a):
     rank = len(ctx.shape(node.input[0]))
     if ctx.opset < 13:
-        axis = a.get("axis", 1) % rank
+        axis = axis_index(ctx, a.get("axis", 1), rank)
         axes = tuple(range(axis, rank))
     else:
-        axes = (a.get("axis", -1) % rank,)
+        axes = (axis_index(ctx, a.get("axis", -1), rank),)
     ctx.add(node.op_type, node.input[:1], node.output[0], dict(axes=axes))
 
 
@@ -297,6 +356,8 @@ def convert_softmax(ctx, node, a):
 def convert_pool(ctx, node, a):
     if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
         raise Unsupported("the Indices output")
+    if "kernel_shape" not in a:
+        raise ctx.invalid("lacks the required attribute 'kernel_shape'")
     kernel = ints(a["kernel_shape"])
     strides, dilations, pads = window_settings(ctx, node, a, kernel)
     attrs = dict(kernel_shape=kernel, strides=strides, dilations=dilations, pads=pads,
@@ -313,6 +374,8 @@ def convert_global_pool(ctx, node, a):
 
 @converter("LRN")
 def convert_lrn(ctx, node, a):
+    if int(a.get("size", 0)) < 1:
+        raise ctx.invalid(f"size {a.get('size')} must be at least 1")
     ctx.add("LRN", node.input[:1], node.output[0],
             dict(size=int(a["size"]), alpha=float(a.get("alpha", 1e-4)), beta=float(a.get("beta", 0.75)),
                  bias=float(a.get("bias", 1.0))))
@@ -333,6 +396,6 @@ def convert_batchnorm(ctx, node, a):
 def convert_passthrough(ctx, node, a):
     if node.op_type == "Dropout":
         training = ctx.input_const(node, 2)
-        if training is not None and bool(training):
+        if training is not None and np.any(training):
             raise Unsupported("training_mode=True")
     ctx.set_alias(node.output[0], node.input[0])

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, helper
 
-from lrptool.errors import BatchAxisError, GraphError, UnsupportedModelError
+from lrptool.errors import BatchAxisError, GraphError, LrpToolError, UnsupportedModelError
 from lrptool.graph import Graph, Node, free_name, normalize_node
 from lrptool.limits import check_bytes, check_shape
 
@@ -27,6 +27,9 @@ from .reading import reading_at
 
 #: Stands for the free batch size inside folded shape arithmetic (the value of ``Shape(x)[0]``).
 BATCH_MARKER = -(2 ** 40) - 7
+
+#: Characters in one error message; beyond it the middle is left out.
+LONGEST_MESSAGE = 2000
 
 
 # -- conversion -----------------------------------------------------------------------------------
@@ -74,6 +77,12 @@ class ReadContext:
         if np.asarray(value).dtype.kind not in "fiub":
             raise Unsupported(f"{what} (input {index}) is of type {np.asarray(value).dtype}, not numbers")
         return value
+
+    def optional_const(self, node, index, what):
+        """A constant operand that may be left out: None when absent, refused when computed."""
+        if len(node.input) <= index or not node.input[index]:
+            return None
+        return self.require_const(node, index, what)
 
     def shape(self, name):
         name = self.resolve(name)
@@ -167,6 +176,8 @@ def fold_constant_node(ctx, node, attrs):
     check_fold_size(ctx, node, attrs, feeds)
     if node.op_type == "Reshape" and ctx.opset < 5:
         # opset 1 takes the target shape as an attribute, which the reference evaluator lacks
+        if "shape" not in attrs:
+            raise ctx.invalid("lacks the target shape (attribute 'shape')")
         data = np.asarray(ctx.const(node.input[0]))
         target = [d if d != 0 else data.shape[i] if i < data.ndim else 0 for i, d in enumerate(attrs["shape"])]
         try:
@@ -188,7 +199,8 @@ def fold_constant_node(ctx, node, attrs):
     except MemoryError:
         raise
     except Exception as error:  # noqa: BLE001 - the evaluator's failures are the node's problem
-        raise Unsupported(f"could not evaluate constant node: {str(error).splitlines()[0] if str(error) else error}")
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Unsupported(f"could not evaluate constant node: {shortened(reason, 200)}") from None
     results = [np.asarray(r) for r in results]
     if len(results) < sum(1 for n in node.output if n):
         raise Unsupported("evaluating the constant node gave fewer outputs than it names")
@@ -319,10 +331,10 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
         except GraphError as error:
             if isinstance(error, BatchAxisError):
                 raise
-            raise GraphError(f"{source}: {error}") from None
+            raise GraphError(f"{source}: {error}; the model's shapes do not fit together (a damaged file?)") from None
         if problem is not None:
             if problem is not DOWNSTREAM:
-                unsupported.append((ctx.current_name, node.op_type, problem))
+                unsupported.append((ctx.current_name, node.op_type, shortened(problem, 300)))
             broken.update(node.output)
     if unsupported:
         raise UnsupportedModelError(source, unsupported)
@@ -393,6 +405,10 @@ def finish_output(ctx, name, taken):
     return target
 
 
+def shortened(text, limit):
+    return text if len(text) <= limit else f"{text[:limit * 2 // 3]} … {text[-limit // 3:]}"
+
+
 def read_onnx(model_or_path, bind=None, input_size=None):
     """Read an ONNX model (a path or a ``ModelProto``) into a ``Graph``.
 
@@ -400,6 +416,17 @@ def read_onnx(model_or_path, bind=None, input_size=None):
     that take their weights as inputs); ``input_size`` fills the free sizes after the batch axis
     (e.g. ``(224, 224)`` for an image model exported with free height and width).
     """
+    try:
+        return read_checked(model_or_path, bind, input_size)
+    except LrpToolError as error:
+        # every name and list in a message is the file's; a hostile file can make them any length
+        if len(str(error)) <= LONGEST_MESSAGE:
+            raise
+        error.args = (shortened(str(error), LONGEST_MESSAGE),)
+        raise
+
+
+def read_checked(model_or_path, bind, input_size):
     if isinstance(model_or_path, onnx.ModelProto):
         model, source, folder = model_or_path, "<model>", None
     else:

@@ -5,18 +5,19 @@ Shape-like operands (axes, pads, target shapes) must be constants (after folding
 IR attributes with every entry explicit.
 """
 
+import math
+
 import numpy as np
 
-from .onnx_ops import Unsupported, converter, ints
+from .onnx_ops import Unsupported, axis_index, brief, converter, ints, scalar
 
 
 def axes_operand(ctx, node, a, index, opset_moved):
     """Axes from the attribute (before ``opset_moved``) or from input ``index``; None when absent."""
     if ctx.opset < opset_moved:
         return ints(a["axes"]) if "axes" in a else None
-    if len(node.input) > index and node.input[index]:
-        return ints(np.asarray(ctx.require_const(node, index, "axes")).reshape(-1))
-    return None
+    value = ctx.optional_const(node, index, "axes")
+    return None if value is None else ints(np.asarray(value).reshape(-1))
 
 
 @converter("Concat")
@@ -30,7 +31,7 @@ def convert_concat(ctx, node, a):
 @converter("Split")
 def convert_split(ctx, node, a):
     shape = ctx.shape(node.input[0])
-    axis = int(a.get("axis", 0)) % len(shape)
+    axis = axis_index(ctx, a.get("axis", 0), len(shape))
     outputs = list(node.output)
     if ctx.opset < 13:
         split = ints(a["split"]) if "split" in a else None
@@ -40,6 +41,8 @@ def convert_split(ctx, node, a):
         size, parts = shape[axis], int(a.get("num_outputs", len(outputs)))
         if size is None:
             ctx.fail_batch("splits the batch axis")
+        if parts < 1:
+            raise ctx.invalid(f"num_outputs {parts} must be at least 1")
         chunk = -(-size // parts)
         split = tuple(min(chunk, size - i * chunk) for i in range(parts))
     ctx.add("Split", node.input[:1], [o or ctx.temp(f"unused{i}") for i, o in enumerate(outputs)],
@@ -51,17 +54,21 @@ def convert_slice(ctx, node, a):
     shape = ctx.shape(node.input[0])
     rank = len(shape)
     if ctx.opset < 10:
-        starts, ends = ints(a["starts"]), ints(a["ends"])
+        starts, ends = ints(a.get("starts", ())), ints(a.get("ends", ()))
         axes = ints(a.get("axes", range(len(starts))))
         steps = (1,) * len(starts)
     else:
         starts = ints(np.asarray(ctx.require_const(node, 1, "starts")).reshape(-1))
         ends = ints(np.asarray(ctx.require_const(node, 2, "ends")).reshape(-1))
         axes = axes_operand(ctx, node, a, 3, 10) or tuple(range(len(starts)))
-        steps = ints(np.asarray(ctx.input_const(node, 4)).reshape(-1)) if ctx.input_const(node, 4) is not None \
-            else (1,) * len(starts)
-    kept = [(s, e, ax % rank, st) for s, e, ax, st in zip(starts, ends, axes, steps)
-            if not (shape[ax % rank] is None and s == 0 and st == 1 and e >= 2 ** 31 - 1)]
+        steps = ctx.optional_const(node, 4, "steps")
+        steps = (1,) * len(starts) if steps is None else ints(np.asarray(steps).reshape(-1))
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ctx.invalid(f"starts {brief(starts)}, ends {brief(ends)}, axes {brief(axes)} and steps {brief(steps)} "
+                          "differ in length")
+    axes = tuple(axis_index(ctx, ax, rank, "slice axis") for ax in axes)
+    kept = [(s, e, ax, st) for s, e, ax, st in zip(starts, ends, axes, steps)
+            if not (shape[ax] is None and s == 0 and st == 1 and e >= 2 ** 31 - 1)]
     ctx.add("Slice", node.input[:1], node.output[0],
             dict(starts=tuple(k[0] for k in kept), ends=tuple(k[1] for k in kept),
                  axes=tuple(k[2] for k in kept), steps=tuple(k[3] for k in kept)))
@@ -80,37 +87,40 @@ def reshape_target(ctx, shape, target, allowzero):
 
     target = [int(d) for d in target]
     if any(d == BATCH_MARKER for d in target[1:]) or any(d < -1 and d != BATCH_MARKER for d in target):
-        ctx.fail_batch(f"reshape target {target} moves the batch axis")
+        ctx.fail_batch(f"reshape target {brief(target)} moves the batch axis")
     out = []
     for i, d in enumerate(target):
         if d == 0 and not allowzero:
             if i >= len(shape):
-                raise Unsupported(f"target {target} copies a dimension the input {shape} lacks")
+                raise Unsupported(f"target {brief(target)} copies a dimension the input {shape} lacks")
             d = shape[i]
         elif d == BATCH_MARKER:
             d = None
         out.append(d)
+    if not out:
+        raise Unsupported(f"reshape {shape} into a scalar")
     if shape[0] is None:
-        known = int(np.prod([s for s in shape[1:]], dtype=np.int64))
+        # math.prod: exact for any size, where an int64 product of hostile dims wraps around
+        known = math.prod(shape[1:])
         if out[0] is None:
             pass
-        elif out[0] == -1 and -1 not in out[1:] and int(np.prod(out[1:], dtype=np.int64)) == known:
+        elif out[0] == -1 and -1 not in out[1:] and math.prod(out[1:]) == known:
             out[0] = None
-        elif out[0] == ctx.declared_batch and -1 not in out[1:] and int(np.prod(out[1:], dtype=np.int64)) == known:
+        elif out[0] == ctx.declared_batch and -1 not in out[1:] and math.prod(out[1:]) == known:
             out[0] = None
         elif out[0] == ctx.declared_batch and out.count(-1) == 1:
             out[0] = None
         else:
-            ctx.fail_batch(f"reshape {shape} → {target} changes the batch axis")
+            ctx.fail_batch(f"reshape {shape} → {brief(target)} changes the batch axis")
         total, rest = known, out[1:]
     else:
-        total, rest = int(np.prod(shape, dtype=np.int64)), out
+        total, rest = math.prod(shape), out
     if rest.count(-1) > 1:
-        raise Unsupported(f"target {target} has more than one -1")
+        raise Unsupported(f"target {brief(target)} has more than one -1")
     if -1 in rest:
-        others = int(np.prod([d for d in rest if d != -1], dtype=np.int64))
+        others = math.prod(d for d in rest if d != -1)
         if others == 0 or total % others:
-            raise Unsupported(f"cannot reshape {shape} into {target}")
+            raise Unsupported(f"cannot reshape {shape} into {brief(target)}")
         rest[rest.index(-1)] = total // others
     return tuple(out[:1] + rest) if shape[0] is None else tuple(rest)
 
@@ -118,6 +128,8 @@ def reshape_target(ctx, shape, target, allowzero):
 @converter("Reshape")
 def convert_reshape(ctx, node, a):
     if ctx.opset < 5:
+        if "shape" not in a:
+            raise ctx.invalid("lacks the target shape (attribute 'shape')")
         target = a["shape"]
     else:
         target = np.asarray(ctx.require_const(node, 1, "the target shape")).reshape(-1)
@@ -130,6 +142,8 @@ def convert_reshape(ctx, node, a):
 def convert_transpose(ctx, node, a):
     rank = len(ctx.shape(node.input[0]))
     perm = ints(a.get("perm", range(rank - 1, -1, -1)))
+    if sorted(perm) != list(range(rank)):
+        raise ctx.invalid(f"perm {brief(perm)} is not an order of the {rank} axes")
     ctx.add("Transpose", node.input[:1], node.output[0], dict(perm=perm))
 
 
@@ -141,14 +155,17 @@ def convert_squeeze(ctx, node, a):
         axes = tuple(i for i, d in enumerate(shape) if d == 1)
     if not axes:
         return ctx.set_alias(node.output[0], node.input[0])
-    ctx.add("Squeeze", node.input[:1], node.output[0], dict(axes=tuple(ax % len(shape) for ax in axes)))
+    ctx.add("Squeeze", node.input[:1], node.output[0],
+            dict(axes=tuple(axis_index(ctx, ax, len(shape)) for ax in axes)))
 
 
 @converter("Unsqueeze")
 def convert_unsqueeze(ctx, node, a):
     axes = axes_operand(ctx, node, a, 1, 13)
+    if not axes:
+        raise ctx.invalid("names no axes to insert")
     rank = len(ctx.shape(node.input[0])) + len(axes)
-    ctx.add("Unsqueeze", node.input[:1], node.output[0], dict(axes=tuple(ax % rank for ax in axes)))
+    ctx.add("Unsqueeze", node.input[:1], node.output[0], dict(axes=tuple(axis_index(ctx, ax, rank) for ax in axes)))
 
 
 @converter("Pad")
@@ -161,14 +178,19 @@ def convert_pad(ctx, node, a):
     else:
         mode = a.get("mode", "constant")
         pads = ints(np.asarray(ctx.require_const(node, 1, "pads")).reshape(-1))
-        value_const = ctx.input_const(node, 2)
-        value = 0.0 if value_const is None else float(np.asarray(value_const).reshape(-1)[0])
+        value_const = ctx.optional_const(node, 2, "the pad value")
+        value = 0.0 if value_const is None or not np.size(value_const) else scalar(ctx, value_const, "the pad value")
         axes = axes_operand(ctx, node, a, 3, 18)
         if axes is not None:
+            if len(pads) != 2 * len(axes):
+                raise ctx.invalid(f"pads {brief(pads)} should have two entries for each of the axes {brief(axes)}")
             full = [0] * (2 * rank)
             for i, axis in enumerate(axes):
-                full[axis % rank], full[rank + axis % rank] = pads[i], pads[len(axes) + i]
+                axis = axis_index(ctx, axis, rank)
+                full[axis], full[rank + axis] = pads[i], pads[len(axes) + i]
             pads = tuple(full)
+    if len(pads) != 2 * rank:
+        raise ctx.invalid(f"pads {brief(pads)} should have {2 * rank} entries for a rank-{rank} input")
     if mode != "constant":
         raise Unsupported(f"mode {mode!r} (only constant padding is supported)")
     ctx.add("Pad", node.input[:1], node.output[0], dict(pads=pads, value=value))
@@ -181,16 +203,18 @@ def convert_resize(ctx, node, a):
     if mode != "nearest":
         raise Unsupported(f"mode {mode!r} (only nearest-neighbour resizing is supported)")
     if node.op_type == "Upsample" and ctx.opset < 9:
+        if "scales" not in a:
+            raise ctx.invalid("lacks the attribute 'scales'")
         scales = [float(s) for s in a["scales"]]
     elif node.op_type == "Upsample" or ctx.opset == 10:
         scales = [float(s) for s in np.asarray(ctx.require_const(node, 1, "scales")).reshape(-1)]
     else:
-        scale_values, sizes = ctx.input_const(node, 2), ctx.input_const(node, 3)
+        scale_values, sizes = ctx.optional_const(node, 2, "scales"), ctx.optional_const(node, 3, "sizes")
         if scale_values is not None and np.asarray(scale_values).size:
             scales = [float(s) for s in np.asarray(scale_values).reshape(-1)]
         elif sizes is not None:
             sizes = ints(np.asarray(sizes).reshape(-1))
-            scales = [1.0 if d is None else size / d for size, d in zip(sizes, shape)]
+            scales = [1.0 if d is None else size / d if d else float("nan") for size, d in zip(sizes, shape)]
         else:
             raise Unsupported("scales or sizes must be constants")
         coordinates = a.get("coordinate_transformation_mode", "half_pixel")
@@ -199,10 +223,12 @@ def convert_resize(ctx, node, a):
             raise Unsupported(f"coordinate_transformation_mode {coordinates!r}")
         if (coordinates == "asymmetric") != (rounding == "floor") and any(s != 1 for s in scales[2:]):
             raise Unsupported(f"nearest_mode {rounding!r} with {coordinates!r} coordinates does not repeat pixels")
-    if len(scales) != len(shape) or scales[0] != 1 or scales[1] != 1:
-        raise Unsupported(f"scales {scales} (only spatial axes can be resized)")
+    if not all(np.isfinite(scales)):
+        raise ctx.invalid(f"scales {brief(scales)} are not all finite numbers")
+    if len(scales) != len(shape) or len(shape) < 2 or scales[0] != 1 or scales[1] != 1:
+        raise Unsupported(f"scales {brief(scales)} (only spatial axes can be resized)")
     if any(s != int(s) or s < 1 for s in scales[2:]):
-        raise Unsupported(f"scales {scales} (only integer upsampling factors are supported)")
+        raise Unsupported(f"scales {brief(scales)} (only integer upsampling factors are supported)")
     ctx.add("Upsample", node.input[:1], node.output[0], dict(scales=ints(scales[2:])))
 
 
@@ -215,4 +241,4 @@ def convert_reduce_mean(ctx, node, a):
             return ctx.set_alias(node.output[0], node.input[0])
         axes = tuple(range(rank))
     ctx.add("ReduceMean", node.input[:1], node.output[0],
-            dict(axes=tuple(ax % rank for ax in axes), keepdims=bool(a.get("keepdims", 1))))
+            dict(axes=tuple(axis_index(ctx, ax, rank) for ax in axes), keepdims=bool(a.get("keepdims", 1))))

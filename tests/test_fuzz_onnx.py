@@ -262,7 +262,7 @@ def mutate_model(model, rng):
     """One protobuf-level edit of ``model`` (in place)."""
     graph = model.graph
     nodes = graph.node
-    kind = int(rng.integers(24))
+    kind = int(rng.integers(28))
     if kind == 0 and nodes:                                  # remove a node
         del nodes[int(rng.integers(len(nodes)))]
     elif kind == 1 and len(nodes) > 1:                       # reorder two nodes
@@ -400,7 +400,55 @@ def mutate_model(model, rng):
         graph.initializer.add().CopyFrom(pick(rng, graph.initializer))
     elif kind == 23:                                         # IR version odd
         model.ir_version = pick(rng, [0, 1, 2, 3, 99, 2 ** 40])
+    elif kind in (24, 25) and nodes:                         # an attribute of the right type, odd value
+        node = pick(rng, nodes)
+        if node.attribute:
+            odd_attribute_value(pick(rng, node.attribute), rng)
+    elif kind in (26, 27) and graph.initializer:             # odd values in a (small) initializer
+        odd_tensor_values(pick(rng, graph.initializer), rng)
     return model
+
+
+def odd_attribute_value(attribute, rng):
+    if attribute.type == AttributeProto.INT:
+        attribute.i = pick(rng, INTERESTING_INTS)
+    elif attribute.type == AttributeProto.FLOAT:
+        attribute.f = pick(rng, INTERESTING_FLOATS)
+    elif attribute.type == AttributeProto.INTS:
+        values = list(attribute.ints) or [1]
+        if rng.integers(3) == 0:
+            values = values[:int(rng.integers(len(values) + 1))] + [pick(rng, INTERESTING_INTS)]
+        else:
+            values[int(rng.integers(len(values)))] = pick(rng, INTERESTING_INTS)
+        del attribute.ints[:]
+        attribute.ints.extend(values)
+    elif attribute.type == AttributeProto.FLOATS:
+        values = list(attribute.floats) or [1.0]
+        values[int(rng.integers(len(values)))] = pick(rng, INTERESTING_FLOATS)
+        del attribute.floats[:]
+        attribute.floats.extend(values)
+    elif attribute.type == AttributeProto.STRING:
+        attribute.s = pick(rng, [b"", b"SAME_UPPER", b"SAME_LOWER", b"VALID", b"linear", b"align_corners",
+                                 b"edge", b"floor", b"asymmetric"])
+
+
+def odd_tensor_values(tensor, rng):
+    """Same type and size, other values: shape operands (targets, pads, axes, scales) get odd numbers."""
+    try:
+        array = numpy_helper.to_array(tensor).copy()
+    except Exception:  # noqa: BLE001 - already damaged by an earlier edit
+        return
+    if array.size == 0 or array.size > 64 or array.dtype.kind not in "fiu":
+        return
+    flat = array.reshape(-1)
+    for _ in range(int(rng.integers(1, 3))):
+        index = int(rng.integers(flat.size))
+        if array.dtype.kind == "f":
+            flat[index] = pick(rng, INTERESTING_FLOATS)
+        else:
+            info = np.iinfo(array.dtype)
+            flat[index] = min(max(pick(rng, INTERESTING_INTS), info.min), info.max)
+    tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
 
 
 def mutant(seed_model, rng):
