@@ -4,6 +4,8 @@ Each IR operator has one small exporter; parameters become float32 initializers 
 batch size becomes the symbolic dimension ``batch``.
 """
 
+import warnings
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -11,6 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from lrptool.errors import LrpToolError
 from lrptool.files import write_atomically
 from lrptool.graph import free_name
+
+from .reading import describe
 
 OPSET = 19
 EXPORTERS = {}
@@ -59,7 +63,7 @@ class OnnxBuilder:
 
     def constant(self, base, value, dtype=np.float32):
         name = self.unique(base)
-        self.initializer(name, np.asarray(value, dtype=dtype))
+        self.initializer(name, cast_parameter(value, dtype, base))
         return name
 
     def ints(self, base, values):
@@ -70,6 +74,23 @@ class OnnxBuilder:
 
     def rank(self, node):
         return len(self.graph.shapes[node.inputs[0]])
+
+
+def cast_parameter(value, dtype, what):
+    """``value`` as ``dtype``, refusing what the cast would change silently (complex parts, overflow to inf)."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "biuf":
+        raise LrpToolError(f"parameter {what!r} holds values of type {value.dtype}, which have no ONNX float form")
+    if np.dtype(dtype).kind == "f" and value.dtype.kind == "f" and value.size:
+        with np.errstate(all="ignore"):
+            limit = np.finfo(dtype).max
+            finite = np.isfinite(value)
+            if np.any(np.abs(value[finite]) > limit):
+                raise LrpToolError(f"parameter {what!r} holds values beyond the float32 range (±{limit:.3g}); "
+                                   "lrptool writes float32 models")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return np.asarray(value, dtype=dtype)
 
 
 def channel_shaped(vector, rank):
@@ -247,8 +268,20 @@ def graph_to_onnx(graph, expose=(), external=None):
     b.names.update(graph.inputs)
     for node in graph.nodes:
         b.names.update(node.outputs)
+    for name in graph.inputs:
+        check_tensor_name(name, f"graph input {name!r}")
     for node in graph.nodes:
-        EXPORTERS[node.op](b, node)
+        where = f"node {node.name!r} ({node.op})"
+        for name in [node.name] + list(node.inputs) + list(node.outputs):
+            check_tensor_name(name, where)
+        if node.op not in EXPORTERS:
+            raise LrpToolError(f"{where}: the operator has no ONNX form in lrptool's writer")
+        try:
+            EXPORTERS[node.op](b, node)
+        except LrpToolError as error:
+            raise LrpToolError(f"{where}: {error}") from None
+        except Exception as error:  # noqa: BLE001 - an IR node the writer did not foresee is named, not a traceback
+            raise LrpToolError(f"{where}: cannot be written as ONNX: {describe(error)}") from None
     outputs = []
     for name in graph.outputs:
         if name in graph.inputs or name in [o.name for o in outputs]:
@@ -263,13 +296,33 @@ def graph_to_onnx(graph, expose=(), external=None):
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lrptool")
     model.ir_version = 9
     if external is None:
-        onnx.checker.check_model(model)
+        try:
+            onnx.checker.check_model(model)
+        except Exception as error:  # noqa: BLE001 - ValidationError and protobuf errors on odd names alike
+            raise LrpToolError(f"the ONNX model written for graph {graph.name!r} fails the ONNX checker: "
+                               f"{describe(error)}") from None
     else:
         external.update(b.external)
     return model
 
 
+def check_tensor_name(name, where):
+    """Names ONNX can hold: non-empty (an empty input name means "absent") and valid UTF-8 text."""
+    if not isinstance(name, str) or not name:
+        raise LrpToolError(f"{where}: the name {name!r} cannot be written to ONNX (empty or not text)")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LrpToolError(f"{where}: the name {name!r} is not valid UTF-8 text") from None
+
+
 def write_onnx(graph, path):
     """Write ``graph`` to ``path`` through a temporary file, so no half-written model is left behind."""
-    write_atomically(path, graph_to_onnx(graph).SerializeToString(), make_folders=False)
+    try:
+        data = graph_to_onnx(graph).SerializeToString()
+    except LrpToolError as error:
+        raise LrpToolError(f"{path}: {error}; the model cannot be converted") from None
+    except ValueError as error:  # protobuf refuses a model past 2 GiB when serialising
+        raise LrpToolError(f"{path}: cannot write the model: {describe(error)}") from None
+    write_atomically(path, data, make_folders=False)
     return path
