@@ -10,19 +10,28 @@ Layers are kept as Caffe would build them in the TEST phase. Data-source layers 
 inputs (their shape must be given with ``input_shape`` since it lives in the database, not the
 prototxt); loss, accuracy and silence layers are dropped. A blob written in place keeps its
 Caffe name for its final value; earlier values are named ``<blob>/<layer>``.
+
+A damaged or hostile file ends in one ``LrpToolError`` naming the file, the layer and the problem:
+settings Caffe would refuse are checked as Caffe checks them, every parameter and tensor size is
+checked against the memory budget before anything is allocated, and what no check foresaw is
+caught per layer by the shared safety net (``converters.reading``).
 """
 
 import os
+import re
+from contextlib import contextmanager
 
 import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from lrptool.errors import GraphError, ModelFileError, UnsupportedModelError
+from lrptool.errors import GraphError, LrpToolError, ModelFileError, UnsupportedModelError
 from lrptool.graph import Graph, Node, free_name, normalize_node
+from lrptool.limits import check_shape, element_count
 
 from . import caffe_proto
-from .caffe_layers import LAYERS, Unsupported
+from .caffe_layers import LAYERS, Invalid, Unsupported
+from .reading import reading_at, reading_file
 
 #: V1 ``LayerType`` enum names → V2 type strings.
 V1_TYPES = {
@@ -46,6 +55,32 @@ ALIAS_LAYERS = {"Dropout", "Split"}
 
 TEST_PHASE = 1
 
+#: Deepest ``{ }`` nesting accepted in a prototxt. Caffe's schema needs four levels (net, layer,
+#: parameter, shape or filler); protobuf's text parser recurses once per level and would hit
+#: Python's recursion limit (slowly) on a file of nothing but braces.
+MAX_NESTING = 32
+
+_NESTING_TOKENS = re.compile(r'[{}<>]|"(?:[^"\\\n]|\\.)*"?|\'(?:[^\'\\\n]|\\.)*\'?|#[^\n]*')
+
+
+def printable(text):
+    """``text`` with control and line-breaking characters escaped, so that a message stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def check_nesting(text, path):
+    depth = 0
+    for match in _NESTING_TOKENS.finditer(text):
+        token = match.group()
+        if token in ("{", "<"):
+            depth += 1
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, match.start()) + 1
+                raise ModelFileError(f"{path}: line {line}: blocks nested more than {MAX_NESTING} deep; a Caffe "
+                                     "network needs only a few levels, so the file is damaged")
+        elif token in ("}", ">"):
+            depth -= 1
+
 
 def parse_prototxt(path):
     try:
@@ -54,7 +89,9 @@ def parse_prototxt(path):
     except OSError as error:
         raise ModelFileError(f"{path}: cannot read: {error.strerror or error}") from None
     except UnicodeDecodeError:
-        raise ModelFileError(f"{path}: not a text prototxt (binary data?)") from None
+        raise ModelFileError(f"{path}: not a text prototxt (binary data?); give the network's .prototxt and "
+                             "the .caffemodel with --weights") from None
+    check_nesting(text, path)
     net = caffe_proto.NetParameter()
     try:
         # Training-only settings (fillers, data sources, solver hints) are not in the trimmed schema.
@@ -62,14 +99,22 @@ def parse_prototxt(path):
     except text_format.ParseError as error:
         # protobuf's message starts with "line:column :"; say so in words for the one-line CLI error.
         line, column = error.GetLine(), error.GetColumn()
-        message = str(error)
+        message = printable(error)
         if line is not None:
             prefix = f"{line}:{column} : "
             message = message[len(prefix):] if message.startswith(prefix) else message
             raise ModelFileError(f"{path}: prototxt syntax error at line {line}, column {column}: {message}") \
                 from None
         raise ModelFileError(f"{path}: prototxt syntax error: {message}") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: blocks nested too deeply; the file is damaged") from None
     return net
+
+
+def looks_like_text(data):
+    head = data[:4096].decode("utf-8", errors="ignore")
+    return bool(head.strip()) and len(head) * 1.1 >= min(len(data), 4096) and \
+        all(c.isprintable() or c in "\t\r\n" for c in head)
 
 
 def parse_caffemodel(path):
@@ -83,10 +128,16 @@ def parse_caffemodel(path):
     net = caffe_proto.NetParameter()
     try:
         net.ParseFromString(data)
+        parsed = True
     except (DecodeError, RuntimeError, ValueError) as error:
-        raise ModelFileError(f"{path}: not a readable caffemodel (truncated or corrupt?): {error}") from None
+        parsed, problem = False, printable(error)
+    if (not parsed or not net.layer and not net.layers) and looks_like_text(data):
+        raise ModelFileError(f"{path}: a text file, not a binary caffemodel; give the .caffemodel that Caffe "
+                             "saved for this network with --weights")
+    if not parsed:
+        raise ModelFileError(f"{path}: not a readable caffemodel (truncated or corrupt?): {problem}")
     if not net.layer and not net.layers:
-        raise ModelFileError(f"{path}: the caffemodel holds no layers (truncated or not a caffemodel?)")
+        raise ModelFileError(f"{path}: the caffemodel holds no layers (empty, truncated or not a caffemodel?)")
     return net
 
 
@@ -98,24 +149,44 @@ def layer_type(lp):
     return lp.type
 
 
-def network_layers(net):
+def network_layers(net, path):
     if net.layer and net.layers:
-        raise ModelFileError("the network mixes V2 'layer' and V1 'layers' definitions")
+        raise ModelFileError(f"{path}: the network mixes V2 'layer' and V1 'layers' definitions; upgrade the "
+                             "file with Caffe's upgrade_net_proto_text")
     return list(net.layer) or list(net.layers)
 
 
-def blob_array(blob):
-    """A BlobProto as a float32 array, with the legacy num/channels/height/width shape when
-    the blob predates BlobShape (``legacy`` tells the caller so)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def to_float32(values, problem):
+    """``values`` as float32, refusing NaN, infinities and doubles beyond float32's range (which
+    would become infinities): ``problem(message)`` makes the error to raise."""
+    with np.errstate(all="ignore"):  # NaN and overflow are refused below, in words rather than warnings
+        array = np.asarray(values, dtype=np.float64)
+    if array.size and not np.isfinite(array).all():
+        raise problem("holds NaN or infinite values")
+    if array.size and float(np.abs(array).max()) > FLOAT32_MAX:
+        raise problem("holds values beyond the float32 range")
+    return array.astype(np.float32)
+
+
+def blob_array(blob, problem):
+    """A BlobProto as a float32 array of its declared shape, with ``legacy`` True when the shape
+    is the pre-BlobShape num/channels/height/width. A negative size, a value count that does
+    not match the shape, or a value that is not a finite float32 is refused through ``problem``."""
     if blob.HasField("shape"):
         shape, legacy = tuple(int(d) for d in blob.shape.dim), False
     else:
-        shape, legacy = (blob.num, blob.channels, blob.height, blob.width), True
-    values = blob.data if len(blob.data) else blob.double_data
-    array = np.array(values, dtype=np.float32)
-    if array.size != int(np.prod(shape, dtype=np.int64)):
-        return array, shape, legacy, False
-    return array.reshape(shape), shape, legacy, True
+        shape, legacy = (int(blob.num), int(blob.channels), int(blob.height), int(blob.width)), True
+    if any(d < 0 for d in shape):
+        raise problem(f"declares a negative size in its shape {shape}")
+    # As Caffe's Blob::FromProto: double_data, where present, is the blob's data.
+    values = blob.double_data if len(blob.double_data) else blob.data
+    count = element_count(shape)
+    if len(values) != count:
+        raise problem(f"holds {len(values)} values but its shape {shape} needs {count}")
+    return to_float32(values, problem).reshape(shape), shape, legacy
 
 
 def rule_matches(rule, phase):
@@ -136,9 +207,10 @@ def layer_in_phase(lp, phase):
 
 
 class CaffeContext:
-    def __init__(self, source, weights, random_weights, seed):
+    def __init__(self, source, weights, random_weights, seed, weights_path=None):
         self.source = source
         self.weights = weights
+        self.weights_path = weights_path
         self.random_weights = random_weights
         self.rng = np.random.default_rng(seed)
         self.nodes = []
@@ -148,6 +220,18 @@ class CaffeContext:
 
     def shape(self, tensor):
         return self.shapes[tensor]
+
+    def where(self, lp):
+        return f"layer {printable(repr(lp.name))} ({printable(layer_type(lp))})"
+
+    def weights_problem(self, lp, message):
+        """An error in the stored blobs of ``lp``, naming the file they come from."""
+        source = self.weights_path if self.weights is not None else self.source
+        return GraphError(f"{source}: {self.where(lp)}: {message}; check that the weights belong to this "
+                              "prototxt (or re-save them with Caffe)")
+
+    def float32(self, lp, values, what):
+        return to_float32(values, lambda message: self.weights_problem(lp, f"{what} {message}"))
 
     def unique(self, base):
         name = free_name(base, self.tensor_names, "#")
@@ -162,6 +246,8 @@ class CaffeContext:
         normalize_node(node)
         out_shapes = node.operator.infer(node, [self.shapes[t] for t in node.inputs])
         for tensor, shape in zip(node.outputs, out_shapes):
+            # Nothing is allocated here, but explaining one image will: refuse what can never run.
+            check_shape((1,) + tuple(shape[1:]), 4, f"its output {tuple(shape)} (for one image)")
             self.shapes[tensor] = tuple(shape)
         self.nodes.append(node)
         return list(node.outputs)
@@ -175,24 +261,22 @@ class CaffeContext:
         ``exact`` also accepts a stored blob of any shape with the right number of values (the
         BatchNorm moving-average factor is (1,) or a legacy (1, 1, 1, 1)).
         """
+        shape = tuple(int(d) for d in shape)
+        check_shape(shape, 4, f"parameter {index} of shape {shape}")
         stored = self.stored_blobs(lp)
         if stored is not None:
             if index >= len(stored):
-                raise GraphError(f"layer {lp.name!r} ({layer_type(lp)}): the weights hold {len(stored)} blob(s), "
-                                 f"parameter {index} is missing")
-            array, stored_shape, legacy, whole = blob_array(stored[index])
-            if not whole:
-                raise GraphError(f"layer {lp.name!r} ({layer_type(lp)}): blob {index} holds {array.size} values "
-                                 f"but declares shape {stored_shape}")
-            if stored_shape == tuple(shape):
+                raise self.weights_problem(lp, f"the weights hold {len(stored)} blob(s), parameter {index} is missing")
+            array, stored_shape, legacy = blob_array(
+                stored[index], lambda message: self.weights_problem(lp, f"blob {index} {message}"))
+            if stored_shape == shape:
                 return array
             squeezed = tuple(d for d in stored_shape if d != 1)
             # Old caffemodels pad every blob to 4-D with leading ones (bias (1, 1, 1, C), fc (1, 1, out, in)).
-            if (legacy or exact) and array.size == int(np.prod(shape, dtype=np.int64)) \
+            if (legacy or exact) and array.size == element_count(shape) \
                     or squeezed == tuple(d for d in shape if d != 1):
                 return array.reshape(shape)
-            raise GraphError(f"layer {lp.name!r} ({layer_type(lp)}): blob {index} has shape {stored_shape}, "
-                             f"the network needs {tuple(shape)}")
+            raise self.weights_problem(lp, f"blob {index} has shape {stored_shape}, the network needs {shape}")
         if self.random_weights:
             if fill is not None:
                 if positive:
@@ -201,7 +285,8 @@ class CaffeContext:
                     return np.full(shape, fill, np.float32)
                 return (fill + 0.1 * self.rng.standard_normal(shape)).astype(np.float32)
             scale = 1.0 / np.sqrt(max(fan_in or 1, 1))
-            return (scale * self.rng.standard_normal(shape)).astype(np.float32)
+            # Drawn in float32 directly: a float64 draw would need twice the budget checked above.
+            return (np.float32(scale) * self.rng.standard_normal(shape, dtype=np.float32))
         if fill == 1.0:
             return np.ones(shape, np.float32)
         return np.zeros(shape, np.float32)
@@ -209,10 +294,12 @@ class CaffeContext:
     def stored_blobs(self, lp):
         if self.weights is not None:
             if lp.name not in self.weights:
-                raise GraphError(f"layer {lp.name!r} ({layer_type(lp)}): not found in the caffemodel")
+                raise GraphError(f"{self.weights_path}: {self.where(lp)}: not found in the caffemodel; check that "
+                                 "the caffemodel belongs to this prototxt")
             blobs = self.weights[lp.name] or list(lp.blobs)
             if not blobs:
-                raise GraphError(f"layer {lp.name!r} ({layer_type(lp)}): the caffemodel holds no blobs for it")
+                raise GraphError(f"{self.weights_path}: {self.where(lp)}: the caffemodel holds no blobs for it; "
+                                 "check that the caffemodel belongs to this prototxt")
             return blobs
         return list(lp.blobs) if len(lp.blobs) else None
 
@@ -227,13 +314,63 @@ def declared_inputs(net, path):
         elif len(dims) >= 4 * (index + 1):
             shape = tuple(dims[4 * index:4 * index + 4])
         else:
-            raise ModelFileError(f"{path}: input {name!r} has no shape (input_shape or input_dim)")
+            raise ModelFileError(f"{path}: input {printable(repr(name))} has no shape; give it input_shape "
+                                 "or four input_dim values")
+        if name in inputs:
+            raise ModelFileError(f"{path}: input {printable(repr(name))} is declared twice; rename one of them")
         inputs[name] = shape
     return inputs
 
 
+def input_problem(shape):
+    """What is wrong with a declared input shape, or None. The batch size is replaced by a free
+    axis, so only the other sizes matter."""
+    if not shape:
+        return "has no dimensions; give its shape as (N, C, H, W) or (N, features)"
+    if any(int(d) < 1 for d in shape[1:]) or int(shape[0]) < 0:
+        return f"has the shape {tuple(shape)}; every size but the batch must be at least 1"
+    return None
+
+
 def free_batch(shape):
     return (None,) + tuple(int(d) for d in shape[1:])
+
+
+def checked_input(shape, what, error):
+    problem = input_problem(shape)
+    if problem:
+        raise error(f"{what} {problem}")
+    check_shape((1,) + tuple(shape[1:]), 4, f"{what} of shape {tuple(shape)} (for one image)")
+    return free_batch(shape)
+
+
+_IR_NODE_PREFIX = re.compile(r"^node (?:'[^']*'|\"[^\"]*\") \(\w+\): ")
+
+
+@contextmanager
+def layer_errors(path, weights_path, where):
+    """Every failure while converting one layer as one error naming ``path`` and the layer: explicit
+    checks and the IR's shape checks get the prefix (and a hint where they have none), anything
+    unforeseen goes through the shared safety net with the layer as its location."""
+    try:
+        with reading_at(where):
+            yield
+    except UnsupportedModelError:
+        raise
+    except LrpToolError as error:
+        message = printable(str(error))
+        if message.startswith(f"{path}: ") or weights_path and message.startswith(f"{weights_path}: "):
+            raise
+        message = _IR_NODE_PREFIX.sub("", message)
+        if message.startswith(f"{where}: "):
+            message = message[len(where) + 2:]
+        if ";" not in message:
+            message += "; correct the layer in the prototxt"
+        try:
+            located = (GraphError if isinstance(error, Invalid) else type(error))(f"{path}: {where}: {message}")
+        except TypeError:
+            located = GraphError(f"{path}: {where}: {message}")
+        raise located from None
 
 
 def read_caffe(path, weights=None, random_weights=False, input_shape=None, seed=0):
@@ -246,6 +383,11 @@ def read_caffe(path, weights=None, random_weights=False, input_shape=None, seed=
     parameters with seeded random values instead of zeros.
     """
     path = str(path)
+    with reading_file(path):
+        return _read_caffe(path, weights, random_weights, input_shape, seed)
+
+
+def _read_caffe(path, weights, random_weights, input_shape, seed):
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such file")
     net = parse_prototxt(path)
@@ -253,25 +395,27 @@ def read_caffe(path, weights=None, random_weights=False, input_shape=None, seed=
         # Unknown fields are skipped, so a solver file or other text proto parses as an empty net.
         raise ModelFileError(f"{path}: the prototxt defines no layers (is it a solver or other prototxt?)")
     stored = None
+    weights_path = None if weights is None else str(weights)
     if weights is not None:
-        model = parse_caffemodel(str(weights))
+        model = parse_caffemodel(weights_path)
         stored = {}
-        for lp in network_layers(model):
+        for lp in network_layers(model, weights_path):
             if lp.name not in stored or len(lp.blobs):
                 stored[lp.name] = list(lp.blobs)
-    ctx = CaffeContext(path, stored, random_weights, seed)
+    ctx = CaffeContext(path, stored, random_weights, seed, weights_path)
 
     current = {}  # Caffe blob name → IR tensor holding its latest value
     produced = []  # IR tensors made by layers, in order
     for name, shape in declared_inputs(net, path).items():
-        ctx.shapes[name] = free_batch(chosen_shape(input_shape, name, shape))
+        what = f"{path}: input {printable(repr(name))}"
+        ctx.shapes[name] = checked_input(chosen_shape(input_shape, name, shape), what, ModelFileError)
         ctx.tensor_names.add(name)
         current[name] = name
     graph_inputs = dict(ctx.shapes)
 
     unsupported = []
     broken = set()  # Caffe blobs downstream of an unsupported layer
-    for lp in network_layers(net):
+    for lp in network_layers(net, path):
         if not layer_in_phase(lp, TEST_PHASE):
             continue
         kind = layer_type(lp)
@@ -279,49 +423,56 @@ def read_caffe(path, weights=None, random_weights=False, input_shape=None, seed=
         bottoms = list(lp.bottom)
         if kind.endswith("Loss") or kind in DROPPED_LAYERS:
             continue
-        # A Python layer without bottoms is how custom data readers are written.
-        if kind == "Input" or kind in DATA_LAYERS or (kind == "Python" and not bottoms):
-            shapes = input_shapes_for(lp, kind, tops, input_shape, path)
-            for top, shape in shapes.items():
-                ctx.shapes[top] = free_batch(chosen_shape(input_shape, top, shape))
-                ctx.tensor_names.add(top)
-                graph_inputs[top] = ctx.shapes[top]
-                current[top] = top
-            continue
-        if any(b in broken for b in bottoms):
-            broken.update(tops)
-            continue
-        missing = [b for b in bottoms if b not in current]
-        if missing:
-            raise GraphError(f"layer {lp.name!r} ({kind}): bottom {missing[0]!r} is not made by an earlier layer "
-                             "or declared as an input")
-        sources = [current[b] for b in bottoms]
-        if kind in ALIAS_LAYERS:
-            for top in tops:
-                current[top] = sources[0]
-            continue
-        converter = LAYERS.get(kind)
-        if converter is None:
-            reason = "no lrptool operator for this layer type"
-            if kind == "NONE":
-                # V1 'layers' whose definition sits in a nested V0 'layer' block (pre-2014 Caffe).
-                reason = "a V0 layer definition; upgrade the file with Caffe's upgrade_net_proto_text"
-            unsupported.append((lp.name, kind, reason))
-            broken.update(tops)
-            continue
-        count = len(ctx.nodes)
-        try:
-            outputs = converter(ctx, lp, sources)
-        except Unsupported as problem:
-            del ctx.nodes[count:]
-            unsupported.append((lp.name, kind, str(problem)))
-            broken.update(tops)
-            continue
-        if len(outputs) != len(tops):
-            raise GraphError(f"layer {lp.name!r} ({kind}): {len(tops)} top(s) for {len(outputs)} output(s)")
-        for top, tensor in zip(tops, outputs):
-            current[top] = tensor
-            produced.append((top, tensor))
+        with layer_errors(path, weights_path, ctx.where(lp)):
+            check_tops(lp, kind, tops, bottoms, current)
+            # A Python layer without bottoms is how custom data readers are written.
+            if kind == "Input" or kind in DATA_LAYERS or (kind == "Python" and not bottoms):
+                shapes = input_shapes_for(lp, kind, tops, input_shape, path)
+                for top, shape in shapes.items():
+                    ctx.shapes[top] = checked_input(chosen_shape(input_shape, top, shape),
+                                                    f"top {printable(repr(top))}", Invalid)
+                    ctx.tensor_names.add(top)
+                    graph_inputs[top] = ctx.shapes[top]
+                    current[top] = top
+                continue
+            if any(b in broken for b in bottoms):
+                broken.update(tops)
+                continue
+            missing = [b for b in bottoms if b not in current]
+            if missing:
+                raise Invalid(f"bottom {printable(repr(missing[0]))} is not made by an earlier layer or declared "
+                              "as an input; check the layer order and the blob names")
+            sources = [current[b] for b in bottoms]
+            if kind in ALIAS_LAYERS:
+                check_bottom_count(len(bottoms), (1, 1))
+                if kind == "Dropout" and len(tops) != 1:
+                    raise Invalid(f"Dropout has {len(tops)} tops, Caffe makes exactly one")
+                for top in tops:
+                    current[top] = sources[0]
+                continue
+            converter = LAYERS.get(kind)
+            if converter is None:
+                reason = "no lrptool operator for this layer type"
+                if kind == "NONE":
+                    # V1 'layers' whose definition sits in a nested V0 'layer' block (pre-2014 Caffe).
+                    reason = "a V0 layer definition; upgrade the file with Caffe's upgrade_net_proto_text"
+                unsupported.append((printable(lp.name), printable(kind), reason))
+                broken.update(tops)
+                continue
+            check_bottom_count(len(bottoms), converter.bottoms)
+            count = len(ctx.nodes)
+            try:
+                outputs = converter(ctx, lp, sources)
+            except Unsupported as problem:
+                del ctx.nodes[count:]
+                unsupported.append((printable(lp.name), printable(kind), printable(problem)))
+                broken.update(tops)
+                continue
+            if len(outputs) != len(tops):
+                raise Invalid(f"{len(tops)} top(s) for the {len(outputs)} output(s) the layer makes")
+            for top, tensor in zip(tops, outputs):
+                current[top] = tensor
+                produced.append((top, tensor))
     if unsupported:
         raise UnsupportedModelError(path, unsupported)
 
@@ -336,25 +487,53 @@ def read_caffe(path, weights=None, random_weights=False, input_shape=None, seed=
         raise GraphError(f"{path}: the network computes nothing (no layers after the inputs)")
     nodes = rename_tensors(ctx.nodes, current, graph_inputs, outputs)
     renamed_outputs = [nodes[1].get(t, t) for t in outputs]
-    return Graph(graph_inputs, nodes[0], renamed_outputs, name=net.name or os.path.basename(path))
+    try:
+        return Graph(graph_inputs, nodes[0], renamed_outputs, name=net.name or os.path.basename(path))
+    except GraphError as error:
+        raise GraphError(f"{path}: {printable(error)}") from None
+
+
+def check_bottom_count(count, accepted):
+    least, most = accepted
+    if count < least or most is not None and count > most:
+        wanted = f"{least}" if least == most else f"{least} or more" if most is None else f"{least} to {most}"
+        raise Invalid(f"{count} bottom(s), the layer takes {wanted}")
+
+
+def check_tops(lp, kind, tops, bottoms, current):
+    """Caffe's rules for tops: at least one, none twice, and a blob made earlier may only be
+    written again in place (top i named as bottom i) — anything else is "produced by multiple
+    sources" in Caffe, and would make the order of the blob's values ambiguous here."""
+    if not tops:
+        raise Invalid("no top; give the layer a top")
+    seen = set()
+    for index, top in enumerate(tops):
+        if top in seen:
+            raise Invalid(f"top {printable(repr(top))} appears twice")
+        seen.add(top)
+        in_place = index < len(bottoms) and bottoms[index] == top
+        if top in current and not in_place:
+            raise Invalid(f"top {printable(repr(top))} is already made by an earlier layer or an input and this "
+                          "layer does not work in place on it; give the top a new name")
 
 
 def input_shapes_for(lp, kind, tops, input_shape, path):
     if kind == "Input":
         shapes = [tuple(int(d) for d in s.dim) for s in lp.input_param.shape]
         if not shapes:
-            raise ModelFileError(f"{path}: Input layer {lp.name!r} has no shape")
+            raise Invalid("no shape; give input_param { shape { dim: ... } }")
         if len(shapes) == 1:
             shapes = shapes * len(tops)
         if len(shapes) != len(tops):
-            raise ModelFileError(f"{path}: Input layer {lp.name!r}: {len(shapes)} shapes for {len(tops)} tops")
+            raise Invalid(f"{len(shapes)} shapes for {len(tops)} tops")
         return dict(zip(tops, shapes))
     # A data-source layer's first top is the data; the others (labels) feed only losses.
     top = tops[0]
     shape = chosen_shape(input_shape, top, None)
     if shape is None:
-        raise ModelFileError(f"{path}: layer {lp.name!r} ({kind}) reads its data from a database; "
-                             f"give the shape of {top!r} (input_shape)")
+        raise ModelFileError(f"reads its data from a database, which holds the shape of {printable(repr(top))}; "
+                             "replace the layer with an Input layer that gives the shape (or pass input_shape to "
+                             "read_caffe)")
     return {top: tuple(shape)}
 
 
@@ -394,18 +573,30 @@ def rename_tensors(nodes, current, graph_inputs, outputs):
 def read_mean_file(path):
     """Per-channel means from a Caffe ``.binaryproto`` mean file (a BlobProto, usually C×H×W):
     the pixel means averaged over the image, in the file's channel order (BGR for Caffe models)."""
-    from .caffe_proto import BlobProto
+    path = str(path)
+    # Called by the command line outside ``load_model``: this guard is the mean file's own.
+    with reading_file(path):
+        return _read_mean_file(path)
 
-    blob = BlobProto()
+
+def _read_mean_file(path):
+    blob = caffe_proto.BlobProto()
     try:
         with open(path, "rb") as handle:
             blob.ParseFromString(handle.read())
     except OSError as error:
         raise ModelFileError(f"{path}: cannot read the mean file ({error.strerror or error})") from None
-    except Exception as error:  # protobuf's DecodeError and friends
-        raise ModelFileError(f"{path}: not a Caffe mean file (.binaryproto): {error}") from None
-    values = blob_array(blob)[0]
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise ModelFileError(f"{path}: not a Caffe mean file (.binaryproto): {printable(error)}; give the "
+                             "mean file saved with the model, or --mean") from None
+
+    def problem(message):
+        return ModelFileError(f"{path}: the mean blob {message}; the mean file is damaged (give --mean instead)")
+
+    values = blob_array(blob, problem)[0]
     if values.size == 0:
-        raise ModelFileError(f"{path}: the mean file holds no values")
+        raise ModelFileError(f"{path}: the mean file holds no values; give the mean file saved with the model, "
+                             "or --mean")
+    # Caffe's mean files are (1, C, H, W) or (C, H, W); smaller blobs hold one value per channel.
     values = values.reshape((-1,) + values.shape[-2:]) if values.ndim >= 3 else values.reshape(-1, 1, 1)
-    return [float(v) for v in values.reshape(values.shape[0], -1).mean(axis=1)]
+    return [float(v) for v in values.reshape(values.shape[0], -1).astype(np.float64).mean(axis=1)]
