@@ -14,7 +14,9 @@ import collections
 import io
 import json
 import math
+import mmap
 import os
+import struct
 import zipfile
 
 import numpy as np
@@ -40,6 +42,13 @@ DEEPEST_NESTING = 32
 LARGEST_RATIO = 1100
 # What h5py raises on a damaged file: a broken heap or B-tree surfaces as any of these.
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+def failure(error):
+    """h5py's or zipfile's own words for a failure (``describe`` would call h5py's KeyError a missing entry)."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{first} ({type(error).__name__})" if first else describe(error)
 
 
 def damaged(path, where, problem, advice=DAMAGED):
@@ -87,13 +96,78 @@ def parse_json(data, path, what):
         try:
             data = bytes(data).decode("utf-8")
         except UnicodeDecodeError as error:
-            raise damaged(path, what, f"not UTF-8 text (byte {error.start})") from None
+            located = undecodable_layer(bytes(data))
+            raise damaged(path, f"{what}: {located}" if located else what,
+                          f"bytes that are not UTF-8 text (at byte {error.start})") from None
     try:
         return json.loads(data)
     except RecursionError:
         raise damaged(path, what, "JSON nested too deeply") from None
     except ValueError as error:
         raise damaged(path, what, f"not valid JSON ({error})") from None
+
+
+def undecodable_layer(data):
+    """Which layer of a JSON model config holds the bytes that are not UTF-8 (often its name), as
+    ``layer 'NAME' (CLASS)``; None where that cannot be told."""
+    try:
+        config = json.loads(data.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return None
+
+    def search(spec, depth):
+        cfg = spec.get("config") if isinstance(spec, dict) else None
+        layers = cfg if isinstance(cfg, list) else cfg.get("layers") if isinstance(cfg, dict) else None
+        for item in layers if isinstance(layers, list) and depth < DEEPEST_NESTING else ():
+            if isinstance(item, dict) and not valid_text(json.dumps(item, ensure_ascii=False)):
+                return search(item, depth + 1) or f"layer {layer_name(item)!r} ({shown_class(item)})"
+        return None
+
+    try:
+        return search(config.get("config", config) if "class_name" not in config else config, 0)
+    except (AttributeError, RecursionError, TypeError):
+        return None
+
+
+def shown_class(spec):
+    """A layer's class name for a message: ``?`` where it is not printable text."""
+    class_name = spec.get("class_name")
+    return class_name if isinstance(class_name, str) and class_name and valid_text(class_name) else "?"
+
+
+def endless_global_heap(data):
+    """The offset of a global heap collection on which libhdf5 would loop forever, or None.
+
+    libhdf5 (2.0 and earlier) walks the objects of a global heap collection — where variable-length
+    strings such as ``model_config`` live — by each object's size, and never advances past a free-space
+    object (index 0) of size 0: reading any string from such a collection hangs. A mutated heap
+    address can point at any ``GCOL`` in the file, so every one is walked here the way libhdf5 walks it.
+    """
+    lengths = superblock_lengths(data)
+    header, object_header = 8 + lengths, 8 + lengths
+    at = data.find(b"GCOL")
+    while at >= 0:
+        if at + header <= len(data) and data[at + 4] == 1:
+            size = int.from_bytes(data[at + 8:at + 8 + lengths], "little")
+            end, place = at + size, at + header
+            while place < end and place + object_header <= min(end, len(data)):
+                index = struct.unpack_from("<H", data, place)[0]
+                object_size = int.from_bytes(data[place + 8:place + 8 + lengths], "little")
+                step = object_header + (object_size + 7) // 8 * 8 if index else object_size
+                if step == 0:
+                    return at
+                place += step
+        at = data.find(b"GCOL", at + 1)
+    return None
+
+
+def superblock_lengths(data):
+    """The byte size of lengths in this HDF5 file (8 unless its superblock says otherwise)."""
+    at = data.find(b"\x89HDF\r\n\x1a\n")
+    if at < 0 or at + 16 > len(data):
+        return 8
+    field = at + (14 if data[at + 8] in (0, 1) else 10)
+    return data[field] if data[field] in (2, 4, 8) else 8
 
 
 class HDF5:
@@ -121,7 +195,7 @@ class HDF5:
                           "lrptool reads a model from one file only")
             item = group[key]
         except H5_ERRORS as error:
-            self.fail(where, f"cannot read {key!r} ({describe(error)})")
+            self.fail(where, f"cannot read {key!r} ({failure(error)})")
         if not isinstance(item, kind):
             found = "group" if isinstance(item, h5py.Group) else "dataset" if isinstance(item, h5py.Dataset) else "link"
             self.fail(where, f"{key!r} is a {found}, expected a {kind.__name__.lower()}")
@@ -131,7 +205,7 @@ class HDF5:
         try:
             return [key for key in group.keys()]
         except H5_ERRORS as error:
-            self.fail(where, f"cannot list the group's members ({describe(error)})")
+            self.fail(where, f"cannot list the group's members ({failure(error)})")
 
     def attr(self, obj, name, where):
         try:
@@ -141,7 +215,7 @@ class HDF5:
         except UnicodeError:
             self.fail(where, f"attribute {name!r} is not UTF-8 text")
         except H5_ERRORS as error:
-            self.fail(where, f"cannot read attribute {name!r} ({describe(error)})")
+            self.fail(where, f"cannot read attribute {name!r} ({failure(error)})")
 
     def text_attr(self, obj, name, where):
         value = self.attr(obj, name, where)
@@ -182,7 +256,7 @@ class HDF5:
             virtual = dataset.is_virtual
             stored = dataset.id.get_storage_size()
         except H5_ERRORS as error:
-            raise BadLayer(f"cannot read {what} ({describe(error)})") from None
+            raise BadLayer(f"cannot read {what} ({failure(error)})") from None
         if external or virtual:
             raise BadLayer(f"{what} keeps its data in other files", "lrptool reads weights stored in the model file")
         if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
@@ -200,11 +274,11 @@ class HDF5:
             self.loaded += nbytes
             check_bytes(self.loaded, "the weights read so far")
         except BudgetError as error:
-            raise BadLayer(str(error), "the file is damaged, or set LRPTOOL_MEMORY_BUDGET") from None
+            raise BadLayer(str(error), "unless the model is that large, the file is damaged") from None
         try:
             array = np.asarray(dataset[()])
         except H5_ERRORS as error:
-            raise BadLayer(f"cannot read {what} ({describe(error)})") from None
+            raise BadLayer(f"cannot read {what} ({failure(error)})") from None
         if not np.all(np.isfinite(array)):
             raise BadLayer(f"{what} holds NaN or infinite values", "the model cannot be explained; "
                            "check the training run that wrote it")
@@ -215,7 +289,7 @@ def describe_value(value):
     if isinstance(value, np.ndarray):
         return f"an array of {describe_dtype(value.dtype)} with shape {list(value.shape)}"
     if isinstance(value, (bytes, np.bytes_)):
-        return "bytes that are not UTF-8"
+        return f"{short(bytes(value))}, which is not UTF-8"
     if isinstance(value, str):
         return "text that cannot be written out"
     return f"{type(value).__name__} {short(value)}"
@@ -519,7 +593,7 @@ def check_model(path, spec, where="the model config", depth=0):
     sequential = class_name == "Sequential"
     if not (isinstance(cfg, dict) or sequential and isinstance(cfg, list)):
         raise damaged(path, where, f"the model's config is {kind_of(cfg)}, expected an object")
-    layers = layer_specs(spec)
+    layers = cfg if isinstance(cfg, list) else cfg.get("layers")
     if not isinstance(layers, list):
         raise damaged(path, where, f"the model's layers are {kind_of(layers)}, expected a list")
     names = set()
@@ -529,8 +603,8 @@ def check_model(path, spec, where="the model config", depth=0):
         name, layer_class = layer_name(layer), layer.get("class_name")
         if not isinstance(name, str) or not name or not valid_text(name):
             raise damaged(path, where, f"layer {index} has the name {short(name)}, expected text")
-        located = f"layer {name!r} ({layer_class if isinstance(layer_class, str) else '?'})"
-        if not isinstance(layer_class, str) or not layer_class:
+        located = f"layer {name!r} ({shown_class(layer)})"
+        if shown_class(layer) == "?":
             raise damaged(path, located, f"the class name is {short(layer_class)}, expected text")
         if name in names:
             raise damaged(path, located, "a second layer of this name")
@@ -798,14 +872,19 @@ def load_config(path, h5, handle, model_config):
         except OSError as error:
             raise ModelFileError(f"{model_config}: cannot read the model config ({error.strerror})") from None
         return parse_json(data, model_config, "the model config")
-    text = h5.text_attr(handle, "model_config", "the model config")
+    text = h5.attr(handle, "model_config", "the model config")
+    if isinstance(text, np.ndarray) and text.shape == () and text.dtype.kind in "SO":
+        text = text[()]
     if text is None:
         if h5.names_attr(handle, "layer_names", "the weights") or h5.member(handle, "layers", "the weights",
                                                                              object) is not None:
             raise ModelFileError(f"{path}: a weights-only Keras file; give its architecture JSON as well "
                                  "(--model-config, or model_config=)")
         raise ModelFileError(f"{path}: not a Keras model file (no model_config and no layer weights)")
-    return parse_json(text, path, "model_config")
+    if not isinstance(text, (str, bytes)):
+        raise damaged(path, "the model config", f"attribute 'model_config' is {describe_value(text)}, "
+                                                "expected JSON text")
+    return parse_json(text, path, "the model config")
 
 
 def archive_member(path, archive, name, largest):
@@ -821,9 +900,9 @@ def archive_member(path, archive, name, largest):
         return archive.read(info)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError,
             NotImplementedError) as error:
-        raise damaged(path, name, f"cannot unpack it ({describe(error)})") from None
+        raise damaged(path, name, f"cannot unpack it ({failure(error)})") from None
     except Exception as error:  # noqa: BLE001 - zlib.error and friends: a damaged member, whatever its kind
-        raise damaged(path, name, f"cannot unpack it ({describe(error)})") from None
+        raise damaged(path, name, f"cannot unpack it ({failure(error)})") from None
 
 
 def open_keras_archive(path):
@@ -833,7 +912,7 @@ def open_keras_archive(path):
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
-        raise ModelFileError(f"{path}: not a Keras .keras archive ({describe(error)}); {DAMAGED}") from None
+        raise ModelFileError(f"{path}: not a Keras .keras archive ({failure(error)}); {DAMAGED}") from None
     with archive:
         config = archive_member(path, archive, "config.json", LARGEST_CONFIG)
         metadata = archive_member(path, archive, "metadata.json", LARGEST_CONFIG)
@@ -846,11 +925,24 @@ def open_keras_archive(path):
     if not isinstance(metadata, dict):
         raise damaged(path, "metadata.json", f"is {kind_of(metadata)}, expected an object")
     version = major_version(metadata.get("keras_version")) or 3
+    heap = endless_global_heap(weights)
+    if heap is not None:
+        raise damaged(path, "model.weights.h5", f"the global heap at byte {heap} is broken (an object of size 0)")
     try:
         handle = h5py.File(io.BytesIO(weights), "r")
     except H5_ERRORS as error:
-        raise damaged(path, "model.weights.h5", f"not an HDF5 file ({describe(error)})") from None
+        raise damaged(path, "model.weights.h5", f"not an HDF5 file ({failure(error)})") from None
     return handle, HDF5(path, len(weights)), config, version
+
+
+def check_global_heaps(path):
+    with open(path, "rb") as stream:
+        if os.fstat(stream.fileno()).st_size == 0:
+            return
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            heap = endless_global_heap(data)
+    if heap is not None:
+        raise damaged(path, None, f"the global heap at byte {heap} is broken (an object of size 0)")
 
 
 def major_version(value):
@@ -900,9 +992,10 @@ def read_keras(path, model_config=None, input_shapes=None, keras1_backend=None, 
         handle, h5, archive_config, version = open_keras_archive(path)
     else:
         try:
+            check_global_heaps(path)
             handle = h5py.File(path, "r")
         except H5_ERRORS as error:
-            raise ModelFileError(f"{path}: not an HDF5 file or .keras archive ({describe(error)})") from None
+            raise ModelFileError(f"{path}: not an HDF5 file or .keras archive ({failure(error)})") from None
         h5 = HDF5(path, os.path.getsize(path))
     with handle:
         config = archive_config if model_config is None and archive_config is not None else \
