@@ -186,12 +186,17 @@ def fold_constant_node(ctx, node, attrs):
             raise ctx.invalid(f"cannot reshape a constant of shape {data.shape} into {attrs['shape']}") from None
     from onnx.reference import ReferenceEvaluator
 
-    inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None)
-              for n, v in feeds.items()]
+    try:
+        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),
+                                                np.shape(v)) for n, v in feeds.items()]
+    except (KeyError, ValueError, TypeError):
+        raise Unsupported("a constant input of a type ONNX has no tensor for") from None
     outputs = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output if n]
     graph = helper.make_graph([node], "fold", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
     model.ir_version = min(max(ctx.model.ir_version, 7), onnx.IR_VERSION)
+    if node.op_type not in CHEAP_FOLDS:
+        check_slow_fold(ctx, node, attrs, model, feeds)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
@@ -207,6 +212,62 @@ def fold_constant_node(ctx, node, attrs):
     for result in results:
         check_bytes(result.nbytes, f"{ctx.source}: {ctx.where()}: folding a constant")
     return results
+
+
+#: Operators ONNX's reference evaluator computes with a few NumPy calls, in time linear in their inputs and
+#: outputs (MatMul and Gemm are bounded by ``MOST_FOLD_PRODUCTS``); others loop in Python over windows or
+#: regions and are folded only on small inputs (``check_slow_fold``).
+CHEAP_FOLDS = {
+    "Identity", "Cast", "CastLike", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split",
+    "Slice", "Gather", "GatherElements", "Shape", "Size", "ConstantOfShape", "Range", "Expand", "Tile", "Pad",
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil",
+    "Round", "Sign", "Relu", "Sigmoid", "Tanh", "Erf", "Clip", "Min", "Max", "Mean", "Sum", "Equal", "Less",
+    "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor", "Where", "IsNaN", "IsInf",
+    "ReduceSum", "ReduceMean", "ReduceProd", "ReduceMax", "ReduceMin", "ArgMax", "ArgMin", "MatMul", "Gemm",
+    "DequantizeLinear", "QuantizeLinear", "BatchNormalization", "Softmax", "LogSoftmax", "Constant",
+}
+
+#: Operators never evaluated at load time: random ones would give other constants at every run, and the region
+#: and sequence operators can loop for hours on a few bytes of attributes.
+NEVER_FOLDED = {
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+    "RoiAlign", "MaxRoiPool", "GridSample", "NonMaxSuppression", "DeformConv", "Col2Im", "STFT", "DFT",
+    "MelWeightMatrix", "RNN", "GRU", "LSTM", "Loop", "Scan", "If",
+}
+
+#: Inputs and outputs (elements) up to which a Python-looping operator is folded at load time: well under
+#: a second in ONNX's reference evaluator.
+MOST_SLOW_FOLD_ELEMENTS = 2 ** 16
+
+#: Multiply-adds up to which a constant MatMul or Gemm is folded (a few seconds at most).
+MOST_FOLD_PRODUCTS = 2 ** 32
+
+
+def check_slow_fold(ctx, node, attrs, model, feeds):
+    """Fold an operator outside CHEAP_FOLDS only when ONNX's shape inference bounds its output and inputs,
+    outputs and attribute values are small: the reference evaluator loops in Python (and pads inputs by the
+    pads given), and a tiny file could keep it busy for hours."""
+    if node.op_type in NEVER_FOLDED:
+        raise Unsupported("constant inputs (lrptool does not evaluate this operator at load time)")
+    too_large = "evaluating it at load time on constants this large would take too long"
+    if sum(int(np.size(v)) for v in feeds.values()) > MOST_SLOW_FOLD_ELEMENTS:
+        raise Unsupported(too_large)
+    numbers = [v for value in attrs.values() if isinstance(value, (int, float, list))
+               for v in (value if isinstance(value, list) else [value]) if isinstance(v, (int, float))]
+    if any(not math.isfinite(v) or abs(v) > MOST_SLOW_FOLD_ELEMENTS for v in numbers):
+        raise Unsupported(too_large)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception as error:  # noqa: BLE001 - InferenceError and friends: the node does not fit its inputs
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Unsupported(f"could not evaluate constant node: {shortened(reason, 200)}") from None
+    for output in inferred.graph.output:
+        tensor = output.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if not tensor.HasField("shape") or None in dims:
+            raise Unsupported("a constant node whose output size ONNX cannot tell before evaluating it")
+        if math.prod(dims) > MOST_SLOW_FOLD_ELEMENTS:
+            raise Unsupported(too_large)
 
 
 def check_fold_size(ctx, node, attrs, feeds):
@@ -256,15 +317,24 @@ def fold_elements(node, attrs, values):
         return sizes[0] * int(np.asarray(values[1]).reshape(-1)[0])
     if op in ("RandomNormal", "RandomUniform"):
         return math.prod(int(d) for d in attrs.get("shape", []))
-    if op == "MatMul" and len(present) == 2 and min(v.ndim for v in present) >= 2:
-        a, b = present
-        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        return math.prod(batch) * a.shape[-2] * b.shape[-1]
+    if op in ("MatMul", "Gemm") and len(present) >= 2 and min(v.ndim for v in present[:2]) >= 2:
+        a, b = present[:2]
+        batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+        rows, inner, columns = a.shape[-2], a.shape[-1], b.shape[-1]
+        if op == "Gemm":
+            rows, inner = (a.shape[1], a.shape[0]) if attrs.get("transA") else a.shape
+            columns = b.shape[0] if attrs.get("transB") else b.shape[1]
+        if batch * rows * inner * columns > MOST_FOLD_PRODUCTS:
+            raise Unsupported("multiplying constant matrices this large at load time would take too long")
+        return batch * rows * columns
+    if op == "Gather" and len(present) == 2 and present[0].ndim:
+        axis = int(attrs.get("axis", 0))
+        return sizes[1] * sizes[0] // max(present[0].shape[axis], 1)
     try:
         broadcast = math.prod(np.broadcast_shapes(*(v.shape for v in present))) if present else 0
     except ValueError:
         broadcast = 0
-    return max([broadcast] + sizes)
+    return max(broadcast, sum(sizes))
 
 
 def shape_constant(ctx, node, attrs):

@@ -262,7 +262,7 @@ def mutate_model(model, rng):
     """One protobuf-level edit of ``model`` (in place)."""
     graph = model.graph
     nodes = graph.node
-    kind = int(rng.integers(28))
+    kind = int(rng.integers(29))
     if kind == 0 and nodes:                                  # remove a node
         del nodes[int(rng.integers(len(nodes)))]
     elif kind == 1 and len(nodes) > 1:                       # reorder two nodes
@@ -406,7 +406,33 @@ def mutate_model(model, rng):
             odd_attribute_value(pick(rng, node.attribute), rng)
     elif kind in (26, 27) and graph.initializer:             # odd values in a (small) initializer
         odd_tensor_values(pick(rng, graph.initializer), rng)
+    elif kind == 28:                                         # a slow operator on a large constant
+        slow_fold(model, rng)
     return model
+
+
+def slow_fold(model, rng):
+    """An operator that ONNX's reference evaluator computes in Python loops, fed by a constant made from a
+    few bytes (ConstantOfShape): reading must refuse it or fold it quickly, never hang."""
+    side = pick(rng, [8, 64, 512])
+    op, extra, attrs = pick(rng, [
+        ("ConvTranspose", ["slow_w"], dict(strides=[2, 2])), ("MaxPool", [], dict(kernel_shape=[3, 3])),
+        ("AveragePool", [], dict(kernel_shape=[2 ** 20, 2 ** 20], pads=[2 ** 20] * 4)),
+        ("Conv", ["slow_w"], dict(pads=[2 ** 30] * 4, strides=[2 ** 30, 2 ** 30])), ("LRN", [], dict(size=5)),
+        ("GridSample", ["slow_grid"], {}), ("RoiAlign", ["slow_rois", "slow_index"], dict(sampling_ratio=2 ** 20)),
+        ("Resize", ["", "slow_scales"], dict(mode="linear")), ("Einsum", ["slow_big"], dict(equation="abcd,abcd->ab"))])
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array([1, 4, side, side], np.int64), "slow_shape"),
+        numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "slow_w"),
+        numpy_helper.from_array(np.zeros((1, side, side, 2), np.float32), "slow_grid"),
+        numpy_helper.from_array(np.tile(np.array([[0, 0, 1e6, 1e6]], np.float32), (64, 1)), "slow_rois"),
+        numpy_helper.from_array(np.zeros(64, np.int64), "slow_index"),
+        numpy_helper.from_array(np.array([1, 1, 4, 4], np.float32), "slow_scales")])
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    model.graph.node.insert(0, helper.make_node("ConstantOfShape", ["slow_shape"], ["slow_big"], value=value))
+    model.graph.node.insert(1, helper.make_node(op, ["slow_big"] + extra, ["slow_out"], name="slow", **attrs))
+    if model.graph.node[2:] and model.graph.node[2].input:
+        model.graph.node[2].input[-1] = "slow_out"
 
 
 def odd_attribute_value(attribute, rng):

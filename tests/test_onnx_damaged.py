@@ -243,6 +243,24 @@ def test_folding_a_constant_beyond_the_budget(lrptool, tmp_path):
     one_line_error(lrptool("inspect", path), path, "node 'grow' (ConstantOfShape)", "more than the memory budget")
 
 
+@pytest.mark.parametrize("op, attrs", [("ConvTranspose", dict(strides=[2, 2])), ("MaxPool", dict(kernel_shape=[3, 3])),
+                                       ("GridSample", {})])
+def test_folding_a_slow_operator_on_a_large_constant(lrptool, tmp_path, op, attrs):
+    second = {"ConvTranspose": ["w"], "MaxPool": [], "GridSample": ["grid"]}[op]
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"], name="grow"),
+             helper.make_node(op, ["big"] + second, ["slow"], name="slow", **attrs),
+             helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    init = [numpy_helper.from_array(np.array([1, 16, 256, 256], np.int64), "shape"),
+            numpy_helper.from_array(np.ones((16, 16, 3, 3), np.float32), "w"),
+            numpy_helper.from_array(np.zeros((1, 256, 256, 2), np.float32), "grid")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("slow", TensorProto.FLOAT, None)], initializer=init)
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path)
+    problem = "does not evaluate this operator at load time" if op == "GridSample" else "would take too long"
+    one_line_error(lrptool("inspect", path), path, f"slow ({op}: ", problem)
+
+
 def test_a_signalling_nan_weight_prints_no_warning(lrptool, tmp_path):
     weight = np.ones((3, 2, 3, 3), np.float32)
     weight.view(np.uint32)[0, 0, 0, 0] = 0x7F800001
