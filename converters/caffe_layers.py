@@ -254,6 +254,11 @@ def lrn(ctx, lp, bottoms):
     alpha, beta, k = finite(p.alpha, "alpha"), finite(p.beta, "beta"), finite(p.k, "k")
     if p.norm_region == 1:
         return lrn_within_channel(ctx, lp, bottoms[0], shape)
+    widest = 2 * shape[1] - 1
+    if size > widest:
+        # Any window this wide sums every channel for every channel; a narrower one with alpha/size
+        # kept computes the same, without the running sums over size padded channels per pixel.
+        alpha, size = alpha * widest / size, widest
     attrs = {"size": size, "alpha": alpha, "beta": beta, "bias": k}
     return ctx.add("LRN", lp.name, bottoms[:1], attrs, {})
 

@@ -337,3 +337,40 @@ def test_damaged_mean_files(worker, tmp_path, content, problem):
     outcome = worker.run(["explain", prototxt, "--weights", caffemodel, str(images), "-o", str(tmp_path / "out"),
                           "--preprocess", "caffe", "--mean-file", mean])
     one_line_error(outcome, mean, problem)
+
+
+def test_lrn_window_wider_than_the_channels_is_computed_narrow(tmp_path):
+    """A huge local_size must not make the forward pass allocate size padded channels per pixel;
+    every window covers all channels then, so the result is Caffe's with the full sum."""
+    from converters.caffe_reader import read_caffe
+    from lrptool.executor import run_graph
+
+    size = 2 ** 31 - 1
+    prototxt = write(tmp_path, "lrn.prototxt", 'name: "lrn"\n' + INPUT +
+                     f'layer {{ name: "norm" type: "LRN" bottom: "data" top: "norm" '
+                     f'lrn_param {{ local_size: {size} alpha: 3 beta: 0.75 k: 2 }} }}\n')
+    graph = read_caffe(prototxt)
+    x = np.random.default_rng(2).normal(size=(2, 3, 8, 8))
+    expected = x / (2 + 3 / size * np.square(x).sum(axis=1, keepdims=True)) ** 0.75
+    np.testing.assert_allclose(run_graph(graph, x, dtype=np.float64)["norm"], expected, rtol=1e-10)
+
+
+def test_weights_that_overflow_when_batchnorm_is_folded(worker, tmp_path):
+    """Finite float32 weights whose product with the BatchNorm factor is not: refused where the
+    explainer folds them (after reading, so the message names the layers, not the file)."""
+    net = cp.NetParameter(name="fold")
+    net.input.append("data")
+    net.input_dim.extend([1, 2, 4, 4])
+    layer = net.layer.add(name="conv", type="Convolution", bottom=["data"], top=["conv"])
+    layer.convolution_param.num_output = 2
+    layer.convolution_param.kernel_size.append(1)
+    bn = net.layer.add(name="bn", type="BatchNorm", bottom=["conv"], top=["conv"])
+    text = text_format.MessageToString(net)
+    # a weight near float32's largest value, and a variance of 0.01 that multiplies it by 10
+    for target, blob_values, dims in ((layer, [3e38] * 4, [2, 2, 1, 1]), (layer, [0.0, 0.0], [2]),
+                                      (bn, [0.0, 0.0], [2]), (bn, [0.01, 0.01], [2]), (bn, [1.0], [1])):
+        blob = target.blobs.add()
+        blob.shape.dim.extend(dims)
+        blob.data.extend(blob_values)
+    outcome, _ = run_model(worker, tmp_path, text, net.SerializeToString(), "--preset", "epsilon-plus-flat")
+    one_line_error(outcome, "'bn' (BatchNorm)", "'conv' (Conv)", "beyond the float32 range")

@@ -11,6 +11,7 @@ import copy
 
 import numpy as np
 
+from ..errors import GraphError
 from ..graph import Graph, Node
 from ..ops.linear import channel_view
 
@@ -41,7 +42,12 @@ def fold_into(layer, affine_node):
         weight = weight * a.reshape((-1,) + (1,) * (weight.ndim - 1))
     dtype = layer.params["weight"].dtype
     shift = bias * a if c is None else bias * a + c
-    params = {"weight": weight.astype(dtype), "bias": shift.astype(dtype)}
+    with np.errstate(over="ignore", invalid="ignore"):
+        params = {"weight": weight.astype(dtype), "bias": shift.astype(dtype)}
+    if not all(np.isfinite(value).all() for value in params.values()):
+        # Finite weights whose product overflows: only a damaged file has them, and the cast would warn.
+        raise GraphError(f"node {affine_node.name!r} ({affine_node.op}): folded into {layer.name!r} ({layer.op}) "
+                         "it gives weights beyond the float32 range; the model's weights are damaged")
     return Node(layer.name, layer.op, list(layer.inputs), list(affine_node.outputs), dict(layer.attrs), params)
 
 
