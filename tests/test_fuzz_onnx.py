@@ -9,7 +9,6 @@ model's folder). Seeds: the MNIST model in the repository, small models built he
 files in ../shared/models where that folder exists.
 """
 
-import os
 import pathlib
 
 import numpy as np
