@@ -37,7 +37,8 @@ TYPED_FIELDS = {
 }
 
 ATTRIBUTE_KINDS = {
-    AttributeProto.FLOAT: ("f", "a float"), AttributeProto.INT: ("i", "an int"), AttributeProto.STRING: ("s", "a string"),
+    AttributeProto.FLOAT: ("f", "a float"), AttributeProto.INT: ("i", "an int"),
+    AttributeProto.STRING: ("s", "a string"),
     AttributeProto.TENSOR: ("t", "a tensor"), AttributeProto.GRAPH: ("g", "a graph"),
     AttributeProto.SPARSE_TENSOR: ("sparse_tensor", "a sparse tensor"), AttributeProto.TYPE_PROTO: ("tp", "a type"),
     AttributeProto.FLOATS: ("floats", "a list of floats"), AttributeProto.INTS: ("ints", "a list of ints"),
@@ -139,7 +140,8 @@ def tensor_array(tensor, source, where, folder):
         field, per_element = TYPED_FIELDS[data_type]
         held = len(getattr(tensor, field))
         if held != count * per_element:
-            raise refuse(source, where, f"{field} holds {held} values but dims {brief(dims)} need {count * per_element}")
+            raise refuse(source, where,
+                         f"{field} holds {held} values but dims {brief(dims)} need {count * per_element}")
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         array = numpy_helper.to_array(tensor)
