@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 
 from lrptool.errors import GraphError, LrpToolError, ModelFileError, UnsupportedModelError
 from lrptool.graph import Graph, Node, free_name, normalize_node
-from lrptool.limits import check_shape, element_count
+from lrptool.limits import check_bytes, check_shape, element_count
 
 from . import caffe_proto
 from .caffe_layers import LAYERS, Invalid, Unsupported
@@ -217,6 +217,9 @@ class CaffeContext:
         self.shapes = {}
         self.tensor_names = set()
         self.node_names = set()
+        self.tensor_suffixes = {}
+        self.node_suffixes = {}
+        self.parameter_bytes = 0
 
     def shape(self, tensor):
         return self.shapes[tensor]
@@ -234,13 +237,20 @@ class CaffeContext:
         return to_float32(values, lambda message: self.weights_problem(lp, f"{what} {message}"))
 
     def unique(self, base):
-        name = free_name(base, self.tensor_names, "#")
-        self.tensor_names.add(name)
+        return self._free(base, self.tensor_names, self.tensor_suffixes)
+
+    @staticmethod
+    def _free(base, taken, suffixes):
+        """``free_name(base, taken, "#")``, remembering the last suffix per base: a file with
+        thousands of layers of one name would otherwise cost a quadratic search."""
+        name = free_name(base, taken, "#", start=suffixes.get(base, 2))
+        if name != base:
+            suffixes[base] = int(name.rsplit("#", 1)[1]) + 1
+        taken.add(name)
         return name
 
     def add(self, op, name, inputs, attrs, params, outputs=1, output_names=None):
-        name = free_name(name, self.node_names, "#")
-        self.node_names.add(name)
+        name = self._free(name, self.node_names, self.node_suffixes)
         names = output_names or [f"{name}:{i}" if outputs > 1 else name for i in range(outputs)]
         node = Node(name, op, list(inputs), [self.unique(n) for n in names], dict(attrs), dict(params))
         normalize_node(node)
@@ -263,6 +273,9 @@ class CaffeContext:
         """
         shape = tuple(int(d) for d in shape)
         check_shape(shape, 4, f"parameter {index} of shape {shape}")
+        # Each parameter may fit while all of them together do not (a thousand layers of 1 GiB each).
+        self.parameter_bytes += 4 * element_count(shape)
+        check_bytes(self.parameter_bytes, f"the total of all parameters up to parameter {index} of shape {shape}")
         stored = self.stored_blobs(lp)
         if stored is not None:
             if index >= len(stored):
@@ -479,10 +492,7 @@ def _read_caffe(path, weights, random_weights, input_shape, seed):
     finals = {current[top] for top in current}
     # As in Caffe, a top that no later layer reads is a network output.
     consumed = {t for node in ctx.nodes for t in node.inputs}
-    outputs = []
-    for top, tensor in produced:
-        if tensor not in consumed and tensor in finals and tensor not in outputs:
-            outputs.append(tensor)
+    outputs = list(dict.fromkeys(tensor for _, tensor in produced if tensor not in consumed and tensor in finals))
     if not outputs:
         raise GraphError(f"{path}: the network computes nothing (no layers after the inputs)")
     nodes = rename_tensors(ctx.nodes, current, graph_inputs, outputs)

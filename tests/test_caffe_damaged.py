@@ -374,3 +374,19 @@ def test_weights_that_overflow_when_batchnorm_is_folded(worker, tmp_path):
         blob.data.extend(blob_values)
     outcome, _ = run_model(worker, tmp_path, text, net.SerializeToString(), "--preset", "epsilon-plus-flat")
     one_line_error(outcome, "'bn' (BatchNorm)", "'conv' (Conv)", "beyond the float32 range")
+
+
+def test_many_parameters_that_each_fit_but_not_together(worker, tmp_path):
+    layers = "".join(f'layer {{ name: "fc{i}" type: "InnerProduct" bottom: "{"data" if i == 0 else f"fc{i - 1}"}" '
+                     f'top: "fc{i}" inner_product_param {{ num_output: 4096 }} }}\n' for i in range(80))
+    header = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4096 } } }\n'
+    outcome, path = inspect(worker, tmp_path, layers, header=header)
+    # 64 MiB per layer against a budget of 1 GiB: the 16th layer tips it over
+    one_line_error(outcome, path, "layer 'fc15' (InnerProduct)", "the total of all parameters", "memory budget")
+
+
+def test_thousands_of_layers_of_one_name_read_in_linear_time(worker, tmp_path):
+    layers = 'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n' * 20000
+    outcome, _ = inspect(worker, tmp_path, layers)
+    assert outcome.code == 0, outcome.describe()
+    assert outcome.seconds < 20, outcome.seconds
