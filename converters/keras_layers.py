@@ -448,11 +448,12 @@ def batch_norm(ctx, lname, cfg, inputs, weights):
     gamma = w.pop(0) if scale else None
     beta = w.pop(0) if center else None
     mean, var = w
-    if np.any(var < 0):
-        raise BadLayer("the moving variance has negative entries", WEIGHTS_ADVICE)
+    epsilon = float(cfg.get("epsilon", 1e-3))
+    if np.any(var < 0) or np.any(var.astype(np.float64) + epsilon <= 0):
+        raise BadLayer("the moving variance is negative, or zero with epsilon 0 (a division by zero)", WEIGHTS_ADVICE)
     params = {"scale": gamma if gamma is not None else np.ones_like(mean),
               "bias": beta if beta is not None else np.zeros_like(mean), "mean": mean, "var": var}
-    return ctx.emit(lname, "BatchNorm", [x], {"epsilon": float(cfg.get("epsilon", 1e-3))}, params)
+    return ctx.emit(lname, "BatchNorm", [x], {"epsilon": epsilon}, params)
 
 
 # ---------------------------------------------------------------- activations

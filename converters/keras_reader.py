@@ -42,6 +42,10 @@ DEEPEST_NESTING = 32
 LARGEST_RATIO = 1100
 # What h5py raises on a damaged file: a broken heap or B-tree surfaces as any of these.
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# HDF5's type classes (H5T_class_t) that never hold Keras text, for messages
+H5_CLASSES = {2: "times", 4: "bit fields", 5: "opaque data", 6: "records (a compound type)", 7: "references",
+              8: "an enumeration", 9: "variable-length sequences", 10: "fixed-size arrays"}
 
 
 def failure(error):
@@ -163,7 +167,7 @@ def endless_global_heap(data):
 
 def superblock_lengths(data):
     """The byte size of lengths in this HDF5 file (8 unless its superblock says otherwise)."""
-    at = data.find(b"\x89HDF\r\n\x1a\n")
+    at = data.find(HDF5_SIGNATURE)
     if at < 0 or at + 16 > len(data):
         return 8
     field = at + (14 if data[at + 8] in (0, 1) else 10)
@@ -208,9 +212,21 @@ class HDF5:
             self.fail(where, f"cannot list the group's members ({failure(error)})")
 
     def attr(self, obj, name, where):
+        """An attribute's value, or None where there is none. Keras writes text, lists of text and
+        (for empty lists) numbers; any other HDF5 type is refused unread, since h5py's conversion of
+        some damaged variable-length types crashes the process."""
+        from h5py import h5t
+
         try:
             if name not in obj.attrs:
                 return None
+            attribute = obj.attrs.get_id(name)
+            kind = attribute.get_type()
+            if not isinstance(kind, (h5t.TypeStringID, h5t.TypeIntegerID, h5t.TypeFloatID)):
+                self.fail(where, f"attribute {name!r} holds {H5_CLASSES.get(kind.get_class(), 'data')}, expected text")
+            size = attribute.get_space().get_simple_extent_npoints() * kind.get_size()
+            if size > LARGEST_CONFIG:
+                self.fail(where, f"attribute {name!r} declares {human_bytes(size)}, more than any Keras attribute")
             return obj.attrs[name]
         except UnicodeError:
             self.fail(where, f"attribute {name!r} is not UTF-8 text")
@@ -867,6 +883,7 @@ def load_config(path, h5, handle, model_config):
     if model_config is not None:
         model_config = str(model_config)
         try:
+            regular_file(model_config, "the model config")
             with open(model_config, "rb") as stream:
                 data = stream.read(LARGEST_CONFIG + 1)
         except OSError as error:
@@ -935,6 +952,14 @@ def open_keras_archive(path):
     return handle, HDF5(path, len(weights)), config, version
 
 
+def regular_file(path, what):
+    """Refuse what is not a file (a FIFO would block the read forever, a folder cannot be read)."""
+    import stat
+
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ModelFileError(f"{path}: {what} is not a regular file; give the file itself")
+
+
 def check_global_heaps(path):
     with open(path, "rb") as stream:
         if os.fstat(stream.fileno()).st_size == 0:
@@ -987,8 +1012,12 @@ def read_keras(path, model_config=None, input_shapes=None, keras1_backend=None, 
     path = str(path)
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such file")
+    regular_file(path, "the model")
     archive_config, version = None, None
-    if zipfile.is_zipfile(path):
+    with open(path, "rb") as stream:
+        starts_as_hdf5 = stream.read(8) == HDF5_SIGNATURE
+    # an HDF5 file's weights may hold a zip's end-of-archive bytes by chance; its own signature decides
+    if not starts_as_hdf5 and zipfile.is_zipfile(path):
         handle, h5, archive_config, version = open_keras_archive(path)
     else:
         try:

@@ -371,7 +371,8 @@ def set_config_attr(handle, data):
     try:
         handle.attrs["model_config"] = data.decode("utf-8")
     except UnicodeDecodeError:
-        handle.attrs["model_config"] = np.bytes_(data)
+        # a variable-length byte string: held in the global heap, so not limited to an attribute's 64 KiB
+        handle.attrs.create("model_config", data, dtype=h5py.string_dtype("ascii"))
 
 
 def test_config_edits(seeds, worker, tmp_path):

@@ -3,6 +3,7 @@ fuzz suite (tests/test_fuzz_keras.py) found. Each must end in exit status 2 with
 that names the file and, where the damage sits in a layer, the layer and its class."""
 
 import json
+import os
 import shutil
 import zipfile
 
@@ -401,3 +402,49 @@ def test_copy_of_a_good_model_is_read(worker, model, tmp_path):
     path, _, _ = model
     shutil.copy(path, tmp_path / "copy.h5")
     assert worker.run(["inspect", str(tmp_path / "copy.h5")]).kind == "ok"
+
+
+def test_global_heap_that_libhdf5_would_loop_on(worker, model):
+    path, _, _ = model
+    data = bytearray(path.read_bytes())
+    at = data.index(b"GCOL")
+    end, place = at + int.from_bytes(data[at + 8:at + 16], "little"), at + 16
+    while place + 16 <= end:
+        index, size = int.from_bytes(data[place:place + 2], "little"), int.from_bytes(data[place + 8:place + 16], "little")
+        if index == 0:
+            # a free-space object of size 0: libhdf5 steps by 0 bytes and never leaves the collection
+            data[place + 8:place + 16] = bytes(8)
+            break
+        place += 16 + (size + 7) // 8 * 8
+    else:
+        pytest.fail("the collection has no free space to break")
+    path.write_bytes(bytes(data))
+    refused(worker, path, words=["global heap", "broken"])
+
+
+def test_model_config_that_is_not_a_regular_file(worker, model, tmp_path):
+    path, _, _ = model
+    fifo = tmp_path / "arch.json"
+    os.mkfifo(fifo)
+    refused(worker, path, "--model-config", fifo, words=["not a regular file"])
+
+
+def test_hdf5_model_that_ends_like_a_zip_archive_is_read(worker, tmp_path):
+    config, weights = sequential_model(np.random.default_rng(4))
+    # the last weight written is the last bytes of the file: make them a zip's end-of-archive record
+    weights["fc"][1] = np.frombuffer(b"\0" * 10 + b"PK\x05\x06" + b"\0" * 6, dtype=np.float32)
+    path = write_h5(tmp_path / "m.h5", config, weights)
+    assert zipfile.is_zipfile(path)
+    outcome = worker.run(["inspect", str(path)])
+    assert outcome.kind == "ok", outcome.describe()
+
+
+def test_attribute_of_a_damaged_variable_length_type(worker, model):
+    path, _, _ = model
+    data = bytearray(path.read_bytes())
+    # layer_names is a list of variable-length strings (type class 9, string bit 1); a damaged bit
+    # field makes it a sequence of bytes, whose conversion crashed h5py
+    at = data.index(b"layer_names\0\0\0\0\0\x19\x01") + 17
+    data[at] = 0xFE
+    path.write_bytes(bytes(data))
+    refused(worker, path, words=["layer_names", "variable-length sequences"])
