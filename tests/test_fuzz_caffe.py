@@ -437,8 +437,9 @@ def worker():
 
 
 def command(prototxt, weights, index, folder):
-    """The command a mutant goes through: mostly ``inspect``, every fourth with a preset, every fifth ``convert``."""
-    model = [prototxt] + (["--weights", weights] if weights else ["--random-weights"] if index % 2 else [])
+    """The command a mutant goes through: mostly ``inspect``, every fourth with a preset, every fifth ``convert``;
+    with the caffemodel, or random weights where there is none."""
+    model = [prototxt] + (["--weights", weights] if weights else ["--random-weights"])
     if index % 5 == 4:
         return ["convert", *model, "-o", os.path.join(folder, "out.onnx")]
     if index % 4 == 3:
