@@ -389,7 +389,12 @@ def convert_batchnorm(ctx, node, a):
         raise Unsupported("spatial=0 (per-activation statistics)")
     names = ("scale", "bias", "mean", "var")
     params = {name: np.asarray(ctx.require_const(node, i + 1, name)).reshape(-1) for i, name in enumerate(names)}
-    ctx.add("BatchNorm", node.input[:1], node.output[0], dict(epsilon=float(a.get("epsilon", 1e-5))), params)
+    epsilon = float(a.get("epsilon", 1e-5))
+    with np.errstate(all="ignore"):
+        # the square root of var + epsilon divides; NaN fails the comparison too
+        if not np.all(params["var"].astype(np.float64) + epsilon > 0):
+            raise ctx.invalid(f"variance + epsilon ({epsilon:g}) is not positive everywhere")
+    ctx.add("BatchNorm", node.input[:1], node.output[0], dict(epsilon=epsilon), params)
 
 
 @converter("Dropout", "Identity")

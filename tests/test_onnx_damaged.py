@@ -384,6 +384,18 @@ def test_an_axis_out_of_range(lrptool, tmp_path):
     one_line_error(lrptool("inspect", path), path, "node 'softmax' (Softmax)", "axis 7 is out of range")
 
 
+@pytest.mark.parametrize("variance", [-1.0, float("nan")])
+def test_a_batchnorm_variance_that_is_not_positive(lrptool, tmp_path, variance):
+    model = conv_model()
+    values = {"scale": np.ones(3), "bias": np.zeros(3), "mean": np.zeros(3), "var": np.array([1.0, variance, 1.0])}
+    model.graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), k) for k, v in values.items())
+    model.graph.node.append(helper.make_node("BatchNormalization", ["y", *values], ["z"], name="bn"))
+    model.graph.output[0].name = "z"
+    path = save(model, tmp_path)
+    one_line_error(lrptool("inspect", "--preset", "epsilon-plus-flat", path), path, "node 'bn' (BatchNormalization)",
+                   "variance + epsilon")
+
+
 def test_a_perm_that_is_not_a_permutation(lrptool, tmp_path):
     model = conv_model()
     model.graph.node.append(helper.make_node("Transpose", ["y"], ["z"], name="transpose", perm=[0, 0, 1, 2]))
