@@ -617,9 +617,11 @@ def check_model(path, spec, where="the model config", depth=0):
         if not isinstance(layer, dict):
             raise damaged(path, where, f"layer {index} is {kind_of(layer)}, expected an object")
         name, layer_class = layer_name(layer), layer.get("class_name")
-        if not isinstance(name, str) or not name or not valid_text(name):
+        if not isinstance(name, str) or not name:
             raise damaged(path, where, f"layer {index} has the name {short(name)}, expected text")
         located = f"layer {name!r} ({shown_class(layer)})"
+        if not valid_text(name):
+            raise damaged(path, located, "the name is not UTF-8 text")
         if shown_class(layer) == "?":
             raise damaged(path, located, f"the class name is {short(layer_class)}, expected text")
         if name in names:
@@ -898,6 +900,12 @@ def load_config(path, h5, handle, model_config):
             raise ModelFileError(f"{path}: a weights-only Keras file; give its architecture JSON as well "
                                  "(--model-config, or model_config=)")
         raise ModelFileError(f"{path}: not a Keras model file (no model_config and no layer weights)")
+    if isinstance(text, str) and not valid_text(text):
+        try:
+            # h5py hands back bytes that are not UTF-8 as surrogates; as bytes, the layer holding them is found
+            text = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            pass
     if not isinstance(text, (str, bytes)):
         raise damaged(path, "the model config", f"attribute 'model_config' is {describe_value(text)}, "
                                                 "expected JSON text")
