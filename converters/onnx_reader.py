@@ -49,6 +49,7 @@ class ReadContext:
         self.alias = {}
         self.nodes = []
         self.node_names = set()
+        self.suffixes = {}
         self.materialized = {}
         self.declared_batch = None
         self.current = None
@@ -114,7 +115,13 @@ class ReadContext:
 
     # -- nodes -----------------------------------------------------------------------------
     def free_name(self, base):
-        return free_name(base, self.node_names)
+        """lrptool.graph.free_name's answer, remembering the last suffix per base: thousands of nodes of one
+        name (a few bytes each in a file) would otherwise take quadratic time."""
+        if base not in self.node_names:
+            return base
+        name = free_name(base, self.node_names, start=self.suffixes.get(base, 2))
+        self.suffixes[base] = int(name.rsplit("_", 1)[1])
+        return name
 
     def unique_name(self, base):
         name = self.free_name(base)
@@ -229,14 +236,7 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
             broken.update(node.output)
     if unsupported:
         raise UnsupportedModelError(source, unsupported)
-    taken = {o.name for o in model.graph.output if ctx.resolve(o.name) == o.name}
-    outputs = []
-    for output in model.graph.output:
-        with reading_at(f"graph output {output.name!r}"):
-            try:
-                outputs.append(finish_output(ctx, output.name, taken))
-            except Unsupported as problem:
-                raise refuse(source, f"graph output {output.name!r}", str(problem)) from None
+    outputs = finish_outputs(ctx, [o.name for o in model.graph.output])
     return Graph(inputs, ctx.nodes, outputs, name=model.graph.name or os.path.basename(str(source)))
 
 
@@ -281,19 +281,35 @@ def convert_node(ctx, node, broken):
     return None
 
 
-def finish_output(ctx, name, taken):
-    """Give the ONNX output name to the IR tensor when a node makes it (Identity/Dropout were dropped)."""
-    target = ctx.resolve(name)
-    if target not in ctx.shapes:
-        target = ctx.tensor(target)
+def finish_outputs(ctx, names):
+    """The IR tensors of the graph outputs; an output name goes to the IR tensor a node makes where an
+    Identity/Dropout in between was dropped. Renames are applied in one pass (a file can list thousands)."""
+    taken = {name for name in names if ctx.resolve(name) == name}
     produced = {t for node in ctx.nodes for t in node.outputs}
-    if target != name and target in produced and target not in taken:
+    renamed, outputs = {}, []
+    for name in names:
+        with reading_at(f"graph output {name!r}"):
+            target = ctx.resolve(name)
+            if target in renamed:
+                outputs.append(renamed[target])
+                continue
+            if target not in ctx.shapes:
+                made = len(ctx.nodes)
+                try:
+                    target = ctx.tensor(target)
+                except Unsupported as problem:
+                    raise refuse(ctx.source, f"graph output {name!r}", str(problem)) from None
+                produced.update(t for node in ctx.nodes[made:] for t in node.outputs)
+            if target != name and target in produced and target not in taken:
+                renamed[target] = name
+                ctx.shapes[name] = ctx.shapes.pop(target)
+                target = name
+            outputs.append(target)
+    if renamed:
         for node in ctx.nodes:
-            node.inputs = [name if t == target else t for t in node.inputs]
-            node.outputs = [name if t == target else t for t in node.outputs]
-        ctx.shapes[name] = ctx.shapes.pop(target)
-        return name
-    return target
+            node.inputs = [renamed.get(t, t) for t in node.inputs]
+            node.outputs = [renamed.get(t, t) for t in node.outputs]
+    return outputs
 
 
 def read_onnx(model_or_path, bind=None, input_size=None):

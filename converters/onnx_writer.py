@@ -47,6 +47,7 @@ class OnnxBuilder:
         self.nodes = []
         self.initializers = []
         self.names = set()
+        self.suffixes = {}
         self.external = {} if external else None
 
     def initializer(self, name, array):
@@ -57,7 +58,10 @@ class OnnxBuilder:
             self.initializers.append(numpy_helper.from_array(array, name))
 
     def unique(self, base):
-        name = free_name(base, self.names)
+        # the last suffix per base is remembered: a graph may repeat one output name thousands of times
+        name = free_name(base, self.names, start=self.suffixes.get(base, 2))
+        if name != base:
+            self.suffixes[base] = int(name.rsplit("_", 1)[1])
         self.names.add(name)
         return name
 
@@ -282,12 +286,13 @@ def graph_to_onnx(graph, expose=(), external=None):
             raise LrpToolError(f"{where}: {error}") from None
         except Exception as error:  # noqa: BLE001 - an IR node the writer did not foresee is named, not a traceback
             raise LrpToolError(f"{where}: cannot be written as ONNX: {describe(error)}") from None
-    outputs = []
+    outputs, written = [], set()
     for name in graph.outputs:
-        if name in graph.inputs or name in [o.name for o in outputs]:
+        if name in graph.inputs or name in written:
             copy = b.unique(f"{name}_output")
             b.node("Identity", [name], [copy], f"{name}/identity")
             name = copy
+        written.add(name)
         outputs.append(value_info(name, graph.shapes[graph.outputs[len(outputs)]]))
     listed = set(graph.outputs) | set(graph.inputs)
     outputs += [value_info(name, graph.shapes[name]) for name in expose if name not in listed]

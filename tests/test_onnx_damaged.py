@@ -138,6 +138,21 @@ def test_names_that_break_messages(lrptool, tmp_path, name, problem):
     assert len(line) < 400
 
 
+def test_thousands_of_nodes_and_outputs_of_one_name_read_in_linear_time(lrptool, tmp_path):
+    import time
+
+    count = 20000
+    nodes = [helper.make_node("Relu", ["x" if i == 0 else f"t{i - 1}"], [f"t{i}"], name="n") for i in range(count)]
+    outputs = [helper.make_tensor_value_info(f"t{i}", TensorProto.FLOAT, None) for i in range(count)]
+    outputs += [helper.make_tensor_value_info("t0", TensorProto.FLOAT, None)] * count
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])], outputs)
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path)
+    started = time.monotonic()
+    code, _, lines = lrptool("convert", path, "-o", tmp_path / "out.onnx")
+    assert code == 0, lines
+    assert time.monotonic() - started < 20       # quadratic name lookups took minutes
+
+
 def test_an_empty_operator_type(lrptool, tmp_path):
     model = conv_model()
     model.graph.node[1].op_type = ""
