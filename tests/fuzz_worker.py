@@ -38,7 +38,9 @@ def run_one(request, scratch):
         os.dup2(stream.fileno(), fd)
     sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding="utf-8")
     sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8", write_through=True)
-    sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), encoding="utf-8", write_through=True)
+    # as the real stderr does, a name that is not UTF-8 is printed escaped
+    sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                  write_through=True)
     escaped = None
     code = None
     cwd = os.getcwd()
