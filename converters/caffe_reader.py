@@ -231,7 +231,7 @@ class CaffeContext:
         """An error in the stored blobs of ``lp``, naming the file they come from."""
         source = self.weights_path if self.weights is not None else self.source
         return GraphError(f"{source}: {self.where(lp)}: {message}; check that the weights belong to this "
-                              "prototxt (or re-save them with Caffe)")
+                          "prototxt (or re-save them with Caffe)")
 
     def float32(self, lp, values, what):
         return to_float32(values, lambda message: self.weights_problem(lp, f"{what} {message}"))
