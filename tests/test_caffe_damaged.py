@@ -49,7 +49,8 @@ def inspect(worker, folder, layers, *options, header=INPUT):
 
 def conv(name="conv", bottom="data", top="conv", **settings):
     body = " ".join(f"{key}: {value}" for key, value in {"num_output": 4, "kernel_size": 3, **settings}.items())
-    return f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{top}" convolution_param {{ {body} }} }}\n'
+    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{top}" '
+            f'convolution_param {{ {body} }} }}\n')
 
 
 # ------------------------------------------------------------------------------ prototxt structure
@@ -137,7 +138,8 @@ def test_pooling_settings(worker, tmp_path, settings, problem):
     ("dim: 0 dim: 7", "cannot reshape"),
 ])
 def test_reshape_dimensions(worker, tmp_path, dims, problem):
-    layers = f'layer {{ name: "shape" type: "Reshape" bottom: "data" top: "shape" reshape_param {{ shape {{ {dims} }} }} }}\n'
+    layers = (f'layer {{ name: "shape" type: "Reshape" bottom: "data" top: "shape" '
+              f'reshape_param {{ shape {{ {dims} }} }} }}\n')
     outcome, path = inspect(worker, tmp_path, layers)
     one_line_error(outcome, path, "layer 'shape' (Reshape)", problem)
 
