@@ -178,6 +178,7 @@ def build_preprocessing(model, graph, preprocess_preset, config, size, resize, c
         problem = given and regular_file_problem(given)
         if problem:
             raise LrpToolError(f"{given}: {problem}; give the {option} file")
+    input_shape = next(iter(graph.inputs.values()))
     if mean_file:
         from converters.caffe_reader import read_mean_file
         from converters.reading import reading_file
@@ -186,9 +187,10 @@ def build_preprocessing(model, graph, preprocess_preset, config, size, resize, c
             values = [float(v) for v in read_mean_file(mean_file)]
         if not all(math.isfinite(v) for v in values):
             raise LrpToolError(f"{mean_file}: the mean file holds NaN or infinite values")
+        taken = input_shape[1] if len(input_shape) > 1 else None
+        if taken is not None and len(values) not in (1, taken):
+            raise LrpToolError(f"{mean_file}: the mean file has {len(values)} channels but the model takes {taken}")
         mean = ",".join(repr(v) for v in values)
-
-    input_shape = next(iter(graph.inputs.values()))
     if config is None and os.path.isfile(model + ".json"):
         config = model + ".json"
     return preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
