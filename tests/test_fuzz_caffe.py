@@ -27,26 +27,13 @@ from PIL import Image
 from conftest import SHARED_MODELS
 from converters import caffe_proto as cp
 from fuzz_support import MUTANTS, SEED, CliWorker, assert_clean, is_usage_error, mutate_bytes, stderr_lines
+from test_caffe_reader import add_layer
 
 # A small budget keeps a mutant that asks for gigabytes of random weights quick to refuse.
 WORKER_ENV = {"LRPTOOL_MEMORY_BUDGET": "256M"}
 
 
 # ------------------------------------------------------------------------------ seed models
-
-def _layer(net, name, kind, bottoms, tops, **params):
-    lp = net.layer.add(name=name, type=kind)
-    lp.bottom.extend(bottoms)
-    lp.top.extend(tops)
-    for field, values in params.items():
-        sub = getattr(lp, field)
-        for key, value in values.items():
-            if isinstance(value, (list, tuple)):
-                getattr(sub, key).extend(value)
-            else:
-                setattr(sub, key, value)
-    return lp
-
 
 def _blob(lp, array, legacy=False):
     blob = lp.blobs.add()
@@ -61,48 +48,48 @@ def _blob(lp, array, legacy=False):
 def seed_network(rng):
     """A net that touches most layer converters, with every blob filled: input (1, 3, 8, 8)."""
     net = cp.NetParameter(name="seed")
-    data = _layer(net, "data", "Input", [], ["data"])
+    data = add_layer(net, "data", "Input", [], ["data"])
     data.input_param.shape.add().dim.extend([1, 3, 8, 8])
-    conv = _layer(net, "conv1", "Convolution", ["data"], ["conv1"],
+    conv = add_layer(net, "conv1", "Convolution", ["data"], ["conv1"],
                   convolution_param=dict(num_output=4, kernel_size=[3], pad=[1]))
     _blob(conv, rng.standard_normal((4, 3, 3, 3)))
     _blob(conv, rng.standard_normal(4))
-    bn = _layer(net, "bn1", "BatchNorm", ["conv1"], ["conv1"])
+    bn = add_layer(net, "bn1", "BatchNorm", ["conv1"], ["conv1"])
     for array in (rng.standard_normal(4), rng.uniform(0.5, 2, 4), [1.0]):
         _blob(bn, array)
-    scale = _layer(net, "scale1", "Scale", ["conv1"], ["conv1"], scale_param=dict(bias_term=True))
+    scale = add_layer(net, "scale1", "Scale", ["conv1"], ["conv1"], scale_param=dict(bias_term=True))
     _blob(scale, rng.uniform(0.5, 2, 4))
     _blob(scale, rng.standard_normal(4))
-    _layer(net, "relu1", "ReLU", ["conv1"], ["conv1"])
-    _layer(net, "pool1", "Pooling", ["conv1"], ["pool1"], pooling_param=dict(pool=0, kernel_size=2, stride=2))
-    conv2 = _layer(net, "conv2", "Convolution", ["pool1"], ["conv2"],
+    add_layer(net, "relu1", "ReLU", ["conv1"], ["conv1"])
+    add_layer(net, "pool1", "Pooling", ["conv1"], ["pool1"], pooling_param=dict(pool=0, kernel_size=2, stride=2))
+    conv2 = add_layer(net, "conv2", "Convolution", ["pool1"], ["conv2"],
                    convolution_param=dict(num_output=4, kernel_size=[1], group=2))
     _blob(conv2, rng.standard_normal((4, 2, 1, 1)))
     _blob(conv2, rng.standard_normal(4))
-    prelu = _layer(net, "prelu2", "PReLU", ["conv2"], ["conv2"])
+    prelu = add_layer(net, "prelu2", "PReLU", ["conv2"], ["conv2"])
     _blob(prelu, rng.uniform(0, 0.5, 4))
-    _layer(net, "sum", "Eltwise", ["pool1", "conv2"], ["sum"], eltwise_param=dict(operation=1, coeff=[1.0, 0.5]))
-    _layer(net, "split", "Slice", ["sum"], ["a", "b"], slice_param=dict(axis=1, slice_point=[1]))
-    _layer(net, "join", "Concat", ["b", "a"], ["join"], concat_param=dict(axis=1))
-    _layer(net, "norm", "LRN", ["join"], ["norm"], lrn_param=dict(local_size=3, alpha=1e-4, beta=0.75))
-    _layer(net, "drop", "Dropout", ["norm"], ["norm"])
-    deconv = _layer(net, "up", "Deconvolution", ["norm"], ["up"],
+    add_layer(net, "sum", "Eltwise", ["pool1", "conv2"], ["sum"], eltwise_param=dict(operation=1, coeff=[1.0, 0.5]))
+    add_layer(net, "split", "Slice", ["sum"], ["a", "b"], slice_param=dict(axis=1, slice_point=[1]))
+    add_layer(net, "join", "Concat", ["b", "a"], ["join"], concat_param=dict(axis=1))
+    add_layer(net, "norm", "LRN", ["join"], ["norm"], lrn_param=dict(local_size=3, alpha=1e-4, beta=0.75))
+    add_layer(net, "drop", "Dropout", ["norm"], ["norm"])
+    deconv = add_layer(net, "up", "Deconvolution", ["norm"], ["up"],
                     convolution_param=dict(num_output=2, kernel_size=[2], stride=[2]))
     _blob(deconv, rng.standard_normal((4, 2, 2, 2)))
     _blob(deconv, rng.standard_normal(2))
-    _layer(net, "pool2", "Pooling", ["up"], ["pool2"], pooling_param=dict(pool=1, kernel_size=3, stride=2, pad=1))
-    _layer(net, "flat", "Flatten", ["pool2"], ["flat"])
-    ip = _layer(net, "ip1", "InnerProduct", ["flat"], ["ip1"], inner_product_param=dict(num_output=6))
+    add_layer(net, "pool2", "Pooling", ["up"], ["pool2"], pooling_param=dict(pool=1, kernel_size=3, stride=2, pad=1))
+    add_layer(net, "flat", "Flatten", ["pool2"], ["flat"])
+    ip = add_layer(net, "ip1", "InnerProduct", ["flat"], ["ip1"], inner_product_param=dict(num_output=6))
     _blob(ip, rng.standard_normal((6, 50)))
     _blob(ip, rng.standard_normal(6))
-    _layer(net, "tanh", "TanH", ["ip1"], ["ip1"])
-    shape = _layer(net, "shape", "Reshape", ["ip1"], ["shaped"])
+    add_layer(net, "tanh", "TanH", ["ip1"], ["ip1"])
+    shape = add_layer(net, "shape", "Reshape", ["ip1"], ["shaped"])
     shape.reshape_param.shape.dim.extend([0, 2, -1])
-    _layer(net, "flat2", "Flatten", ["shaped"], ["flat2"])
-    ip2 = _layer(net, "ip2", "InnerProduct", ["flat2"], ["ip2"], inner_product_param=dict(num_output=3))
+    add_layer(net, "flat2", "Flatten", ["shaped"], ["flat2"])
+    ip2 = add_layer(net, "ip2", "InnerProduct", ["flat2"], ["ip2"], inner_product_param=dict(num_output=3))
     _blob(ip2, rng.standard_normal((3, 6)))
     _blob(ip2, rng.standard_normal(3))
-    _layer(net, "prob", "Softmax", ["ip2"], ["prob"])
+    add_layer(net, "prob", "Softmax", ["ip2"], ["prob"])
     return net
 
 
