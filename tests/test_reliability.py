@@ -296,3 +296,18 @@ def test_a_fifo_given_as_model_or_option_file_is_refused_without_waiting(worker,
                  ["explain", model, images, "-o", tmp_path / "out", "--config", fifo],
                  ["evaluate", model, images, "-o", tmp_path / "ev", "--mean-file", fifo]):
         one_line_error(worker.run(argv, timeout=30), "not a regular file")
+
+
+def test_a_write_error_names_the_image_and_the_run_goes_on(worker, tmp_path, model):
+    rng = np.random.default_rng(5)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.fromarray(digit(rng), "L").save(tmp_path / "in" / "top.png")
+    Image.fromarray(digit(rng), "L").save(tmp_path / "in" / "sub" / "inner.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where the folder for sub/ would go")
+    outcome = worker.run(["explain", model, tmp_path / "in", "-o", out, "--format", "npy"])
+    assert outcome.kind == "ok" and outcome.code == 1, outcome.describe()
+    (problem,) = [line for line in lines(outcome.stderr) if "skipped" in line]
+    assert "inner.png" in problem and "cannot write" in problem and ".lrptool-part" not in problem
+    assert (out / "top.png.npy").is_file()
