@@ -219,7 +219,7 @@ def test_float32_onnxruntime_path_agrees_with_the_float64_numpy_path(architectur
     error = np.linalg.norm(result.relevance - exact.relevance) / np.linalg.norm(exact.relevance)
     assert error < 1e-4, error
     numpy_only = Explainer(graph, method, dtype=np.float32, forward_backend="lrptool", **options)
-    numpy_only.walk.cache.sessions = None
+    numpy_only.walk.ops.cache.sessions = None
     other = numpy_only.explain(x, target=exact.targets)
     assert np.linalg.norm(other.relevance - exact.relevance) / np.linalg.norm(exact.relevance) < 1e-4
 

@@ -6,15 +6,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LrpToolError
-from ..graph import Node, normalize_node
 from .forward import RecordingForward
-from .linear_ops import ADAPTERS, ParamCache, linear_adapter
+from .numpy_ops import NumpyOps
 from .presets import assign_rules
-from .routing import (ACTIVATIONS, DATA_MOVEMENT, gradient_of, max_winners, max_winners_elementwise, move_back,
-                      multiplicative_routing, proportional_split, refuse)
-from .rules import PassRule, norm_rule
-
-PASS_THROUGH = ACTIVATIONS | {"LRN"}
+from .reverse import RULE_OPERATORS, multiplicative_routing, reverse_of
+from .rules import PassRule
 
 
 @dataclass
@@ -53,9 +49,10 @@ def check_routable(graph, rule_map=None):
     problems = []
     for node in graph.nodes:
         try:
-            if node.op in ("Softmax", "LogSoftmax"):
-                refuse(node, "a softmax inside the network has no relevance routing")
-            if node.op in ("Mul", "Div"):
+            entry = reverse_of(node)
+            if entry.kind == "refuse":
+                entry.relevance(None, node, [], [], [])
+            if entry.kind == "gate":
                 multiplicative_routing(node, producers)
         except LrpToolError as error:
             problems.append(str(error))
@@ -84,12 +81,12 @@ class ReverseWalk:
         self.keep_layers = keep_layers
         self.forward_backend = forward_backend
         self.recorder = None
-        self.cache = ParamCache(use_onnxruntime=primitives == "onnxruntime")
+        self.ops = NumpyOps(self.dtype, primitives)
         self.producers = graph.producers()
         if mode == "lrp":
             check_routable(graph)
             for node in graph.nodes:
-                if node.op in ADAPTERS and node.name not in self.rules:
+                if node.op in RULE_OPERATORS and node.name not in self.rules:
                     raise LrpToolError(f"node {node.name!r} ({node.op}): no rule assigned")
 
     def needed_tensors(self):
@@ -98,13 +95,16 @@ class ReverseWalk:
             return None
         needed = set(self.graph.outputs)
         for node in self.graph.nodes:
-            if node.op in ADAPTERS:
-                needed.add(node.inputs[0])
-                if self.rules[node.name].needs_output:
-                    needed.update(node.outputs)
-            elif node.op in ("MaxPool", "GlobalMaxPool", "Add", "Sum", "Sub", "Max"):
-                needed.update(node.inputs)
+            entry = reverse_of(node)
+            if "inputs" in entry.reads:
+                needed.update(node.inputs[:1] if entry.kind == "rule" else node.inputs)
+            if entry.kind == "rule" and self.rules[node.name].needs_output:
+                needed.update(node.outputs)
         return needed
+
+    def shape_of(self, tensor, value):
+        """The shape of a tensor's value (with its batch size)."""
+        return value.shape
 
     def forward(self, x):
         if self.recorder is None:
@@ -113,105 +113,51 @@ class ReverseWalk:
 
     def run(self, values, start):
         """Walk back from ``start`` ({tensor: array}); returns ({tensor: relevance}, Conservation)."""
+        ops = self.ops
         pending = dict(start)
         layers = {}
         input_names = set(self.graph.inputs)
-        report = Conservation(start=float(sum(np.sum(v) for v in start.values())), input=0.0)
+        report = Conservation(start=float(sum(ops.total(v) for v in start.values())), input=0.0)
         for node in reversed(self.graph.nodes):
             incoming = [pending.pop(t, None) for t in node.outputs]
             if all(r is None for r in incoming):
                 continue
-            incoming = [np.zeros_like(values[t]) if r is None else r for t, r in zip(node.outputs, incoming)]
+            incoming = [ops.zeros_like(values[t]) if r is None else r for t, r in zip(node.outputs, incoming)]
             if self.keep_layers:
                 for t, r in zip(node.outputs, incoming):
                     layers[t] = r
             inputs = [values[t] for t in node.inputs]
-            outgoing = self.route(node, inputs, [values[t] for t in node.outputs], incoming)
+            entry = reverse_of(node)
+            step = entry.gradient if self.mode == "gradient" else entry.relevance
+            outgoing = step(self, node, inputs, [values[t] for t in node.outputs], incoming)
             total_in = 0.0
             for tensor, relevance in zip(node.inputs, outgoing):
                 if relevance is None:
                     continue
-                relevance = np.asarray(relevance, dtype=self.dtype)
-                total_in += float(np.sum(relevance))
-                pending[tensor] = relevance if tensor not in pending else pending[tensor] + relevance
+                relevance = ops.cast(relevance)
+                total_in += ops.total(relevance)
+                pending[tensor] = relevance if tensor not in pending else ops.add(pending[tensor], relevance)
             rule = self.rules.get(node.name)
-            report.nodes.append(NodeReport(node.name, node.op, float(sum(np.sum(r) for r in incoming)), total_in,
-                                           str(rule) if rule is not None and node.op in ADAPTERS else ""))
-        result = {name: pending.get(name, np.zeros_like(values[name])) for name in input_names}
+            report.nodes.append(NodeReport(node.name, node.op, float(sum(ops.total(r) for r in incoming)), total_in,
+                                           str(rule) if rule is not None and entry.kind == "rule" else ""))
+        result = {name: pending.get(name, ops.zeros_like(values[name])) for name in input_names}
         if self.keep_layers:
             layers.update(result)
-        report.input = float(sum(np.sum(r) for r in result.values()))
-        report.nonfinite = int(sum(np.count_nonzero(~np.isfinite(r)) for r in result.values()))
+        report.input = float(sum(ops.total(r) for r in result.values()))
+        report.nonfinite = int(sum(ops.nonfinite(r) for r in result.values()))
         report.nodes.reverse()
         return (layers if self.keep_layers else result), report
-
-    def route(self, node, inputs, outputs, incoming):
-        if self.mode == "gradient":
-            if node.op in ADAPTERS:
-                adapter = linear_adapter(node, self.cache, inputs[0].shape, self.dtype)
-                return [adapter.transpose(incoming[0], "w")]
-            return gradient_of(node, inputs, outputs, incoming, self.producers, self.relu_policy)
-        relevance = incoming[0]
-        op = node.op
-        if op in ADAPTERS:
-            adapter = linear_adapter(node, self.cache, inputs[0].shape, self.dtype)
-            rule = self.rules[node.name]
-            return [rule.apply(adapter, inputs[0], relevance, self.bounds_for(node), z=outputs[0])]
-        if op in PASS_THROUGH:
-            return [relevance]
-        if op in DATA_MOVEMENT:
-            return move_back(node, [i.shape for i in inputs], incoming)
-        if op in ("MaxPool", "GlobalMaxPool"):
-            if self.maxpool == "average" and op == "MaxPool":
-                return [self.maxpool_as_average(node, inputs[0], relevance)]
-            return [max_winners(node, inputs[0], relevance)]
-        if op in ("Add", "Sum"):
-            return proportional_split(node, inputs, relevance, self.stabiliser)
-        if op == "Sub":
-            return proportional_split(node, inputs, relevance, self.stabiliser, signs=[1.0, -1.0])
-        if op == "Max":
-            return max_winners_elementwise(inputs, relevance)
-        if op in ("Mul", "Div"):
-            receiver = multiplicative_routing(node, self.producers)
-            routed = [None, None]
-            routed[receiver] = relevance if inputs[receiver].shape == relevance.shape else None
-            if routed[receiver] is None:
-                refuse(node, "the signal input is broadcast; relevance cannot be routed to it")
-            return routed
-        if op == "Constant":
-            return []
-        refuse(node, "no relevance routing for this operator")
-
-    def bounds_for(self, node):
-        return self.bounds
-
-    def maxpool_as_average(self, node, x, relevance):
-        average = normalize_node(Node(node.name, "AveragePool", node.inputs, node.outputs,
-                                      dict(node.attrs, count_include_pad=False)))
-        adapter = linear_adapter(average, self.cache, x.shape, self.dtype)
-        return norm_rule(self.stabiliser).apply(adapter, x, relevance)
 
 
 def routing_description(node, rules, producers):
     """What happens to relevance at ``node``: its rule, or the fixed routing of its operator."""
     if node.name in rules:
         return str(rules[node.name])
-    if node.op in PASS_THROUGH:
-        return "pass"
-    if node.op in DATA_MOVEMENT:
-        return "moves with the data"
-    if node.op in ("MaxPool", "GlobalMaxPool"):
-        return "to the window's winner"
-    if node.op == "Max":
-        return "to the larger input"
-    if node.op in ("Add", "Sum", "Sub"):
-        return "split in proportion"
-    if node.op in ("Mul", "Div"):
+    entry = reverse_of(node)
+    if entry.kind == "gate":
         receiver = multiplicative_routing(node, producers)
         return f"all to {node.inputs[receiver]!r}"
-    if node.op == "Constant":
-        return "absorbs its share"
-    return "-"
+    return entry.describe
 
 
 def make_walk(graph, rule_map, **options):

@@ -1,9 +1,6 @@
-"""How relevance (and, for the gradient methods, the gradient) crosses the non-linear operators.
-
-Fixed policy for relevance: element-wise activations and LRN pass it through; max pooling sends
-it to each window's winner; Add/Sum/Sub split it in proportion to the contributions (stabilised);
-data-movement operators move it like the data; a multiplicative gate sends all of it to the signal.
-Every operator also has its vector-Jacobian product, used by the gradient methods.
+"""The NumPy implementations of the non-linear reverse steps: data moved back, max-pooling winners,
+activation derivatives and the vector–Jacobian products of softmax and LRN. Which operator uses
+which step is decided in one table, ``reverse.REVERSE``; ``numpy_ops.NumpyOps`` calls these.
 """
 
 import numpy as np
@@ -11,13 +8,11 @@ import numpy as np
 from .. import kernels
 from ..errors import LrpToolError
 from ..ops.pooling import channel_window_sum
-from .rules import stabilise
 
-ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
-               "Abs", "Pow", "ThresholdedRelu"}
-DATA_MOVEMENT = {"Concat", "Split", "Slice", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
-                 "Upsample"}
-GATES = {"Sigmoid", "HardSigmoid"}
+def stabilise(z, epsilon):
+    """z + ε·sign(z) with sign(0) = +1, so no denominator is zero."""
+    shift = z.dtype.type(epsilon)
+    return z + np.where(z >= 0, shift, -shift)
 
 
 def refuse(node, why):
@@ -147,78 +142,3 @@ def lrn_vjp(node, x, g):
     # channel j feeds every output i whose window holds j: the mirrored window
     back = channel_window_sum(g_scaled, size - 1 - before, size)
     return g * scale ** (-a["beta"]) - 2 * a["alpha"] * a["beta"] / size * x * back
-
-
-# -- gates ----------------------------------------------------------------------------------------
-
-def traces_to_gate(tensor, producers):
-    """True when ``tensor`` is made by a Sigmoid/HardSigmoid, possibly through data movement."""
-    node = producers.get(tensor)
-    while node is not None and node.op in DATA_MOVEMENT | {"Upsample"} and len(node.inputs) == 1:
-        node = producers.get(node.inputs[0])
-    return node is not None and node.op in GATES
-
-
-def is_constant(tensor, producers):
-    node = producers.get(tensor)
-    return node is not None and node.op == "Constant"
-
-
-def multiplicative_routing(node, producers):
-    """Index of the input that receives all relevance of a Mul (or Div by a constant)."""
-    left, right = node.inputs
-    if node.op == "Div":
-        if is_constant(right, producers):
-            return 0
-        refuse(node, "division by a computed tensor has no relevance routing")
-    constants = [is_constant(t, producers) for t in node.inputs]
-    if constants[0] != constants[1]:
-        return 1 if constants[0] else 0
-    gates = [traces_to_gate(t, producers) for t in node.inputs]
-    if gates[0] != gates[1]:
-        return 1 if gates[0] else 0
-    refuse(node, "a product of two tensors where neither (or both) is a sigmoid-type gate: "
-                 "no relevance routing; make the gate a Sigmoid/HardSigmoid output")
-
-
-def proportional_split(node, inputs, relevance, epsilon, signs=None):
-    """Add/Sum/Sub: R_i = σ_i x_i · R / stabilise(Σ σ_j x_j), summed back over broadcast axes."""
-    signs = signs or [1.0] * len(inputs)
-    total = sum(s * x for s, x in zip(signs, inputs))
-    ratio = relevance / stabilise(np.asarray(total, dtype=relevance.dtype), epsilon)
-    return [unbroadcast(s * x * ratio, x.shape) for s, x in zip(signs, inputs)]
-
-
-def gradient_of(node, inputs, outputs, grads, producers, relu_policy="gradient", maxpool=None):
-    """The vector-Jacobian product of one non-linear or data-movement node."""
-    op = node.op
-    g = grads[0]
-    x = inputs[0] if inputs else None
-    if op in DATA_MOVEMENT:
-        return move_back(node, [i.shape for i in inputs], grads)
-    if op == "Relu" and relu_policy == "guided":
-        return [g * (x > 0) * (g > 0)]
-    if op == "Relu" and relu_policy == "deconvnet":
-        return [np.maximum(g, 0)]
-    if op in ACTIVATIONS:
-        return [g * activation_derivative(node, x, outputs[0])]
-    if op in ("MaxPool", "GlobalMaxPool"):
-        return [max_winners(node, x, g)]
-    if op in ("Softmax", "LogSoftmax"):
-        return [softmax_vjp(node, outputs[0], g)]
-    if op == "LRN":
-        return [lrn_vjp(node, x, g)]
-    if op in ("Add", "Sum"):
-        return [unbroadcast(g, i.shape) for i in inputs]
-    if op == "Max":
-        return max_winners_elementwise(inputs, g)
-    if op == "Sub":
-        return [unbroadcast(g, inputs[0].shape), unbroadcast(-g, inputs[1].shape)]
-    if op == "Mul":
-        return [unbroadcast(g * inputs[1], inputs[0].shape), unbroadcast(g * inputs[0], inputs[1].shape)]
-    if op == "Div":
-        return [unbroadcast(g / inputs[1], inputs[0].shape),
-                unbroadcast(-g * inputs[0] / (inputs[1] * inputs[1]), inputs[1].shape)]
-    if op == "Constant":
-        return []
-    raise AssertionError(op)

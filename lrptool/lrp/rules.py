@@ -13,7 +13,10 @@ unmodified output. So every rule works on every linear operator.
 
 from dataclasses import dataclass, field
 
-import numpy as np
+from .numpy_ops import NumpyOps
+from .routing import stabilise  # noqa: F401  (part of the rules' vocabulary)
+
+NUMPY = NumpyOps()
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,6 @@ class Part:
     terms: tuple
     coefficient: float = 1.0
     mask: str = None     # None, "positive" or "negative": where the unmodified output z is > 0 / < 0
-
-
-def stabilise(z, epsilon):
-    """z + ε·sign(z) with sign(0) = +1, so no denominator is zero."""
-    shift = z.dtype.type(epsilon)
-    return z + np.where(z >= 0, shift, -shift)
 
 
 @dataclass
@@ -57,22 +54,23 @@ class Rule:
     def __str__(self):
         return f"{self.name}(ε={self.epsilon:g})" if self.name in ("epsilon", "norm") else self.name
 
-    def modified_input(self, x, kind, bounds):
+    def modified_input(self, x, kind, bounds, ops):
         if kind == "x":
             return x
         if kind == "pos":
-            return np.maximum(x, 0)
+            return ops.pos(x)
         if kind == "neg":
-            return np.minimum(x, 0)
+            return ops.neg(x)
         if kind == "ones":
-            return np.ones_like(x)
+            return ops.ones_like(x)
         if bounds is None:
             raise ValueError(f"rule {self.name} needs input bounds")
         low, high = bounds
-        return np.broadcast_to(np.asarray(low if kind == "low" else high, dtype=x.dtype), x.shape)
+        return ops.bound(low if kind == "low" else high, x)
 
-    def apply(self, adapter, x, relevance, bounds=None, z=None):
-        """Input relevance of one linear node. ``z`` is the node's recorded output, when it is known."""
+    def apply(self, adapter, x, relevance, bounds=None, z=None, ops=NUMPY):
+        """Input relevance of one linear node. ``z`` is the node's recorded output, when it is known;
+        ``ops`` the tensor backend (eager NumPy, or ONNX emission)."""
         total = None
         needs_output = any(part.mask for part in self.parts)
         if needs_output and z is None:
@@ -82,26 +80,29 @@ class Rule:
             denominator = None
             live = []
             for term in part.terms:
-                x_t = inputs.setdefault(term.inputs, self.modified_input(x, term.inputs, bounds))
-                if term.bias is None and term.inputs in ("pos", "neg") and not x_t.any():
+                if term.inputs not in inputs:
+                    inputs[term.inputs] = self.modified_input(x, term.inputs, bounds, ops)
+                x_t = inputs[term.inputs]
+                if term.bias is None and term.inputs in ("pos", "neg") and ops.is_zero(x_t):
                     continue  # x⁻ after a ReLU is all zeros: the term adds nothing
                 live.append(term)
                 z_t = self.term_output(adapter, term, x_t, x, z)
-                denominator = term.sign * z_t if denominator is None else denominator + term.sign * z_t
+                signed = z_t if term.sign == 1.0 else ops.scale(z_t, term.sign)
+                denominator = signed if denominator is None else ops.add(denominator, signed)
             if denominator is None:
                 continue
-            s = relevance / stabilise(denominator, self.epsilon)
-            if part.mask == "positive":
-                s = s * (z > 0)
-            elif part.mask == "negative":
-                s = s * (z < 0)
+            s = ops.div(relevance, ops.stabilise(denominator, self.epsilon))
+            if part.mask:
+                s = ops.mask(s, z, positive=part.mask == "positive")
             for term in live:
                 contribution = adapter.transpose(s, term.weights, self.gamma)
                 if term.inputs != "ones":
-                    contribution = contribution * inputs[term.inputs]
-                contribution = contribution * (term.sign * part.coefficient)
-                total = contribution if total is None else total + contribution
-        return np.zeros_like(x) if total is None else total
+                    contribution = ops.mul(contribution, inputs[term.inputs])
+                factor = term.sign * part.coefficient
+                if factor != 1.0:
+                    contribution = ops.scale(contribution, factor)
+                total = contribution if total is None else ops.add(total, contribution)
+        return ops.zeros_like(x) if total is None else total
 
     def term_output(self, adapter, term, x_t, x, z):
         # the plain term reuses the output recorded by the forward pass
@@ -162,7 +163,7 @@ class PassRule(Rule):
     def __init__(self):
         super().__init__("pass", ())
 
-    def apply(self, adapter, x, relevance, bounds=None, z=None):
+    def apply(self, adapter, x, relevance, bounds=None, z=None, ops=NUMPY):
         return relevance
 
 

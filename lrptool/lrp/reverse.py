@@ -1,0 +1,214 @@
+"""The reverse behaviour of every IR operator, in one table: how relevance crosses it and its
+vector–Jacobian product (for the gradient methods).
+
+Each entry is written once against a tensor backend (``walk.ops``): ``NumpyOps`` runs it eagerly,
+``OnnxOps`` emits it as ONNX nodes for the compiled explainer. ``kind`` says what relevance does:
+
+* ``rule`` — a linear operator; the LRP rule assigned to the node decides (``rules.Rule``);
+* ``pass`` — element-wise activations and LRN: relevance passes unchanged;
+* ``move`` — data movement: relevance moves back like the data;
+* ``winner`` — max pooling and element-wise Max: to the winning input;
+* ``split`` — Add/Sum/Sub: in proportion to each input's contribution (stabilised, no bias);
+* ``gate`` — Mul/Div: all to the signal, none to the gate or constant;
+* ``constant`` — no inputs: absorbs nothing, passes nothing;
+* ``refuse`` — no relevance routing (a softmax inside the network): refused before anything runs.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import LrpToolError
+from ..graph import Node, normalize_node
+from .routing import refuse
+from .rules import norm_rule
+
+
+@dataclass(frozen=True)
+class Reverse:
+    kind: str
+    describe: str
+    relevance: Callable      # (walk, node, inputs, outputs, incoming) -> [relevance per input or None]
+    gradient: Callable       # (walk, node, inputs, outputs, incoming) -> [gradient per input or None]
+    reads: tuple = ()        # recorded tensors the relevance pass reads: "inputs", "outputs"
+
+
+# -- relevance ---------------------------------------------------------------------------------
+
+def rule_relevance(walk, node, inputs, outputs, incoming):
+    adapter = walk.ops.adapter(node, walk.shape_of(node.inputs[0], inputs[0]))
+    rule = walk.rules[node.name]
+    return [rule.apply(adapter, inputs[0], incoming[0], walk.bounds, z=outputs[0], ops=walk.ops)]
+
+
+def passes(walk, node, inputs, outputs, incoming):
+    return [incoming[0]]
+
+
+def moves(walk, node, inputs, outputs, incoming):
+    shapes = [walk.shape_of(name, value) for name, value in zip(node.inputs, inputs)]
+    return walk.ops.move_back(node, shapes, incoming)
+
+
+def max_pool_relevance(walk, node, inputs, outputs, incoming):
+    if walk.maxpool == "average" and node.op == "MaxPool":
+        average = normalize_node(Node(node.name, "AveragePool", node.inputs, node.outputs,
+                                      dict(node.attrs, count_include_pad=False)))
+        adapter = walk.ops.adapter(average, walk.shape_of(node.inputs[0], inputs[0]))
+        return [norm_rule(walk.stabiliser).apply(adapter, inputs[0], incoming[0], ops=walk.ops)]
+    return [walk.ops.max_route(node, inputs[0], incoming[0])]
+
+
+def max_route(walk, node, inputs, outputs, incoming):
+    return [walk.ops.max_route(node, inputs[0], incoming[0])]
+
+
+def max_elementwise(walk, node, inputs, outputs, incoming):
+    return walk.ops.max_elementwise(inputs, incoming[0])
+
+
+def proportional(signs):
+    """R_i = σ_i x_i · R / stabilise(Σ σ_j x_j), summed back over broadcast axes."""
+    def split(walk, node, inputs, outputs, incoming):
+        ops = walk.ops
+        factors = signs or [1.0] * len(inputs)
+        signed = [x if s == 1.0 else ops.scale(x, s) for s, x in zip(factors, inputs)]
+        total = signed[0]
+        for term in signed[1:]:
+            total = ops.add(total, term)
+        ratio = ops.div(incoming[0], ops.stabilise(total, walk.stabiliser))
+        return [ops.unbroadcast(ops.mul(term, ratio), walk.shape_of(name, x))
+                for term, name, x in zip(signed, node.inputs, inputs)]
+    return split
+
+
+def gate_relevance(walk, node, inputs, outputs, incoming):
+    receiver = multiplicative_routing(node, walk.producers)
+    if walk.graph.shapes[node.inputs[receiver]] != walk.graph.shapes[node.outputs[0]]:
+        refuse(node, "the signal input is broadcast; relevance cannot be routed to it")
+    routed = [None, None]
+    routed[receiver] = incoming[0]
+    return routed
+
+
+def nothing(walk, node, inputs, outputs, incoming):
+    return []
+
+
+def refused(walk, node, inputs, outputs, incoming):
+    refuse(node, "a softmax inside the network has no relevance routing")
+
+
+# -- gates: which input of a product is the signal -----------------------------------------------
+
+GATES = {"Sigmoid", "HardSigmoid"}
+
+
+def traces_to_gate(tensor, producers):
+    """True when ``tensor`` is made by a Sigmoid/HardSigmoid, possibly through data movement."""
+    node = producers.get(tensor)
+    while node is not None and REVERSE[node.op].kind == "move" and len(node.inputs) == 1:
+        node = producers.get(node.inputs[0])
+    return node is not None and node.op in GATES
+
+
+def is_constant(tensor, producers):
+    node = producers.get(tensor)
+    return node is not None and node.op == "Constant"
+
+
+def multiplicative_routing(node, producers):
+    """Index of the input that receives all relevance of a Mul (or Div by a constant)."""
+    left, right = node.inputs
+    if node.op == "Div":
+        if is_constant(right, producers):
+            return 0
+        refuse(node, "division by a computed tensor has no relevance routing")
+    constants = [is_constant(t, producers) for t in node.inputs]
+    if constants[0] != constants[1]:
+        return 1 if constants[0] else 0
+    gates = [traces_to_gate(t, producers) for t in node.inputs]
+    if gates[0] != gates[1]:
+        return 1 if gates[0] else 0
+    refuse(node, "a product of two tensors where neither (or both) is a sigmoid-type gate: "
+                 "no relevance routing; make the gate a Sigmoid/HardSigmoid output")
+
+
+# -- gradients ---------------------------------------------------------------------------------
+
+def linear_gradient(walk, node, inputs, outputs, incoming):
+    adapter = walk.ops.adapter(node, walk.shape_of(node.inputs[0], inputs[0]))
+    return [adapter.transpose(incoming[0], "w")]
+
+
+def activation_gradient(walk, node, inputs, outputs, incoming):
+    return [walk.ops.activation_vjp(node, inputs[0], outputs[0], incoming[0], walk.relu_policy)]
+
+
+def lrn_gradient(walk, node, inputs, outputs, incoming):
+    return [walk.ops.lrn_vjp(node, inputs[0], incoming[0])]
+
+
+def softmax_gradient(walk, node, inputs, outputs, incoming):
+    return [walk.ops.softmax_vjp(node, outputs[0], incoming[0])]
+
+
+def sum_gradient(walk, node, inputs, outputs, incoming):
+    return [walk.ops.unbroadcast(incoming[0], walk.shape_of(name, x)) for name, x in zip(node.inputs, inputs)]
+
+
+def sub_gradient(walk, node, inputs, outputs, incoming):
+    ops, g = walk.ops, incoming[0]
+    return [ops.unbroadcast(g, walk.shape_of(node.inputs[0], inputs[0])),
+            ops.unbroadcast(ops.scale(g, -1.0), walk.shape_of(node.inputs[1], inputs[1]))]
+
+
+def mul_gradient(walk, node, inputs, outputs, incoming):
+    ops, g = walk.ops, incoming[0]
+    a, b = inputs
+    return [ops.unbroadcast(ops.mul(g, b), walk.shape_of(node.inputs[0], a)),
+            ops.unbroadcast(ops.mul(g, a), walk.shape_of(node.inputs[1], b))]
+
+
+def div_gradient(walk, node, inputs, outputs, incoming):
+    ops, g = walk.ops, incoming[0]
+    a, b = inputs
+    return [ops.unbroadcast(ops.div(g, b), walk.shape_of(node.inputs[0], a)),
+            ops.unbroadcast(ops.scale(ops.div(ops.mul(g, a), ops.mul(b, b)), -1.0), walk.shape_of(node.inputs[1], b))]
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+LINEAR = Reverse("rule", "its LRP rule", rule_relevance, linear_gradient, ("inputs",))
+ACTIVATION = Reverse("pass", "pass", passes, activation_gradient)
+MOVEMENT = Reverse("move", "moves with the data", moves, moves)
+
+REVERSE = {
+    **{op: LINEAR for op in ("Conv", "ConvTranspose", "Dense", "BatchNorm", "Scale", "Bias", "AveragePool",
+                             "GlobalAveragePool", "ReduceMean")},
+    **{op: ACTIVATION for op in ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid",
+                                 "HardSwish", "Clip", "Abs", "Pow", "ThresholdedRelu")},
+    "LRN": Reverse("pass", "pass", passes, lrn_gradient),
+    **{op: MOVEMENT for op in ("Concat", "Split", "Slice", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+                               "Pad", "Upsample")},
+    "MaxPool": Reverse("winner", "to the window's winner", max_pool_relevance, max_route, ("inputs",)),
+    "GlobalMaxPool": Reverse("winner", "to the window's winner", max_route, max_route, ("inputs",)),
+    "Max": Reverse("winner", "to the larger input", max_elementwise, max_elementwise, ("inputs",)),
+    "Add": Reverse("split", "split in proportion", proportional(None), sum_gradient, ("inputs",)),
+    "Sum": Reverse("split", "split in proportion", proportional(None), sum_gradient, ("inputs",)),
+    "Sub": Reverse("split", "split in proportion", proportional([1.0, -1.0]), sub_gradient, ("inputs",)),
+    "Mul": Reverse("gate", "all to the signal", gate_relevance, mul_gradient),
+    "Div": Reverse("gate", "all to the signal", gate_relevance, div_gradient),
+    "Softmax": Reverse("refuse", "-", refused, softmax_gradient),
+    "LogSoftmax": Reverse("refuse", "-", refused, softmax_gradient),
+    "Constant": Reverse("constant", "absorbs its share", nothing, nothing),
+}
+
+#: Operators that take an LRP rule.
+RULE_OPERATORS = frozenset(op for op, entry in REVERSE.items() if entry.kind == "rule")
+
+
+def reverse_of(node):
+    entry = REVERSE.get(node.op)
+    if entry is None:
+        raise LrpToolError(f"node {node.name!r} ({node.op}): no relevance routing for this operator")
+    return entry
