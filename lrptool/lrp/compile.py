@@ -1,0 +1,143 @@
+"""The compiled explainer: the forward pass and the whole reverse walk of one method as one ONNX model.
+
+The model takes ``x`` (the input batch) and an optional int64 ``target`` (one class per sample;
+absent or −1: the predicted class) and gives ``logits``, ``relevance`` (shaped like ``x``) and
+``explained_target`` (the class explained per sample; ONNX cannot give an output the name of an
+input). It runs in a stock ``onnxruntime.InferenceSession`` on
+any execution provider, with nothing of lrptool installed. The reverse walk is the eager one
+(``engine.ReverseWalk``) run on ``onnx_ops.OnnxOps``: one rule recipe and one reverse entry per
+operator serve both.
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..errors import LrpToolError
+from .canonize import canonize
+from .engine import ReverseWalk
+from .onnx_ops import Emitter, OnnxOps, Sym
+from .presets import assign_rules, rule_map_from_spec
+from .reverse import reverse_of
+
+#: Gradient methods with a compiled form; SmoothGrad and integrated gradients run the compiled
+#: gradient in batches, random needs no graph.
+COMPILED_GRADIENTS = {"gradient": "gradient", "sensitivity": "gradient", "gradient-x-input": "gradient",
+                      "guided-backprop": "guided", "deconvnet": "deconvnet", "smoothgrad": "gradient",
+                      "integrated-gradients": "gradient"}
+NONNEGATIVE_OUTPUT = {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs"}
+KEEPS_SIGN = {"MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "LRN", "Add", "Sum",
+              "Mul", "Concat"}
+
+
+def nonnegative_tensors(graph):
+    """Tensors that cannot be below zero, from the graph alone: what the x⁻ terms of a rule may skip."""
+    known = set()
+    for node in graph.nodes:
+        op, a = node.op, node.attrs
+        if op in NONNEGATIVE_OUTPUT or (op == "Clip" and a["min"] >= 0) or (op == "ThresholdedRelu" and a["alpha"] >= 0):
+            positive = True
+        elif op == "Max":
+            positive = any(t in known for t in node.inputs)
+        elif op == "Pad":
+            positive = node.inputs[0] in known and a["value"] >= 0
+        elif op in KEEPS_SIGN or reverse_of(node).kind == "move":
+            positive = bool(node.inputs) and all(t in known for t in node.inputs)
+        else:
+            positive = False
+        if positive:
+            known.update(node.outputs)
+    return known
+
+
+def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=None, node_sums=False, epsilon=1e-6,
+                      stabiliser=1e-6, gamma=0.25, maxpool="winner", start=None, input_name="x"):
+    """The ONNX model explaining ``graph`` with ``method`` (an LRP preset or rule map, or a gradient
+    method). ``target``: the class explained when the caller gives none (default: the prediction).
+    ``node_sums``: also output each tensor's relevance summed per sample (``relevance_sum/NAME``)."""
+    from converters.onnx_writer import graph_to_onnx
+
+    canonical, _ = canonize(graph)
+    if len(canonical.inputs) != 1 or len(canonical.outputs) != 1:
+        raise LrpToolError(f"the model has {len(canonical.inputs)} inputs and {len(canonical.outputs)} outputs; "
+                           "the compiled explainer takes one of each")
+    gradient = method in COMPILED_GRADIENTS
+    if not gradient and method == "random":
+        raise LrpToolError("the random baseline has no compiled form (it needs no model)")
+    if gradient:
+        walk = ReverseWalk(canonical, mode="gradient", relu_policy=COMPILED_GRADIENTS[method], dtype=np.float32,
+                           primitives="numpy", keep_layers=node_sums)
+    else:
+        rules = assign_rules(canonical, rule_map_from_spec(method, epsilon, stabiliser, gamma))
+        if any(r.name == "zbox" for r in rules.values()) and bounds is None:
+            raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
+        walk = ReverseWalk(canonical, mode="lrp", rules=rules, bounds=bounds, maxpool=maxpool, stabiliser=stabiliser,
+                           dtype=np.float32, primitives="numpy", keep_layers=node_sums)
+
+    forward = graph_to_onnx(canonical)
+    taken = {t for n in forward.graph.node for t in list(n.input) + list(n.output)}
+    taken |= {i.name for i in forward.graph.initializer} | {i.name for i in forward.graph.input}
+    taken |= {input_name, "target", "logits", "relevance", "explained_target"}
+    emit = Emitter(taken)
+    ops = OnnxOps(emit, canonical.shapes)
+    walk.ops = ops
+    positive = nonnegative_tensors(canonical)
+    values = {t: Sym(t, shape, t in positive) for t, shape in canonical.shapes.items()}
+    (source,) = canonical.inputs
+    (output,) = canonical.outputs
+    out_shape = canonical.shapes[output]
+    classes = int(np.prod(out_shape[1:]))
+
+    # the explained class: the target input where it is >= 0, else the prediction
+    flat = emit.node("Reshape", [output, emit.ints([0, -1])])
+    predicted = emit.node("ArgMax", [flat], {"axis": 1, "keepdims": 0})
+    chosen = emit.node("Where", [emit.node("Less", ["target", emit.ints([0])]), predicted, "target"])
+    chosen = emit.node("Add", [chosen, emit.node("Mul", [predicted, emit.ints([0])])])  # one entry per sample
+    one_hot = emit.node("OneHot", [chosen, emit.ints([classes]), emit.constant(np.array([0.0, 1.0]))], {"axis": -1})
+    start = start or ("one" if gradient else "value")
+    seed = one_hot if start == "one" else emit.node("Mul", [one_hot, flat])
+    seed = Sym(emit.node("Reshape", [seed, emit.node("Shape", [output])]), out_shape)
+
+    result, _ = walk.run(values, {output: seed})
+    relevance = result[source] if not node_sums else result[source]
+    if method == "sensitivity":
+        relevance = ops.mul(relevance, relevance)
+    elif method == "gradient-x-input":
+        relevance = ops.mul(relevance, values[source])
+
+    nodes = list(forward.graph.node) + emit.nodes
+    nodes.append(helper.make_node("Identity", [output], ["logits"], name="lrp/logits"))
+    nodes.append(helper.make_node("Identity", [ops.name(relevance)], ["relevance"], name="lrp/relevance"))
+    nodes.append(helper.make_node("Identity", [chosen], ["explained_target"], name="lrp/target"))
+    dims = ["batch" if d is None else int(d) for d in canonical.shapes[source]]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch"] + [int(d) for d in out_shape[1:]]),
+               helper.make_tensor_value_info("relevance", TensorProto.FLOAT, dims),
+               helper.make_tensor_value_info("explained_target", TensorProto.INT64, ["batch"])]
+    if node_sums:
+        for tensor, value in result.items():
+            if tensor == source or not isinstance(value, Sym):
+                continue
+            axes = list(range(1, len(value.shape)))
+            name = f"relevance_sum/{tensor}"
+            summed = emit.node("ReduceSum", [ops.name(value), emit.ints(axes)], {"keepdims": 0}) if axes else \
+                ops.name(value)
+            nodes.append(helper.make_node("Identity", [summed], [name], name=f"lrp/sum/{tensor}"))
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
+    default = -1 if target is None else int(target)
+    if not -1 <= default < classes:
+        raise LrpToolError(f"target {default}: the model has {classes} outputs (0–{classes - 1})")
+    initializers = list(forward.graph.initializer) + emit.initializers
+    initializers.append(onnx.numpy_helper.from_array(np.array([default], dtype=np.int64), "target"))
+    if source != input_name:
+        rename = {source: input_name}
+        for node in nodes:
+            node.input[:] = [rename.get(t, t) for t in node.input]
+            node.output[:] = [rename.get(t, t) for t in node.output]
+    inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, dims),
+              helper.make_tensor_value_info("target", TensorProto.INT64, ["targets"])]
+    model = helper.make_model(helper.make_graph(nodes, f"{canonical.name or 'model'} explained by {method}", inputs,
+                                                outputs, initializer=initializers),
+                              opset_imports=[helper.make_opsetid("", 19)], producer_name="lrptool")
+    model.ir_version = 9
+    model.metadata_props.add(key="lrptool.method", value=str(method))
+    return model
