@@ -2,6 +2,8 @@
 
 import sys
 
+import numpy as np
+
 import click
 
 from . import __version__
@@ -66,6 +68,51 @@ def convert(model, output, weights, model_config, random_weights, keras1_backend
     click.echo(f"wrote {output}: {len(graph.nodes)} nodes, {graph.parameter_count():,} parameters", err=True)
 
 
+@cli.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The explainer's ONNX file.")
+@model_options
+@click.option("--preset", "--method", "method",
+              help="LRP preset or gradient method (see `lrptool methods`); default epsilon-plus-flat.")
+@click.option("--rules", "rule_spec", help="Rule map 'selector=rule,…' or a JSON file; overrides --preset.")
+@click.option("--target", default="pred", show_default=True,
+              help="The class explained when the caller gives none: pred or a class index.")
+@click.option("--node-sums", is_flag=True, help="Also output each tensor's relevance summed per sample.")
+@preprocessing_options
+def compile_command(model, output, weights, model_config, random_weights, keras1_backend, model_input_size, method,
+                    rule_spec, target, node_sums, preprocess_preset, config, size, resize, channels, scale, mean, std,
+                    mean_file):
+    """Compile the explanation of MODEL into one ONNX model that any onnxruntime runs, without
+    lrptool: input x (and an optional int64 target per sample, -1 for the prediction); outputs
+    logits, relevance (shaped like x) and explained_target. The preprocessing options give the
+    input's bounds, which the zB rule needs."""
+    from .lrp.compile import compile_explainer, write_explainer
+
+    from .lrp.canonize import canonize
+    from .lrp.engine import check_routable
+
+    fixed_target, _ = parse_target(target, top=False)
+    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
+    check_routable(canonize(graph)[0])  # the same refusal, in the same words, as inspect --preset
+    require_runnable(graph, model)
+    bounds = None
+    if len(next(iter(graph.inputs.values()))) == 4:  # pictures: the preprocessing gives the input's range
+        bounds = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
+                                     std, mean_file).bounds()
+    spec = combined_rule_spec(method, rule_spec, "epsilon-plus-flat")
+    if spec == "random":
+        raise LrpToolError("--method random: the random baseline has no compiled form")
+    output_shape = graph.shapes[graph.outputs[0]]
+    check_target_range(fixed_target, None, None if None in output_shape[1:] else int(np.prod(output_shape[1:])))
+    explainer = compile_explainer(graph, spec, bounds=bounds, node_sums=node_sums,
+                                  target=None if fixed_target == "pred" else fixed_target)
+    try:
+        written = write_explainer(explainer, output)
+    except OSError as error:
+        raise LrpToolError(f"{output}: cannot write ({error.strerror or error})") from None
+    click.echo(f"lrptool: wrote {', '.join(written)}: {len(explainer.graph.node)} nodes, explains with {spec}", err=True)
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
@@ -88,9 +135,10 @@ def convert(model, output, weights, model_config, random_weights, keras1_backend
               help="Skip images the output folder's manifest proves finished (files whole); append to --jsonl.")
 @click.option("--jsonl", type=click.Path(dir_okay=False), help="Write the JSON lines here instead of stdout.")
 @click.option("--low-memory", is_flag=True,
-              help="Run everything in NumPy/Numba: no second copy of the weights in onnxruntime; slower.")
+              help="Run the eager walk in NumPy/Numba instead of the compiled explainer: less memory, slower.")
+@click.option("--provider", "providers", help="onnxruntime execution providers, e.g. cuda or cuda,cpu (default cpu).")
 def explain(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
-            size, resize, channels, scale, mean, std, mean_file, batch_size, jobs, resume, jsonl, low_memory):
+            size, resize, channels, scale, mean, std, mean_file, batch_size, jobs, resume, jsonl, low_memory, providers):
     """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
     stdin, each optionally followed by TAB and a class index). Writes heatmaps, overlays and raw
     relevance into a mirror of the input tree and one JSON line per image to stdout; messages go
@@ -117,7 +165,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     require_runnable(graph, model)
     explainer = Explainer(graph, combined_rule_spec(method, rule_spec, "epsilon-plus-flat"), bounds=preprocessing.bounds(),
                           primitives="numpy" if low_memory else "onnxruntime",
-                          forward_backend="lrptool" if low_memory else "auto")
+                          forward_backend="lrptool" if low_memory else "auto", providers=provider_list(providers))
     check_target_range(fixed_target, top_k, explainer.output_size())
     items = walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None)
     if not items:
@@ -245,6 +293,10 @@ def interrupt_on_terminate():
         signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread
         pass
+
+
+def provider_list(text):
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
 
 def stdin_bytes():

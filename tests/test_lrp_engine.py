@@ -207,11 +207,12 @@ def test_sensitivity_is_the_squared_gradient_and_sums_to_its_norm():
 @pytest.mark.parametrize("architecture", sorted(BUILDERS))
 @pytest.mark.parametrize("method", ["epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1", "gradient"])
 def test_float32_onnxruntime_path_agrees_with_the_float64_numpy_path(architecture, method):
-    """In float32 the forward pass and the convolution primitives run in onnxruntime; in float64 in NumPy."""
+    """The eager walk in float32 runs its forward pass and convolution primitives in onnxruntime; in
+    float64 in NumPy. (The compiled explainer is checked in test_compiled.py.)"""
     graph = read_onnx(BUILDERS[architecture]("N"))
     x = np.random.default_rng(12).uniform(-1, 1, size=(2,) + INPUTS[architecture])
     options = dict(bounds=(-1.0, 1.0), quiet=True)
-    fast = Explainer(graph, method, dtype=np.float32, **options)
+    fast = Explainer(graph, method, dtype=np.float32, compiled=False, **options)
     exact = Explainer(graph, method, dtype=np.float64, **options).explain(x)
     result = fast.explain(x, target=exact.targets)
     assert fast.walk.recorder.backend == "onnxruntime"

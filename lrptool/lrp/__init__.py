@@ -63,7 +63,7 @@ class Explainer:
 
     def __init__(self, graph, method="epsilon-plus-flat", bounds=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
                  maxpool="winner", dtype=np.float32, start=None, samples=32, noise=0.1, steps=64, seed=0,
-                 forward_backend="auto", primitives="onnxruntime", quiet=False):
+                 forward_backend="auto", primitives="onnxruntime", quiet=False, compiled="auto", providers=None):
         self.original = graph
         self.graph, self.canonization = canonize(graph)
         if self.canonization["softmax_removed"] and not quiet:
@@ -92,6 +92,27 @@ class Explainer:
                                     primitives=primitives)
             if any(r.name == "zbox" for r in self.rules.values()) and self.bounds is None:
                 raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
+        self.compiled = None
+        if compiled and method != "random" and (compiled is True or (
+                self.dtype == np.float32 and forward_backend == "auto" and primitives == "onnxruntime")):
+            self.compiled = self.compile(graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers,
+                                         strict=compiled is True)
+
+    def compile(self, graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers, strict):
+        """The compiled explainer's session, or None where the graph has no compiled form (then the
+        eager walk serves; with ``strict`` that is an error)."""
+        from .compile import CompiledSession, compile_explainer, resolve_providers
+
+        resolve_providers(providers)  # an unavailable provider is the user's mistake, never a fallback
+        try:
+            external = {}
+            model = compile_explainer(graph, method, bounds=bounds, epsilon=epsilon, stabiliser=stabiliser, gamma=gamma,
+                                      maxpool=maxpool, start=start, external=external)
+            return CompiledSession(model, providers, external=external)
+        except Exception:  # noqa: BLE001 - the eager walk computes the same explanation
+            if strict:
+                raise
+            return None
 
     def output_size(self):
         """How many outputs a sample has (the range of class indices), or None where it is free."""
@@ -108,8 +129,32 @@ class Explainer:
         seed[rows, targets] = flat[rows, targets] if start == "value" else 1.0
         return seed.reshape(outputs.shape)
 
+    def requested_targets(self, target, batch):
+        """The target input of the compiled graph: −1 (the prediction) or a checked class index per sample."""
+        if target is None or (isinstance(target, str) and target == "pred"):
+            return np.full(batch, -1, dtype=np.int64)
+        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (batch,)).copy()
+        classes = self.output_size()
+        if classes is not None and np.any(targets >= classes):
+            raise LrpToolError(f"target {int(targets.max())} is out of range: the model has {classes} outputs")
+        return np.where(targets < 0, -1, targets)
+
+    def explain_compiled(self, x, target):
+        results = self.compiled.run(x, self.requested_targets(target, x.shape[0]))
+        outputs, targets = results["logits"], results["explained_target"]
+        scores = outputs.reshape(outputs.shape[0], -1)[np.arange(len(targets)), targets]
+        if self.method == "smoothgrad":
+            relevance = self.smoothgrad(x, targets)
+        elif self.method == "integrated-gradients":
+            relevance = self.integrated_gradients(x, targets)
+        else:
+            relevance = results["relevance"]
+        return Explanation(relevance, targets, scores, outputs)
+
     def explain(self, x, target="pred", layers=False):
         x = np.asarray(x, dtype=self.dtype)
+        if self.compiled is not None and not layers:
+            return self.explain_compiled(x, target)
         input_name = next(iter(self.graph.inputs))
         values = self.walk.forward(x)
         # the recorded tensors may live in buffers the next forward pass reuses: keep a copy
@@ -125,6 +170,8 @@ class Explainer:
         return Explanation(relevance, targets, scores, outputs, report, result if layers else None)
 
     def gradient(self, x, targets, values=None):
+        if self.compiled is not None:
+            return self.compiled.run(x, targets)["relevance"]
         values = values if values is not None else self.walk.forward(x)
         outputs = values[self.output]
         result, _ = self.walk.run(values, {self.output: self.seed_for(outputs, targets)})
@@ -141,20 +188,26 @@ class Explainer:
         if method == "gradient-x-input":
             return self.gradient(x, targets, values) * x
         if method == "smoothgrad":
-            spread = self.noise * (np.max(x, axis=tuple(range(1, x.ndim)), keepdims=True)
-                                   - np.min(x, axis=tuple(range(1, x.ndim)), keepdims=True))
-            total = np.zeros_like(x)
-            for _ in range(self.samples):
-                noisy = x + self.rng.standard_normal(x.shape).astype(self.dtype) * spread
-                total += self.gradient(noisy, targets)
-            return total / self.samples
+            return self.smoothgrad(x, targets)
         if method == "integrated-gradients":
-            # from the zero baseline to x, both ends included
-            total = np.zeros_like(x)
-            for alpha in np.linspace(0.0, 1.0, self.steps):
-                total += self.gradient(x * self.dtype.type(alpha), targets)
-            return x * total / self.steps
+            return self.integrated_gradients(x, targets)
         raise LrpToolError(f"unknown method {method!r}")
+
+    def smoothgrad(self, x, targets):
+        spread = self.noise * (np.max(x, axis=tuple(range(1, x.ndim)), keepdims=True)
+                               - np.min(x, axis=tuple(range(1, x.ndim)), keepdims=True))
+        total = np.zeros_like(x)
+        for _ in range(self.samples):
+            noisy = x + self.rng.standard_normal(x.shape).astype(self.dtype) * spread
+            total += self.gradient(noisy, targets)
+        return total / self.samples
+
+    def integrated_gradients(self, x, targets):
+        # from the zero baseline to x, both ends included
+        total = np.zeros_like(x)
+        for alpha in np.linspace(0.0, 1.0, self.steps):
+            total += self.gradient(x * self.dtype.type(alpha), targets)
+        return x * total / self.steps
 
 
 def explain(graph, x, method="epsilon-plus-flat", target="pred", layers=False, **options):

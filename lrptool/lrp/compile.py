@@ -51,10 +51,12 @@ def nonnegative_tensors(graph):
 
 
 def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=None, node_sums=False, epsilon=1e-6,
-                      stabiliser=1e-6, gamma=0.25, maxpool="winner", start=None, input_name="x"):
+                      stabiliser=1e-6, gamma=0.25, maxpool="winner", start=None, input_name="x", external=None):
     """The ONNX model explaining ``graph`` with ``method`` (an LRP preset or rule map, or a gradient
     method). ``target``: the class explained when the caller gives none (default: the prediction).
-    ``node_sums``: also output each tensor's relevance summed per sample (``relevance_sum/NAME``)."""
+    ``node_sums``: also output each tensor's relevance summed per sample (``relevance_sum/NAME``).
+    ``external``: a dict that receives the large arrays, which the model then only names (for
+    onnxruntime's ``add_external_initializers``: no serialised copy of the weights)."""
     from converters.onnx_writer import graph_to_onnx
 
     canonical, _ = canonize(graph)
@@ -74,11 +76,11 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
         walk = ReverseWalk(canonical, mode="lrp", rules=rules, bounds=bounds, maxpool=maxpool, stabiliser=stabiliser,
                            dtype=np.float32, primitives="numpy", keep_layers=node_sums)
 
-    forward = graph_to_onnx(canonical)
+    forward = graph_to_onnx(canonical, external=external)
     taken = {t for n in forward.graph.node for t in list(n.input) + list(n.output)}
     taken |= {i.name for i in forward.graph.initializer} | {i.name for i in forward.graph.input}
     taken |= {input_name, "target", "logits", "relevance", "explained_target"}
-    emit = Emitter(taken)
+    emit = Emitter(taken, external)
     ops = OnnxOps(emit, canonical.shapes)
     walk.ops = ops
     positive = nonnegative_tensors(canonical)
@@ -140,4 +142,76 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
                               opset_imports=[helper.make_opsetid("", 19)], producer_name="lrptool")
     model.ir_version = 9
     model.metadata_props.add(key="lrptool.method", value=str(method))
+    if external is None:
+        onnx.checker.check_model(model)
     return model
+
+
+def write_explainer(model, path):
+    """Write a compiled explainer; past protobuf's 2 GiB the weights go to ``PATH.data`` beside it."""
+    import os
+
+    from ..files import write_atomically
+
+    if model.ByteSize() < 2 ** 31 - 2 ** 24:
+        write_atomically(path, model.SerializeToString(), make_folders=False)
+        return [path]
+    location = os.path.basename(path) + ".data"
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location)
+    return [path, os.path.join(os.path.dirname(path), location)]
+
+
+def available_providers():
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+                  "rocm": "ROCMExecutionProvider", "dml": "DmlExecutionProvider", "coreml": "CoreMLExecutionProvider",
+                  "openvino": "OpenVINOExecutionProvider"}
+
+
+def resolve_providers(providers):
+    """onnxruntime provider names from short ones (``cpu``, ``cuda``, …) or full ones; the CPU is always
+    the last fallback. A provider this onnxruntime lacks is a one-line error naming those it has."""
+    available = available_providers()
+    if not providers:
+        return ["CPUExecutionProvider"]
+    names = []
+    for provider in providers:
+        name = PROVIDER_NAMES.get(provider.lower(), provider)
+        if name not in available:
+            short = {v: k for k, v in PROVIDER_NAMES.items()}
+            listed = ", ".join(short.get(a, a) for a in available)
+            raise LrpToolError(f"execution provider {provider!r} is not available in this onnxruntime; "
+                               f"available: {listed}")
+        names.append(name)
+    if "CPUExecutionProvider" not in names:
+        names.append("CPUExecutionProvider")
+    return names
+
+
+class CompiledSession:
+    """An onnxruntime session of a compiled explainer: ``run(x, targets)`` → (logits, relevance, targets)."""
+
+    def __init__(self, model, providers=None, threads=None, external=None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if external:
+            options.add_external_initializers(list(external), [onnxruntime.OrtValue.ortvalue_from_numpy(a)
+                                                               for a in external.values()])
+        options.log_severity_level = 3
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                                    providers=resolve_providers(providers))
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x, targets):
+        feeds = {"x": np.ascontiguousarray(x, dtype=np.float32),
+                 "target": np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)}
+        results = self.session.run(None, feeds)
+        return dict(zip(self.outputs, results))

@@ -102,10 +102,6 @@ class ReverseWalk:
                 needed.update(node.outputs)
         return needed
 
-    def shape_of(self, tensor, value):
-        """The shape of a tensor's value (with its batch size)."""
-        return value.shape
-
     def forward(self, x):
         if self.recorder is None:
             self.recorder = RecordingForward(self.graph, self.dtype, self.forward_backend, self.needed_tensors())

@@ -38,11 +38,12 @@ class Sym:
 class Emitter:
     """Nodes and initializers of the graph being built, with unique names."""
 
-    def __init__(self, taken=()):
+    def __init__(self, taken=(), external=None):
         self.nodes = []
         self.initializers = []
         self.names = set(taken)
         self.cached = {}
+        self.external = external    # a dict: large arrays go there, the model only names them
 
     def fresh(self, base):
         name = free_name(base, self.names)
@@ -60,7 +61,14 @@ class Emitter:
         if key is not None and key in self.cached:
             return self.cached[key]
         name = self.fresh("lrp/const")
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(array, dtype=dtype)), name))
+        array = np.ascontiguousarray(np.asarray(array, dtype=dtype))
+        if self.external is not None and array.size > 16:
+            from converters.onnx_writer import external_tensor
+
+            self.external[name] = array
+            self.initializers.append(external_tensor(name, array))
+        else:
+            self.initializers.append(numpy_helper.from_array(array, name))
         if key is not None:
             self.cached[key] = name
         return name

@@ -35,7 +35,7 @@ class Reverse:
 # -- relevance ---------------------------------------------------------------------------------
 
 def rule_relevance(walk, node, inputs, outputs, incoming):
-    adapter = walk.ops.adapter(node, walk.shape_of(node.inputs[0], inputs[0]))
+    adapter = walk.ops.adapter(node, inputs[0].shape)
     rule = walk.rules[node.name]
     return [rule.apply(adapter, inputs[0], incoming[0], walk.bounds, z=outputs[0], ops=walk.ops)]
 
@@ -45,7 +45,7 @@ def passes(walk, node, inputs, outputs, incoming):
 
 
 def moves(walk, node, inputs, outputs, incoming):
-    shapes = [walk.shape_of(name, value) for name, value in zip(node.inputs, inputs)]
+    shapes = [value.shape for value in inputs]
     return walk.ops.move_back(node, shapes, incoming)
 
 
@@ -53,7 +53,7 @@ def max_pool_relevance(walk, node, inputs, outputs, incoming):
     if walk.maxpool == "average" and node.op == "MaxPool":
         average = normalize_node(Node(node.name, "AveragePool", node.inputs, node.outputs,
                                       dict(node.attrs, count_include_pad=False)))
-        adapter = walk.ops.adapter(average, walk.shape_of(node.inputs[0], inputs[0]))
+        adapter = walk.ops.adapter(average, inputs[0].shape)
         return [norm_rule(walk.stabiliser).apply(adapter, inputs[0], incoming[0], ops=walk.ops)]
     return [walk.ops.max_route(node, inputs[0], incoming[0])]
 
@@ -76,8 +76,8 @@ def proportional(signs):
         for term in signed[1:]:
             total = ops.add(total, term)
         ratio = ops.div(incoming[0], ops.stabilise(total, walk.stabiliser))
-        return [ops.unbroadcast(ops.mul(term, ratio), walk.shape_of(name, x))
-                for term, name, x in zip(signed, node.inputs, inputs)]
+        return [ops.unbroadcast(ops.mul(term, ratio), x.shape)
+                for term, x in zip(signed, inputs)]
     return split
 
 
@@ -136,7 +136,7 @@ def multiplicative_routing(node, producers):
 # -- gradients ---------------------------------------------------------------------------------
 
 def linear_gradient(walk, node, inputs, outputs, incoming):
-    adapter = walk.ops.adapter(node, walk.shape_of(node.inputs[0], inputs[0]))
+    adapter = walk.ops.adapter(node, inputs[0].shape)
     return [adapter.transpose(incoming[0], "w")]
 
 
@@ -153,27 +153,27 @@ def softmax_gradient(walk, node, inputs, outputs, incoming):
 
 
 def sum_gradient(walk, node, inputs, outputs, incoming):
-    return [walk.ops.unbroadcast(incoming[0], walk.shape_of(name, x)) for name, x in zip(node.inputs, inputs)]
+    return [walk.ops.unbroadcast(incoming[0], x.shape) for x in inputs]
 
 
 def sub_gradient(walk, node, inputs, outputs, incoming):
     ops, g = walk.ops, incoming[0]
-    return [ops.unbroadcast(g, walk.shape_of(node.inputs[0], inputs[0])),
-            ops.unbroadcast(ops.scale(g, -1.0), walk.shape_of(node.inputs[1], inputs[1]))]
+    return [ops.unbroadcast(g, inputs[0].shape),
+            ops.unbroadcast(ops.scale(g, -1.0), inputs[1].shape)]
 
 
 def mul_gradient(walk, node, inputs, outputs, incoming):
     ops, g = walk.ops, incoming[0]
     a, b = inputs
-    return [ops.unbroadcast(ops.mul(g, b), walk.shape_of(node.inputs[0], a)),
-            ops.unbroadcast(ops.mul(g, a), walk.shape_of(node.inputs[1], b))]
+    return [ops.unbroadcast(ops.mul(g, b), a.shape),
+            ops.unbroadcast(ops.mul(g, a), b.shape)]
 
 
 def div_gradient(walk, node, inputs, outputs, incoming):
     ops, g = walk.ops, incoming[0]
     a, b = inputs
-    return [ops.unbroadcast(ops.div(g, b), walk.shape_of(node.inputs[0], a)),
-            ops.unbroadcast(ops.scale(ops.div(ops.mul(g, a), ops.mul(b, b)), -1.0), walk.shape_of(node.inputs[1], b))]
+    return [ops.unbroadcast(ops.div(g, b), a.shape),
+            ops.unbroadcast(ops.scale(ops.div(ops.mul(g, a), ops.mul(b, b)), -1.0), b.shape)]
 
 
 # -- the table ---------------------------------------------------------------------------------

@@ -1,0 +1,294 @@
+"""The compiled explainer against the eager float64 walk, operator by operator and method by method;
+the compiled model runs in plain onnxruntime without lrptool."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from converters.onnx_reader import read_onnx
+from converters.onnx_writer import EXPORTERS
+from lrptool.executor import run_graph
+from lrptool.graph import Graph, Node
+from lrptool.lrp import GRADIENT_METHODS, PRESET_NAMES, Explainer
+from lrptool.lrp.compile import CompiledSession, compile_explainer
+from lrptool.lrp.reverse import REVERSE
+from lrptool.ops.base import OPERATORS
+from test_architectures import build_conv1d, build_mobilenet, build_resnet, build_vgg
+
+BUILDERS = {"vgg": build_vgg, "resnet": build_resnet, "mobilenet": build_mobilenet, "conv1d": build_conv1d}
+COMPILED_METHODS = [m for m in PRESET_NAMES + GRADIENT_METHODS if m not in ("random", "smoothgrad")]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def relative_error(actual, expected):
+    return np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30)
+
+
+def compare(graph, x, method, bound=1e-5, **options):
+    options = dict(dict(bounds=(-1.0, 1.0), quiet=True), **options)
+    exact = Explainer(graph, method, dtype=np.float64, compiled=False, **options).explain(x)
+    compiled = Explainer(graph, method, dtype=np.float32, compiled=True, **options)
+    result = compiled.explain(x, target=exact.targets)
+    np.testing.assert_array_equal(result.targets, exact.targets)
+    np.testing.assert_allclose(result.outputs, exact.outputs, rtol=1e-4, atol=1e-5)
+    error = relative_error(result.relevance, exact.relevance)
+    assert error <= bound, (method, error)
+    return result, exact
+
+
+@pytest.fixture(scope="module")
+def architectures():
+    graphs = {name: read_onnx(build("N")) for name, build in BUILDERS.items()}
+    return graphs
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("method", COMPILED_METHODS)
+def test_compiled_equals_the_eager_float64_walk(architectures, name, method):
+    graph = architectures[name]
+    shape = graph.inputs[next(iter(graph.inputs))][1:]
+    x = np.random.default_rng(21).uniform(-1, 1, size=(3,) + tuple(shape))
+    compare(graph, x, method)
+
+
+def test_smoothgrad_and_integrated_gradients_run_the_compiled_gradient(architectures):
+    graph = architectures["vgg"]
+    x = np.random.default_rng(22).uniform(-1, 1, size=(2, 3, 32, 32))
+    for method in ("smoothgrad", "integrated-gradients"):
+        options = dict(quiet=True, samples=4, steps=8, seed=3)
+        exact = Explainer(graph, method, dtype=np.float64, compiled=False, **options).explain(x)
+        compiled = Explainer(graph, method, compiled=True, **options)
+        assert compiled.compiled is not None
+        result = compiled.explain(x, target=exact.targets)
+        assert relative_error(result.relevance, exact.relevance) < 1e-4
+
+
+# -- every operator: a graph that holds each one, for the relevance and the gradient ---------------
+
+def operator_zoo():
+    """One graph with every IR operator that relevance crosses; softmax is covered by softmax_graph."""
+    rng = np.random.default_rng(23)
+
+    def r(*shape, scale=0.5):
+        return rng.normal(size=shape) * scale
+    window = dict(strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0))
+    nodes = [
+        Node("ct", "ConvTranspose", ["x"], ["ct"], dict(window, output_padding=(0, 0)),
+             {"weight": r(2, 3, 2, 2), "bias": r(3)}),                                     # (N,3,7,7)
+        Node("bn", "BatchNorm", ["ct"], ["bn"], {"epsilon": 1e-5},
+             {"scale": r(3) + 1, "bias": r(3), "mean": r(3), "var": np.abs(r(3)) + 0.5}),
+        Node("scale", "Scale", ["bn"], ["sc"], {}, {"scale": r(3) + 1, "bias": r(3)}),
+        Node("bias", "Bias", ["sc"], ["bi"], {}, {"bias": r(3)}),
+        Node("relu", "Relu", ["bi"], ["re"]),
+        Node("prelu", "PRelu", ["bi"], ["pr"], {}, {"slope": np.abs(r(3, 1, 1))}),
+        Node("selu", "Selu", ["bi"], ["se"]),
+        Node("hsig", "HardSigmoid", ["bi"], ["hs"]),
+        Node("clip", "Clip", ["bi"], ["cl"], {"min": -0.5, "max": 0.5}),
+        Node("thr", "ThresholdedRelu", ["bi"], ["th"], {"alpha": 0.1}),
+        Node("sum", "Sum", ["re", "pr", "se"], ["s1"]),
+        Node("add", "Add", ["s1", "cl"], ["s2"]),
+        Node("gate", "Mul", ["s2", "hs"], ["m"]),
+        Node("add2", "Add", ["m", "th"], ["a2"]),
+        Node("maxpool", "MaxPool", ["a2"], ["mp"], dict(window, kernel_shape=(2, 2))),   # (N,3,6,6)
+        Node("avgpool", "AveragePool", ["a2"], ["ap"], dict(kernel_shape=(3, 3), strides=(2, 2), dilations=(1, 1),
+                                                            pads=(1, 1, 1, 1))),          # (N,3,4,4)
+        Node("concat", "Concat", ["mp", "x"], ["cc"], {"axis": 1}),                     # (N,5,6,6)
+        Node("split", "Split", ["cc"], ["sp1", "sp2"], {"axis": 1, "split": (2, 3)}),
+        Node("slice", "Slice", ["sp2"], ["sl"], {"starts": (1,), "ends": (5,), "axes": (2,), "steps": (1,)}),
+        Node("pad", "Pad", ["sl"], ["pd"], {"pads": (0, 0, 1, 0, 0, 0, 1, 0)}),         # (N,3,6,6)
+        Node("upsample", "Upsample", ["sp1"], ["up"], {"scales": (2, 2)}),             # (N,2,12,12)
+        Node("gmax", "GlobalMaxPool", ["up"], ["gm"]),                                  # (N,2,1,1)
+        Node("transpose", "Transpose", ["pd"], ["tr"], {"perm": (0, 1, 3, 2)}),
+        Node("mean", "ReduceMean", ["tr"], ["rm"], {"axes": (3,), "keepdims": True}),   # (N,3,6,1)
+        Node("squeeze", "Squeeze", ["rm"], ["sq"], {"axes": (3,)}),                     # (N,3,6)
+        Node("unsqueeze", "Unsqueeze", ["sq"], ["us"], {"axes": (2,)}),                 # (N,3,1,6)
+        Node("reshape", "Reshape", ["us"], ["rs"], {"shape": (None, 18)}),
+        Node("flat_ap", "Flatten", ["ap"], ["fa"]),
+        Node("flat_gm", "Flatten", ["gm"], ["fg"]),
+        Node("gap", "GlobalAveragePool", ["sp1"], ["ga"]),
+        Node("flat_ga", "Flatten", ["ga"], ["fga"]),
+        Node("joined", "Concat", ["rs", "fa", "fg", "fga"], ["jn"], {"axis": 1}),        # (N,70)
+        Node("dense", "Dense", ["jn"], ["dn"], {}, {"weight": r(10, 70, scale=0.2), "bias": r(10)}),
+        Node("offset", "Constant", [], ["off"], {}, {"value": r(10)}),
+        Node("sub", "Sub", ["dn", "off"], ["y"]),
+    ]
+    return Graph({"x": (None, 2, 6, 6)}, nodes, ["y"])
+
+
+def softmax_graph():
+    """Softmax and LogSoftmax inside a network: gradients only (relevance is refused there)."""
+    rng = np.random.default_rng(24)
+    nodes = [Node("d1", "Dense", ["x"], ["a"], {}, {"weight": rng.normal(size=(6, 5))}),
+             Node("sm", "Softmax", ["a"], ["s"], {"axes": (1,)}),
+             Node("lsm", "LogSoftmax", ["a"], ["l"], {"axes": (1,)}),
+             Node("add", "Add", ["s", "l"], ["b"]),
+             Node("lrn_in", "Unsqueeze", ["b"], ["u"], {"axes": (2, 3)}),
+             Node("lrn", "LRN", ["u"], ["n"], {"size": 3, "alpha": 0.5, "beta": 0.75, "bias": 1.0}),
+             Node("abs", "Abs", ["n"], ["ab"]),
+             Node("pow", "Pow", ["ab"], ["p"], {"exponent": 1.5}),
+             Node("elu", "Elu", ["n"], ["e"]),
+             Node("tanh", "Tanh", ["e"], ["t"]),
+             Node("sig", "Sigmoid", ["n"], ["sg"]),
+             Node("swish", "HardSwish", ["t"], ["hw"]),
+             Node("max", "Max", ["p", "hw"], ["mx"]),
+             Node("leaky", "LeakyRelu", ["mx"], ["lk"], {"alpha": 0.1}),
+             Node("div", "Div", ["lk", "sg"], ["dv"]),
+             Node("flat", "Flatten", ["dv"], ["f"]),
+             Node("d2", "Dense", ["f"], ["y"], {}, {"weight": rng.normal(size=(3, 6))})]
+    return Graph({"x": (None, 5)}, nodes, ["y"])
+
+
+def test_every_operator_has_its_reverse_entry_exporter_and_compiled_form():
+    zoo_ops = {n.op for n in operator_zoo().nodes} | {n.op for n in softmax_graph().nodes}
+    registered = set(OPERATORS)
+    assert registered <= set(REVERSE), registered - set(REVERSE)
+    assert registered <= set(EXPORTERS), registered - set(EXPORTERS)
+    # every operator is exercised by the comparisons below (and so has a compiled form)
+    assert registered <= zoo_ops | {"Conv"}, registered - zoo_ops
+    assert {REVERSE[op].kind for op in registered} <= {"rule", "pass", "move", "winner", "split", "gate", "constant",
+                                                        "refuse"}
+
+
+@pytest.mark.parametrize("method", ["epsilon", "epsilon-plus", "alpha1-beta0", "gradient", "guided-backprop",
+                                    "gradient-x-input"])
+def test_every_operator_compiled_equals_eager(method):
+    graph = operator_zoo()
+    x = np.random.default_rng(25).uniform(-1, 1, size=(3, 2, 6, 6))
+    compare(graph, x, method)
+
+
+def test_softmax_lrn_and_activation_gradients_compiled_equal_eager_and_finite_differences():
+    graph = softmax_graph()
+    x = np.random.default_rng(26).normal(size=(2, 5))
+    result, exact = compare(graph, x, "gradient")
+    numeric = np.zeros_like(x)
+    step = 1e-6
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += step
+        down[index] -= step
+        row = index[0]
+        numeric[index] = (run_graph(graph, up, dtype=np.float64)["y"][row, exact.targets[row]]
+                          - run_graph(graph, down, dtype=np.float64)["y"][row, exact.targets[row]]) / (2 * step)
+    np.testing.assert_allclose(exact.relevance, numeric, rtol=1e-4, atol=1e-7)
+
+
+# -- targets and ties ------------------------------------------------------------------------------
+
+def test_targets_explicit_per_sample_and_top_k(architectures):
+    graph = architectures["resnet"]
+    x = np.random.default_rng(27).uniform(-1, 1, size=(3, 3, 32, 32))
+    eager = Explainer(graph, "epsilon-plus-flat", compiled=False, quiet=True, dtype=np.float64)
+    compiled = Explainer(graph, "epsilon-plus-flat", compiled=True, quiet=True)
+    for target in (4, np.array([1, 7, 2]), "pred"):
+        expected = eager.explain(x, target=target)
+        actual = compiled.explain(x, target=target)
+        np.testing.assert_array_equal(actual.targets, expected.targets)
+        assert relative_error(actual.relevance, expected.relevance) < 1e-5
+    from lrptool.lrp import top_k_targets
+    ranking = top_k_targets(compiled.explain(x).outputs, 3)
+    for row in ranking:
+        assert relative_error(compiled.explain(x, target=row).relevance, eager.explain(x, target=row).relevance) < 1e-5
+    with pytest.raises(Exception, match="out of range"):
+        compiled.explain(x, target=99)
+
+
+def test_max_pool_ties_go_to_the_same_winner(architectures):
+    graph = architectures["vgg"]
+    x = np.full((2, 3, 32, 32), 0.25)
+    result, exact = compare(graph, x, "epsilon-plus", bound=1e-5)
+    np.testing.assert_array_equal(result.relevance != 0, exact.relevance != 0)
+
+
+# -- the model on its own --------------------------------------------------------------------------
+
+def test_the_compiled_model_runs_in_plain_onnxruntime_without_lrptool(tmp_path, architectures):
+    graph = architectures["mobilenet"]
+    x = np.random.default_rng(28).uniform(-1, 1, size=(2, 3, 32, 32)).astype(np.float32)
+    model = compile_explainer(graph, "epsilon-gamma-box", bounds=(-1.0, 1.0))
+    (tmp_path / "explainer.onnx").write_bytes(model.SerializeToString())
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, json, numpy as np, onnxruntime as ort\n"
+        f"s = ort.InferenceSession({str(tmp_path / 'explainer.onnx')!r}, providers=['CPUExecutionProvider'])\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        "logits, relevance, target = s.run(None, {'x': x})\n"
+        f"np.save({str(tmp_path / 'relevance.npy')!r}, relevance)\n"
+        "_, _, chosen = s.run(None, {'x': x, 'target': np.array([5, 6])})\n"
+        "print(json.dumps({'lrptool': any(m.split('.')[0] in ('lrptool', 'converters') for m in sys.modules),\n"
+        "                  'target': target.tolist(), 'chosen': chosen.tolist()}))\n")
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env=environment)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["lrptool"] is False and report["chosen"] == [5, 6]
+    exact = Explainer(graph, "epsilon-gamma-box", bounds=(-1.0, 1.0), compiled=False, quiet=True,
+                      dtype=np.float64).explain(x.astype(np.float64))
+    assert report["target"] == exact.targets.tolist()
+    assert relative_error(np.load(tmp_path / "relevance.npy"), exact.relevance) < 1e-5
+
+
+def test_compile_command_and_inspect_refuse_the_same_nodes(tmp_path):
+    from lrptool import cli
+    from test_explain_cli import bias_free_mnist
+
+    model = bias_free_mnist(tmp_path / "mnist.onnx")
+    out = tmp_path / "explainer.onnx"
+    with pytest.raises(SystemExit) as done:
+        cli.main(["compile", str(model), "-o", str(out), "--preset", "epsilon-gamma-box", "--preprocess", "mnist"])
+    assert done.value.code == 0 and out.is_file()
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "relevance", "explained_target"]
+    assert session.get_inputs()[0].shape[0] == "batch"
+    x = np.random.default_rng(29).uniform(0, 1, size=(4, 1, 28, 28)).astype(np.float32)   # the mnist preset: 0–1
+    relevance = session.run(["relevance"], {"x": x})[0]
+    graph = read_onnx(str(model))
+    exact = Explainer(graph, "epsilon-gamma-box", bounds=(0.0, 1.0), compiled=False, quiet=True,
+                      dtype=np.float64).explain(x.astype(np.float64))
+    assert relative_error(relevance, exact.relevance) < 1e-5
+
+
+def test_an_unavailable_provider_is_one_line_naming_the_available_ones(architectures):
+    from lrptool.errors import LrpToolError
+
+    with pytest.raises(LrpToolError, match="available: .*cpu"):
+        Explainer(architectures["vgg"], "epsilon", providers=["cuda-that-is-not-here"], quiet=True)
+
+
+def test_compiled_session_takes_weights_without_a_serialised_copy(architectures):
+    external = {}
+    model = compile_explainer(architectures["vgg"], "epsilon-plus-flat", external=external)
+    assert external and model.ByteSize() < 100_000
+    session = CompiledSession(model, external=external)
+    results = session.run(np.zeros((1, 3, 32, 32), np.float32), np.array([-1]))
+    assert results["relevance"].shape == (1, 3, 32, 32)
+
+
+def test_inspect_and_compile_refuse_an_unroutable_node_with_the_same_line(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lrptool import cli
+
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    nodes = [helper.make_node("Softmax", ["x"], ["s"], axis=1), helper.make_node("MatMul", ["s", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "inner", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializer=[weight])
+    path = tmp_path / "inner_softmax.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    lines = []
+    for argv in (["inspect", str(path), "--preset", "epsilon"], ["compile", str(path), "--preset", "epsilon",
+                                                                   "-o", str(tmp_path / "e.onnx")]):
+        with pytest.raises(SystemExit) as done:
+            cli.main(argv)
+        assert done.value.code == 2
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        lines.append(line)
+    assert lines[0] == lines[1] and "softmax inside the network" in lines[0]
+    assert not (tmp_path / "e.onnx").exists()
