@@ -3,8 +3,10 @@
 VGG-16 and ResNet-50 with random weights (built here in PyTorch, exported to ONNX), the
 EpsilonPlusFlat composite, batch 1 and 16, two threads. Every measurement runs in a fresh process,
 so that its peak memory (peak resident set size minus the resident size before the first
-explanation) is its own. Prints the median time per image of each tool, the ratios lrptool /
-onnxruntime-forward and lrptool / Zennit, and the peak memory of lrptool and Zennit.
+explanation) is its own. Prints the median time per image of each tool, the ratios to
+onnxruntime's forward pass and to Zennit, the peak memory, and the one-time costs (first call;
+setup = building the explainer, for the compiled one its ONNX graph and session). lrptool runs as
+the compiled explainer (the default), as the eager walk, and with ``--low-memory``.
 
 Needs torch and zennit (``make reference-deps``). Usage: ``python benchmarks/bench_lrp.py
 [--models vgg16,resnet50] [--batches 1,16] [--repeats 3]``.
@@ -163,10 +165,16 @@ def worker(tool, name, batch, repeats, onnx_path):
     else:
         from converters import load_model
         from lrptool.lrp import Explainer
-        primitives = "numpy" if tool == "lrptool-low-memory" else "onnxruntime"
-        explainer = Explainer(load_model(onnx_path), "epsilon-plus-flat", quiet=True, primitives=primitives,
-                              forward_backend="lrptool" if tool == "lrptool-low-memory" else "auto")
+        graph = load_model(onnx_path)
+        low = tool == "lrptool-low-memory"
+        setup = time.perf_counter()
+        explainer = Explainer(graph, "epsilon-plus-flat", quiet=True, primitives="numpy" if low else "onnxruntime",
+                              forward_backend="lrptool" if low else "auto", compiled=tool == "lrptool-compiled")
+        if tool == "lrptool-compiled":
+            assert explainer.compiled is not None
+        setup = time.perf_counter() - setup
         run = lambda: explainer.explain(x)  # noqa: E731
+    setup = locals().get("setup", 0.0)
     before = rss_bytes()
     reset_peak()
     start = time.perf_counter()
@@ -178,7 +186,7 @@ def worker(tool, name, batch, repeats, onnx_path):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": statistics.median(times), "first": first, "peak": peak}))
+    print(json.dumps({"seconds": statistics.median(times), "first": first, "peak": peak, "setup": setup}))
 
 
 def measure(tool, name, batch, repeats, onnx_path):
@@ -207,20 +215,20 @@ def main():
             path = str(pathlib.Path(folder) / f"{name}.onnx")
             export(name, path)
             for batch in (int(b) for b in args.batches.split(",")):
-                results = {tool: measure(tool, name, batch, args.repeats, path)
-                           for tool in ("onnxruntime", "zennit", "lrptool", "lrptool-low-memory")}
-                per_image = {tool: r["seconds"] / batch for tool, r in results.items()}
-                print(f"{name:9s} batch {batch:2d}: onnxruntime forward {per_image['onnxruntime'] * 1e3:8.1f} ms | "
-                      f"zennit {per_image['zennit'] * 1e3:8.1f} ms ({per_image['zennit'] / per_image['onnxruntime']:5.1f}x ort), "
-                      f"peak {results['zennit']['peak'] / 2**20:7.0f} MiB | "
-                      f"lrptool {per_image['lrptool'] * 1e3:8.1f} ms ({per_image['lrptool'] / per_image['onnxruntime']:5.1f}x ort, "
-                      f"{per_image['lrptool'] / per_image['zennit']:4.2f}x zennit), "
-                      f"peak {results['lrptool']['peak'] / 2**20:7.0f} MiB ({results['lrptool']['peak'] / max(results['zennit']['peak'], 1):4.2f}x zennit) | "
-                      f"lrptool --low-memory {per_image['lrptool-low-memory'] * 1e3:8.1f} ms "
-                      f"({per_image['lrptool-low-memory'] / per_image['onnxruntime']:5.1f}x ort), "
-                      f"peak {results['lrptool-low-memory']['peak'] / 2**20:7.0f} MiB "
-                      f"({results['lrptool-low-memory']['peak'] / max(results['zennit']['peak'], 1):4.2f}x zennit)",
-                      flush=True)
+                results = {tool: measure(tool, name, batch, args.repeats, path) for tool in TOOLS}
+                ort_time = results["onnxruntime"]["seconds"] / batch
+                zennit = results["zennit"]
+                print(f"{name} batch {batch}: onnxruntime forward {ort_time * 1e3:.1f} ms/img", flush=True)
+                for tool in TOOLS[1:]:
+                    r = results[tool]
+                    per_image = r["seconds"] / batch
+                    print(f"  {tool:20s} {per_image * 1e3:8.1f} ms/img  {per_image / ort_time:5.2f}x ort  "
+                          f"{per_image / (zennit['seconds'] / batch):5.2f}x zennit time  "
+                          f"peak {r['peak'] / 2**20:7.0f} MiB ({r['peak'] / max(zennit['peak'], 1):4.2f}x zennit)  "
+                          f"first call {r['first']:.2f} s, setup {r['setup']:.2f} s", flush=True)
+
+
+TOOLS = ("onnxruntime", "zennit", "lrptool-compiled", "lrptool-eager", "lrptool-low-memory")
 
 
 if __name__ == "__main__":

@@ -207,8 +207,9 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the replacement values.")
 @preprocessing_options
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--provider", "providers", help="onnxruntime execution providers, e.g. cuda or cuda,cpu (default cpu).")
 def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
-             config, size, resize, channels, scale, mean, std, mean_file, batch_size):
+             config, size, resize, channels, scale, mean, std, mean_file, batch_size, providers):
     """Compare explanation methods by region perturbation (Samek et al. 2017): AOPC per method with its
     standard error, ranked, and the perturbation curves. Exit status 1 when some image failed."""
     import numpy as np
@@ -252,7 +253,8 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     bounds = preprocessing.bounds()
     with np.errstate(all="ignore"):
         curves, table, _, dropped = evaluate_methods(graph, x, methods_wanted, target, patch, steps, orders,
-                                                     replacement, bounds, seed, batch_size)
+                                                     replacement, bounds, seed, batch_size,
+                                                     {"providers": provider_list(providers)})
     for index in dropped:
         failures += 1
         click.echo(f"lrptool: skipped {paths[index]}: its scores or relevance are not finite (NaN or Inf)", err=True)

@@ -292,3 +292,21 @@ def test_inspect_and_compile_refuse_an_unroutable_node_with_the_same_line(tmp_pa
         lines.append(line)
     assert lines[0] == lines[1] and "softmax inside the network" in lines[0]
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_the_conservation_report_comes_from_the_compiled_graph_when_asked(architectures):
+    graph = architectures["resnet"]
+    x = np.random.default_rng(30).uniform(-1, 1, size=(2, 3, 32, 32))
+    eager = Explainer(graph, "epsilon-plus-flat", compiled=False, quiet=True, dtype=np.float64).explain(x)
+    explainer = Explainer(graph, "epsilon-plus-flat", compiled=True, quiet=True, report=True)
+    compiled = explainer.explain(x, target=eager.targets)
+    assert Explainer(graph, "epsilon-plus-flat", compiled=True, quiet=True).explain(x).report is None
+    assert compiled.report.start == pytest.approx(eager.report.start, rel=1e-5)
+    assert compiled.report.input == pytest.approx(eager.report.input, rel=1e-4)
+    by_node = {entry.node: entry for entry in eager.report.nodes}
+    assert len(compiled.report.nodes) == len(by_node)
+    for entry in compiled.report.nodes:
+        expected = by_node[entry.node]
+        assert entry.rule == expected.rule
+        assert entry.relevance_out == pytest.approx(expected.relevance_out, rel=1e-4, abs=1e-4)
+        assert entry.relevance_in == pytest.approx(expected.relevance_in, rel=1e-4, abs=1e-4)

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import LrpToolError
 from .canonize import canonize
-from .engine import Conservation, ReverseWalk, make_walk
+from .engine import Conservation, NodeReport, ReverseWalk, make_walk
+from .reverse import RULE_OPERATORS
 from .presets import PRESET_NAMES, assign_rules, rule_map_from_spec
 
 GRADIENT_METHODS = ("gradient", "sensitivity", "gradient-x-input", "smoothgrad", "integrated-gradients",
@@ -58,12 +59,21 @@ class Explainer:
     ``forward_backend``: ``"auto"`` (onnxruntime in float32, lrptool's executor otherwise),
     ``"onnxruntime"`` or ``"lrptool"``. ``primitives``: ``"onnxruntime"`` runs the convolutions of
     the rules in onnxruntime (float32; about twice as fast, about twice the memory: each session
-    keeps its own packed copy of the modified kernels) or ``"numpy"``.
+    keeps its own packed copy of the modified kernels) or ``"numpy"`` (``--low-memory``).
+
+    ``compiled``: ``"auto"`` (the default) explains in float32 with the compiled explainer — the
+    forward pass and the whole reverse walk as one ONNX graph (``lrp.compile``) — whenever the
+    options leave the defaults above, and falls back to the eager walk where a graph has no compiled
+    form; ``True`` insists on it, ``False`` takes the eager walk. The eager walk also serves float64,
+    ``layers=True`` and the random baseline. ``providers``: onnxruntime execution providers for the
+    compiled explainer (``["cuda"]``, …). ``report``: the compiled explainer also computes the
+    conservation report (the eager walk always does).
     """
 
     def __init__(self, graph, method="epsilon-plus-flat", bounds=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
                  maxpool="winner", dtype=np.float32, start=None, samples=32, noise=0.1, steps=64, seed=0,
-                 forward_backend="auto", primitives="onnxruntime", quiet=False, compiled="auto", providers=None):
+                 forward_backend="auto", primitives="onnxruntime", quiet=False, compiled="auto", providers=None,
+                 report=False):
         self.original = graph
         self.graph, self.canonization = canonize(graph)
         if self.canonization["softmax_removed"] and not quiet:
@@ -96,9 +106,9 @@ class Explainer:
         if compiled and method != "random" and (compiled is True or (
                 self.dtype == np.float32 and forward_backend == "auto" and primitives == "onnxruntime")):
             self.compiled = self.compile(graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers,
-                                         strict=compiled is True)
+                                         strict=compiled is True, report=report)
 
-    def compile(self, graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers, strict):
+    def compile(self, graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers, strict, report):
         """The compiled explainer's session, or None where the graph has no compiled form (then the
         eager walk serves; with ``strict`` that is an error)."""
         from .compile import CompiledSession, compile_explainer, resolve_providers
@@ -107,7 +117,7 @@ class Explainer:
         try:
             external = {}
             model = compile_explainer(graph, method, bounds=bounds, epsilon=epsilon, stabiliser=stabiliser, gamma=gamma,
-                                      maxpool=maxpool, start=start, external=external)
+                                      maxpool=maxpool, start=start, external=external, node_sums=report)
             return CompiledSession(model, providers, external=external)
         except Exception:  # noqa: BLE001 - the eager walk computes the same explanation
             if strict:
@@ -149,7 +159,21 @@ class Explainer:
             relevance = self.integrated_gradients(x, targets)
         else:
             relevance = results["relevance"]
-        return Explanation(relevance, targets, scores, outputs)
+        return Explanation(relevance, targets, scores, outputs, self.compiled_report(results, relevance))
+
+    def compiled_report(self, results, relevance):
+        """The conservation report from the compiled graph's per-node sums (batch totals)."""
+        if "relevance_start" not in results:
+            return None
+        report = Conservation(start=float(np.sum(results["relevance_start"])), input=float(np.sum(relevance)),
+                              nonfinite=int(np.count_nonzero(~np.isfinite(relevance))))
+        for name in self.graph.nodes:
+            if f"relevance_out/{name.name}" in results:
+                rule = self.rules.get(name.name)
+                report.nodes.append(NodeReport(name.name, name.op, float(np.sum(results[f"relevance_out/{name.name}"])),
+                                               float(np.sum(results.get(f"relevance_in/{name.name}", 0.0))),
+                                               str(rule) if rule is not None and name.op in RULE_OPERATORS else ""))
+        return report
 
     def explain(self, x, target="pred", layers=False):
         x = np.asarray(x, dtype=self.dtype)

@@ -54,7 +54,9 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
                       stabiliser=1e-6, gamma=0.25, maxpool="winner", start=None, input_name="x", external=None):
     """The ONNX model explaining ``graph`` with ``method`` (an LRP preset or rule map, or a gradient
     method). ``target``: the class explained when the caller gives none (default: the prediction).
-    ``node_sums``: also output each tensor's relevance summed per sample (``relevance_sum/NAME``).
+    ``node_sums``: also output, per sample, the relevance each node receives and passes on
+    (``relevance_out/NODE``, ``relevance_in/NODE``) and the start (``relevance_start``): the
+    conservation report.
     ``external``: a dict that receives the large arrays, which the model then only names (for
     onnxruntime's ``add_external_initializers``: no serialised copy of the weights)."""
     from converters.onnx_writer import graph_to_onnx
@@ -68,13 +70,13 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
         raise LrpToolError("the random baseline has no compiled form (it needs no model)")
     if gradient:
         walk = ReverseWalk(canonical, mode="gradient", relu_policy=COMPILED_GRADIENTS[method], dtype=np.float32,
-                           primitives="numpy", keep_layers=node_sums)
+                           primitives="numpy")
     else:
         rules = assign_rules(canonical, rule_map_from_spec(method, epsilon, stabiliser, gamma))
         if any(r.name == "zbox" for r in rules.values()) and bounds is None:
             raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
         walk = ReverseWalk(canonical, mode="lrp", rules=rules, bounds=bounds, maxpool=maxpool, stabiliser=stabiliser,
-                           dtype=np.float32, primitives="numpy", keep_layers=node_sums)
+                           dtype=np.float32, primitives="numpy")
 
     forward = graph_to_onnx(canonical, external=external)
     taken = {t for n in forward.graph.node for t in list(n.input) + list(n.output)}
@@ -82,6 +84,7 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     taken |= {input_name, "target", "logits", "relevance", "explained_target"}
     emit = Emitter(taken, external)
     ops = OnnxOps(emit, canonical.shapes)
+    ops.sums = node_sums
     walk.ops = ops
     positive = nonnegative_tensors(canonical)
     values = {t: Sym(t, shape, t in positive) for t, shape in canonical.shapes.items()}
@@ -100,8 +103,8 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     seed = one_hot if start == "one" else emit.node("Mul", [one_hot, flat])
     seed = Sym(emit.node("Reshape", [seed, emit.node("Shape", [output])]), out_shape)
 
-    result, _ = walk.run(values, {output: seed})
-    relevance = result[source] if not node_sums else result[source]
+    result, report = walk.run(values, {output: seed})
+    relevance = result[source]
     if method == "sensitivity":
         relevance = ops.mul(relevance, relevance)
     elif method == "gradient-x-input":
@@ -116,15 +119,13 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
                helper.make_tensor_value_info("relevance", TensorProto.FLOAT, dims),
                helper.make_tensor_value_info("explained_target", TensorProto.INT64, ["batch"])]
     if node_sums:
-        for tensor, value in result.items():
-            if tensor == source or not isinstance(value, Sym):
-                continue
-            axes = list(range(1, len(value.shape)))
-            name = f"relevance_sum/{tensor}"
-            summed = emit.node("ReduceSum", [ops.name(value), emit.ints(axes)], {"keepdims": 0}) if axes else \
-                ops.name(value)
-            nodes.append(helper.make_node("Identity", [summed], [name], name=f"lrp/sum/{tensor}"))
-            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
+        sums = [("relevance_start", report.start)]
+        for entry in report.nodes:
+            sums += [(f"relevance_out/{entry.node}", entry.relevance_out), (f"relevance_in/{entry.node}", entry.relevance_in)]
+        for name, value in sums:
+            if isinstance(value, Sym):
+                nodes.append(helper.make_node("Identity", [ops.name(value)], [name], name=f"lrp/{name}"))
+                outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
     default = -1 if target is None else int(target)
     if not -1 <= default < classes:
         raise LrpToolError(f"target {default}: the model has {classes} outputs (0–{classes - 1})")

@@ -113,7 +113,7 @@ class ReverseWalk:
         pending = dict(start)
         layers = {}
         input_names = set(self.graph.inputs)
-        report = Conservation(start=float(sum(ops.total(v) for v in start.values())), input=0.0)
+        report = Conservation(start=ops.total(list(start.values())), input=0.0)
         for node in reversed(self.graph.nodes):
             incoming = [pending.pop(t, None) for t in node.outputs]
             if all(r is None for r in incoming):
@@ -126,21 +126,21 @@ class ReverseWalk:
             entry = reverse_of(node)
             step = entry.gradient if self.mode == "gradient" else entry.relevance
             outgoing = step(self, node, inputs, [values[t] for t in node.outputs], incoming)
-            total_in = 0.0
+            passed = []
             for tensor, relevance in zip(node.inputs, outgoing):
                 if relevance is None:
                     continue
                 relevance = ops.cast(relevance)
-                total_in += ops.total(relevance)
+                passed.append(relevance)
                 pending[tensor] = relevance if tensor not in pending else ops.add(pending[tensor], relevance)
             rule = self.rules.get(node.name)
-            report.nodes.append(NodeReport(node.name, node.op, float(sum(ops.total(r) for r in incoming)), total_in,
+            report.nodes.append(NodeReport(node.name, node.op, ops.total(incoming), ops.total(passed),
                                            str(rule) if rule is not None and entry.kind == "rule" else ""))
         result = {name: pending.get(name, ops.zeros_like(values[name])) for name in input_names}
         if self.keep_layers:
             layers.update(result)
-        report.input = float(sum(ops.total(r) for r in result.values()))
-        report.nonfinite = int(sum(ops.nonfinite(r) for r in result.values()))
+        report.input = ops.total(list(result.values()))
+        report.nonfinite = ops.nonfinite(list(result.values()))
         report.nodes.reverse()
         return (layers if self.keep_layers else result), report
 

@@ -64,11 +64,12 @@ class NumpyOps:
     def unbroadcast(self, x, shape):
         return routing.unbroadcast(x, shape)
 
-    def total(self, x):
-        return float(np.sum(x))
+    def total(self, tensors):
+        """Σ over every element of the tensors (the whole batch), for the conservation report."""
+        return float(sum(np.sum(x) for x in tensors))
 
-    def nonfinite(self, x):
-        return int(np.count_nonzero(~np.isfinite(x)))
+    def nonfinite(self, tensors):
+        return int(sum(np.count_nonzero(~np.isfinite(x)) for x in tensors))
 
     # -- operator-specific steps -----------------------------------------------------------------
     def adapter(self, node, input_shape):

@@ -101,6 +101,7 @@ class OnnxOps:
         self.emit = emitter
         self.graph_shapes = graph_shapes
         self.dtype = np.dtype(dtype)
+        self.sums = False
         self.cache = ParamCache(use_onnxruntime=False)
 
     # -- tensors -------------------------------------------------------------------------------
@@ -210,10 +211,21 @@ class OnnxOps:
         name = self.emit.node("ReduceSum", [name, self.emit.ints(axes)], {"keepdims": 1})
         return Sym(name, tuple(1 if i in axes else d for i, d in enumerate(have)), x.nonnegative)
 
-    def total(self, x):
-        return 0.0
+    def total(self, tensors):
+        """Σ per sample over the tensors, as a graph tensor of shape (batch,) when ``sums`` is on (for
+        the conservation report's outputs), else nothing."""
+        if not self.sums or not tensors:
+            return 0.0
+        total = None
+        for x in tensors:
+            name = self.name(x)
+            axes = list(range(1, len(x.shape)))
+            if axes:
+                name = self.emit.node("ReduceSum", [name, self.emit.ints(axes)], {"keepdims": 0})
+            total = name if total is None else self.emit.node("Add", [total, name])
+        return Sym(total, (None,))
 
-    def nonfinite(self, x):
+    def nonfinite(self, tensors):
         return 0
 
     # -- operator-specific steps -----------------------------------------------------------------
