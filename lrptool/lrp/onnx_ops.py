@@ -9,6 +9,8 @@ x⁻ term when x⁻ is all zeros) is decided here from the graph: ``nonnegative`
 cannot be below zero (a ReLU's output, data moved or pooled from one).
 """
 
+import os
+
 import numpy as np
 from onnx import helper, numpy_helper
 
@@ -184,6 +186,8 @@ class OnnxOps:
             shift = np.float32(epsilon)
             return self.known(z.value + np.where(z.value >= 0, shift, -shift))
         name = self.name(z)
+        if z.nonnegative:  # z⁺ denominators: sign(z) is +1 everywhere, one addition does
+            return Sym(self.emit.node("Add", [name, self.emit.scalar(epsilon)]), z.shape, True)
         positive = self.emit.node("GreaterOrEqual", [name, self.emit.scalar(0.0)])
         shift = self.emit.node("Where", [positive, self.emit.scalar(epsilon), self.emit.scalar(-epsilon)])
         return Sym(self.emit.node("Add", [name, shift]), z.shape)
@@ -481,6 +485,9 @@ class ConvEmitter(EmittingAdapter):
         weight = self.node.params["weight"]
         a = self.node.attrs
         rank = weight.ndim - 2
+        flipped = self.as_flipped_convolution(s, mode, gamma)
+        if flipped is not None:
+            return flipped
         out = self.out_shape()
         extra = []
         for i in range(rank):
@@ -495,6 +502,39 @@ class ConvEmitter(EmittingAdapter):
         attrs["pads"] = pads
         name = self.emit.node("ConvTranspose", [self.ops.name(s), self.weight("weight", mode, gamma)], attrs)
         return Sym(name, (s.shape[0],) + self.input_shape[1:])
+
+
+    def as_flipped_convolution(self, s, mode, gamma):
+        """A stride-1 convolution's transpose as a convolution with the flipped kernel, its in and out
+        channels swapped (onnxruntime's Conv is faster than its ConvTranspose); None where the
+        padding is wider than the kernel reaches, which this form cannot express."""
+        a = self.node.attrs
+        weight = self.node.params["weight"]
+        rank = weight.ndim - 2
+        if FLIPPED_TRANSPOSE is False or any(stride != 1 for stride in a["strides"]):
+            return None
+        reach = [a["dilations"][i] * (weight.shape[2 + i] - 1) for i in range(rank)]
+        pads = [reach[i] - a["pads"][i] for i in range(rank)] + [reach[i] - a["pads"][rank + i] for i in range(rank)]
+        if min(pads) < 0:
+            return None
+        key = (self.node.name, "weight", mode, gamma, "flipped")
+        if key not in self.emit.cached:
+            group = a["group"]
+            out_channels, in_per_group = weight.shape[:2]
+            kernel = modify(weight.astype(np.float64), mode, gamma)
+            kernel = kernel.reshape((group, out_channels // group, in_per_group) + weight.shape[2:])
+            kernel = np.swapaxes(kernel, 1, 2).reshape((group * in_per_group, out_channels // group) + weight.shape[2:])
+            kernel = np.flip(kernel, axis=tuple(range(2, 2 + rank)))
+            self.emit.constant(kernel, key=key)
+        name = self.emit.node("Conv", [self.ops.name(s), self.emit.cached[key]],
+                              {"strides": [1] * rank, "dilations": list(a["dilations"]), "pads": pads,
+                               "group": a["group"]})
+        return Sym(name, (s.shape[0],) + self.input_shape[1:])
+
+
+#: Whether stride-1 transposes run as convolutions with flipped kernels (an extra copy of those
+#: kernels for speed); LRPTOOL_FLIPPED_TRANSPOSE=0 turns it off, for measuring.
+FLIPPED_TRANSPOSE = os.environ.get("LRPTOOL_FLIPPED_TRANSPOSE", "1") != "0"
 
 
 class ConvTransposeEmitter(ConvEmitter):
