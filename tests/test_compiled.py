@@ -143,6 +143,19 @@ def softmax_graph():
     return Graph({"x": (None, 5)}, nodes, ["y"])
 
 
+def finite_difference_gradient(graph, x, targets, step=1e-6):
+    numeric = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += step
+        down[index] -= step
+        row = index[0]
+        output = graph.outputs[0]
+        numeric[index] = (run_graph(graph, up, dtype=np.float64)[output][row, targets[row]]
+                          - run_graph(graph, down, dtype=np.float64)[output][row, targets[row]]) / (2 * step)
+    return numeric
+
+
 def test_every_operator_has_its_reverse_entry_exporter_and_compiled_form():
     zoo_ops = {n.op for n in operator_zoo().nodes} | {n.op for n in softmax_graph().nodes}
     registered = set(OPERATORS)
@@ -162,20 +175,14 @@ def test_every_operator_compiled_equals_eager(method):
     compare(graph, x, method)
 
 
-def test_softmax_lrn_and_activation_gradients_compiled_equal_eager_and_finite_differences():
-    graph = softmax_graph()
-    x = np.random.default_rng(26).normal(size=(2, 5))
+@pytest.mark.parametrize("build, shape", [(softmax_graph, (2, 5)), (operator_zoo, (1, 2, 6, 6))])
+def test_every_vector_jacobian_product_against_finite_differences(build, shape):
+    """Every operator's gradient, eager and compiled, against central differences of the forward pass."""
+    graph = build()
+    x = np.random.default_rng(26).normal(size=shape) * 0.7
     result, exact = compare(graph, x, "gradient")
-    numeric = np.zeros_like(x)
-    step = 1e-6
-    for index in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += step
-        down[index] -= step
-        row = index[0]
-        numeric[index] = (run_graph(graph, up, dtype=np.float64)["y"][row, exact.targets[row]]
-                          - run_graph(graph, down, dtype=np.float64)["y"][row, exact.targets[row]]) / (2 * step)
-    np.testing.assert_allclose(exact.relevance, numeric, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(exact.relevance, finite_difference_gradient(graph, x, exact.targets),
+                               rtol=1e-4, atol=1e-6)
 
 
 # -- targets and ties ------------------------------------------------------------------------------
@@ -270,6 +277,37 @@ def test_compiled_session_takes_weights_without_a_serialised_copy(architectures)
     assert results["relevance"].shape == (1, 3, 32, 32)
 
 
+def shared_sample_models():
+    """The trained Caffe and Keras sample models of ../shared/models, as (name, graph, input shape)."""
+    from conftest import shared_models
+    from converters import load_model
+
+    root = shared_models()
+    found = []
+    for name, path, weights in (("lenet", "caffe/lenet/lenet.prototxt", "caffe/lenet/lenet_iter_10000.caffemodel"),
+                                ("det2", "caffe/mtcnn/det2.prototxt", "caffe/mtcnn/det2.caffemodel"),
+                                ("lrp_cnn", "keras/writers/keras2.14_tf2.14/lrp_cnn.h5", None),
+                                ("seq_cnn", "keras/writers/keras2.14_tf2.14/seq_cnn.h5", None),
+                                ("dcgan", "keras/dl4j-2018/mnist_dcgan/dcgan_discriminator_epoch_50.h5", None)):
+        if (root / path).is_file():
+            graph = load_model(str(root / path), weights=str(root / weights) if weights else None)
+            found.append((name, graph))
+    return found
+
+
+@pytest.mark.parametrize("method", ["epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1", "epsilon",
+                                    "gradient", "gradient-x-input"])
+def test_compiled_equals_eager_on_the_trained_sample_models(method):
+    models = shared_sample_models()
+    assert models
+    for name, graph in models:
+        if len(graph.outputs) != 1:
+            continue
+        shape = graph.inputs[next(iter(graph.inputs))][1:]
+        x = np.random.default_rng(31).uniform(-1, 1, size=(2,) + tuple(shape))
+        compare(graph, x, method)
+
+
 def test_inspect_and_compile_refuse_an_unroutable_node_with_the_same_line(tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -310,3 +348,21 @@ def test_the_conservation_report_comes_from_the_compiled_graph_when_asked(archit
         assert entry.rule == expected.rule
         assert entry.relevance_out == pytest.approx(expected.relevance_out, rel=1e-4, abs=1e-4)
         assert entry.relevance_in == pytest.approx(expected.relevance_in, rel=1e-4, abs=1e-4)
+
+
+def test_model_tensors_named_like_the_interface_give_way(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(32)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 6)).astype(np.float32), "target"),
+             numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "relevance")]
+    nodes = [helper.make_node("MatMul", ["input", "target"], ["x"]), helper.make_node("Relu", ["x"], ["explained_target"]),
+             helper.make_node("MatMul", ["explained_target", "relevance"], ["logits"])]
+    graph = helper.make_graph(nodes, "clash", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], initializer=inits)
+    path = tmp_path / "clash.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = rng.normal(size=(5, 4))
+    for method in ("epsilon", "gradient"):
+        compare(read_onnx(str(path)), x, method)

@@ -165,3 +165,8 @@ def test_lrptool_agrees_with_zennit(prepared, method):
     np.testing.assert_allclose(ours.outputs, output.detach().numpy(), rtol=1e-10, atol=1e-12)
     error = np.linalg.norm(ours.relevance - expected) / np.linalg.norm(expected)
     assert error <= 1e-6, f"{name}/{method}: relative L2 error {error:.2e}"
+    # the compiled explainer, in float32, against Zennit too
+    compiled = Explainer(graph, method, bounds=BOUNDS if method == "epsilon-gamma-box" else None, quiet=True,
+                         compiled=True).explain(x.numpy().astype(np.float32), target=targets.numpy())
+    error = np.linalg.norm(compiled.relevance - expected) / np.linalg.norm(expected)
+    assert error <= 1e-4, f"{name}/{method} compiled: relative L2 error {error:.2e}"

@@ -111,9 +111,29 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
         relevance = ops.mul(relevance, values[source])
 
     nodes = list(forward.graph.node) + emit.nodes
-    nodes.append(helper.make_node("Identity", [output], ["logits"], name="lrp/logits"))
-    nodes.append(helper.make_node("Identity", [ops.name(relevance)], ["relevance"], name="lrp/relevance"))
-    nodes.append(helper.make_node("Identity", [chosen], ["explained_target"], name="lrp/target"))
+    initializers = list(forward.graph.initializer) + emit.initializers
+    # the model's own tensors give way to the explainer's interface names
+    interface = {input_name, "target", "logits", "relevance", "explained_target"}
+    model_names = {t for n in forward.graph.node for t in list(n.input) + list(n.output)}
+    model_names |= {i.name for i in forward.graph.initializer}
+    rename = {source: input_name}
+    for name in sorted(model_names - {source}):
+        if name in interface or name.startswith("relevance_"):
+            rename[name] = emit.fresh(f"model/{name}")
+    for node in nodes:
+        node.input[:] = [rename.get(t, t) for t in node.input]
+        node.output[:] = [rename.get(t, t) for t in node.output]
+    for tensor in initializers:
+        if tensor.name in rename:
+            if external is not None and tensor.name in external:
+                external[rename[tensor.name]] = external.pop(tensor.name)
+            tensor.name = rename[tensor.name]
+
+    def final(source_name, name):
+        nodes.append(helper.make_node("Identity", [rename.get(source_name, source_name)], [name], name=f"lrp/{name}"))
+    final(output, "logits")
+    final(ops.name(relevance), "relevance")
+    final(chosen, "explained_target")
     dims = ["batch" if d is None else int(d) for d in canonical.shapes[source]]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch"] + [int(d) for d in out_shape[1:]]),
                helper.make_tensor_value_info("relevance", TensorProto.FLOAT, dims),
@@ -124,18 +144,12 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
             sums += [(f"relevance_out/{entry.node}", entry.relevance_out), (f"relevance_in/{entry.node}", entry.relevance_in)]
         for name, value in sums:
             if isinstance(value, Sym):
-                nodes.append(helper.make_node("Identity", [ops.name(value)], [name], name=f"lrp/{name}"))
+                final(ops.name(value), name)
                 outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
     default = -1 if target is None else int(target)
     if not -1 <= default < classes:
         raise LrpToolError(f"target {default}: the model has {classes} outputs (0–{classes - 1})")
-    initializers = list(forward.graph.initializer) + emit.initializers
     initializers.append(onnx.numpy_helper.from_array(np.array([default], dtype=np.int64), "target"))
-    if source != input_name:
-        rename = {source: input_name}
-        for node in nodes:
-            node.input[:] = [rename.get(t, t) for t in node.input]
-            node.output[:] = [rename.get(t, t) for t in node.output]
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, dims),
               helper.make_tensor_value_info("target", TensorProto.INT64, ["targets"])]
     model = helper.make_model(helper.make_graph(nodes, f"{canonical.name or 'model'} explained by {method}", inputs,
