@@ -165,6 +165,12 @@ def test_every_operator_has_its_reverse_entry_exporter_and_compiled_form():
     assert registered <= zoo_ops | {"Conv"}, registered - zoo_ops
     assert {REVERSE[op].kind for op in registered} <= {"rule", "pass", "move", "winner", "split", "gate", "constant",
                                                         "refuse"}
+    # an operator that takes a rule has both primitives and exactly one rule-map category
+    from lrptool.lrp.presets import CATEGORIES
+    from lrptool.lrp.reverse import RULE_OPERATORS
+    for op in RULE_OPERATORS:
+        assert REVERSE[op].linear.eager and REVERSE[op].linear.emitting, op
+        assert sum(op in CATEGORIES[c] for c in ("conv", "dense", "avgpool", "batchnorm")) == 1, op
 
 
 @pytest.mark.parametrize("method", ["epsilon", "epsilon-plus", "alpha1-beta0", "gradient", "guided-backprop",

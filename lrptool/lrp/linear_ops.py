@@ -12,7 +12,6 @@ import numpy as np
 from .. import kernels
 from . import ort_primitives
 from .canonize import per_channel_affine
-from ..errors import LrpToolError
 from ..ops.linear import channel_view, to_2d
 
 
@@ -200,15 +199,3 @@ class MeanAdapter(LinearAdapter):
             s = np.expand_dims(s, axes)
         count = float(np.prod([self.input_shape[a] for a in axes]))
         return np.broadcast_to(s / count, (s.shape[0],) + self.input_shape[1:]).astype(self.dtype)
-
-
-ADAPTERS = {"Conv": ConvAdapter, "ConvTranspose": ConvTransposeAdapter, "Dense": DenseAdapter,
-            "BatchNorm": PerChannelAdapter, "Scale": PerChannelAdapter, "Bias": PerChannelAdapter,
-            "AveragePool": MeanAdapter, "GlobalAveragePool": MeanAdapter, "ReduceMean": MeanAdapter}
-
-
-def linear_adapter(node, cache, input_shape, dtype):
-    adapter = ADAPTERS.get(node.op)
-    if adapter is None:
-        raise LrpToolError(f"node {node.name!r} ({node.op}): not a linear operator, no LRP rule applies")
-    return adapter(node, cache, input_shape, dtype)

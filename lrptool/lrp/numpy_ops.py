@@ -8,7 +8,7 @@ reference, ``--low-memory``) and the compiled explainer.
 import numpy as np
 
 from . import routing
-from .linear_ops import ParamCache, linear_adapter
+from .linear_ops import ParamCache
 
 
 class NumpyOps:
@@ -73,7 +73,9 @@ class NumpyOps:
 
     # -- operator-specific steps -----------------------------------------------------------------
     def adapter(self, node, input_shape):
-        return linear_adapter(node, self.cache, input_shape, self.dtype)
+        from .reverse import linear_primitives
+
+        return linear_primitives(node).eager(node, self.cache, input_shape, self.dtype)
 
     def move_back(self, node, input_shapes, grads):
         return routing.move_back(node, input_shapes, grads)

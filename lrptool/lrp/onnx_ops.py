@@ -18,7 +18,7 @@ from ..errors import LrpToolError
 from ..graph import free_name
 from ..ops.linear import channel_view
 from .canonize import per_channel_affine
-from .linear_ops import MeanAdapter, ParamCache, linear_adapter, modify
+from .linear_ops import MeanAdapter, ParamCache, modify
 
 
 class Sym:
@@ -234,10 +234,9 @@ class OnnxOps:
 
     # -- operator-specific steps -----------------------------------------------------------------
     def adapter(self, node, input_shape):
-        kind = EMITTING_ADAPTERS.get(node.op)
-        if kind is None:
-            raise LrpToolError(f"node {node.name!r} ({node.op}): not a linear operator, no LRP rule applies")
-        return kind(self, node, input_shape)
+        from .reverse import linear_primitives
+
+        return linear_primitives(node).emitting(self, node, input_shape)
 
     def reshape(self, x, shape, nonnegative=None):
         target = [0 if d is None else d for d in shape]
@@ -447,7 +446,9 @@ class EmittingAdapter:
         self.input_shape = tuple(input_shape)
 
     def eager(self):
-        return linear_adapter(self.node, self.ops.cache, (1,) + self.input_shape[1:], np.float64)
+        from .reverse import linear_primitives
+
+        return linear_primitives(self.node).eager(self.node, self.ops.cache, (1,) + self.input_shape[1:], np.float64)
 
     def weight(self, name, mode, gamma):
         array = modify(self.node.params[name].astype(np.float64), mode, gamma)
@@ -658,9 +659,5 @@ class MeanEmitter(EmittingAdapter):
         target = [1] + [int(d) for d in self.input_shape[1:]]
         return Sym(emit.node("Expand", [name, emit.ints(target)]), shape)
 
-
-EMITTING_ADAPTERS = {"Conv": ConvEmitter, "ConvTranspose": ConvTransposeEmitter, "Dense": DenseEmitter,
-                     "BatchNorm": PerChannelEmitter, "Scale": PerChannelEmitter, "Bias": PerChannelEmitter,
-                     "AveragePool": MeanEmitter, "GlobalAveragePool": MeanEmitter, "ReduceMean": MeanEmitter}
 
 __all__ = ["OnnxOps", "Emitter", "Sym"]

@@ -19,8 +19,18 @@ from typing import Callable
 
 from ..errors import LrpToolError
 from ..graph import Node, normalize_node
+from . import linear_ops as L
+from . import onnx_ops as E
 from .routing import refuse
 from .rules import norm_rule
+
+
+@dataclass(frozen=True)
+class Primitives:
+    """A linear operator's forward(x, weight mode, bias mode) and transpose(s, weight mode), eager
+    (``linear_ops``) and emitted as ONNX nodes (``onnx_ops``)."""
+    eager: type
+    emitting: type
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,7 @@ class Reverse:
     relevance: Callable      # (walk, node, inputs, outputs, incoming) -> [relevance per input or None]
     gradient: Callable       # (walk, node, inputs, outputs, incoming) -> [gradient per input or None]
     reads: tuple = ()        # recorded tensors the relevance pass reads: "inputs", "outputs"
+    linear: Primitives = None  # kind "rule": the primitives the rules run on
 
 
 # -- relevance ---------------------------------------------------------------------------------
@@ -178,13 +189,19 @@ def div_gradient(walk, node, inputs, outputs, incoming):
 
 # -- the table ---------------------------------------------------------------------------------
 
-LINEAR = Reverse("rule", "its LRP rule", rule_relevance, linear_gradient, ("inputs",))
+def linear(eager, emitting):
+    return Reverse("rule", "its LRP rule", rule_relevance, linear_gradient, ("inputs",), Primitives(eager, emitting))
+
+
 ACTIVATION = Reverse("pass", "pass", passes, activation_gradient)
 MOVEMENT = Reverse("move", "moves with the data", moves, moves)
 
 REVERSE = {
-    **{op: LINEAR for op in ("Conv", "ConvTranspose", "Dense", "BatchNorm", "Scale", "Bias", "AveragePool",
-                             "GlobalAveragePool", "ReduceMean")},
+    "Conv": linear(L.ConvAdapter, E.ConvEmitter),
+    "ConvTranspose": linear(L.ConvTransposeAdapter, E.ConvTransposeEmitter),
+    "Dense": linear(L.DenseAdapter, E.DenseEmitter),
+    **{op: linear(L.PerChannelAdapter, E.PerChannelEmitter) for op in ("BatchNorm", "Scale", "Bias")},
+    **{op: linear(L.MeanAdapter, E.MeanEmitter) for op in ("AveragePool", "GlobalAveragePool", "ReduceMean")},
     **{op: ACTIVATION for op in ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid",
                                  "HardSwish", "Clip", "Abs", "Pow", "ThresholdedRelu")},
     "LRN": Reverse("pass", "pass", passes, lrn_gradient),
@@ -205,6 +222,13 @@ REVERSE = {
 
 #: Operators that take an LRP rule.
 RULE_OPERATORS = frozenset(op for op, entry in REVERSE.items() if entry.kind == "rule")
+
+
+def linear_primitives(node):
+    primitives = reverse_of(node).linear
+    if primitives is None:
+        raise LrpToolError(f"node {node.name!r} ({node.op}): not a linear operator, no LRP rule applies")
+    return primitives
 
 
 def reverse_of(node):

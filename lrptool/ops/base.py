@@ -29,9 +29,6 @@ class Operator:
     params = ()
     optional_params = ()
     num_inputs = 1
-    #: True for operators that are linear maps of their (single) input plus an optional bias;
-    #: the LRP engine treats them alike.
-    linear = False
 
     @property
     def name(self):

@@ -38,7 +38,6 @@ class Conv(Operator):
     attributes = {"strides": REQUIRED, "dilations": REQUIRED, "pads": REQUIRED, "group": 1}
     params = ("weight", "bias")
     optional_params = ("bias",)
-    linear = True
 
     def infer(self, node, shapes):
         (shape,) = shapes
@@ -86,7 +85,6 @@ class ConvTranspose(Operator):
                   "group": 1}
     params = ("weight", "bias")
     optional_params = ("bias",)
-    linear = True
 
     def infer(self, node, shapes):
         (shape,) = shapes
@@ -131,7 +129,6 @@ class Dense(Operator):
 
     params = ("weight", "bias")
     optional_params = ("bias",)
-    linear = True
 
     def infer(self, node, shapes):
         (shape,) = shapes
@@ -174,7 +171,6 @@ class BatchNorm(PerChannel):
 
     attributes = {"epsilon": 1e-5}
     params = ("scale", "bias", "mean", "var")
-    linear = True
 
     def run(self, node, inputs, params):
         x = inputs[0]
@@ -190,7 +186,6 @@ class Scale(PerChannel):
 
     params = ("scale", "bias")
     optional_params = ("bias",)
-    linear = True
 
     def run(self, node, inputs, params):
         x = inputs[0]
@@ -205,7 +200,6 @@ class Bias(PerChannel):
     """Per-channel addition (Caffe's Bias layer, Add of a per-channel constant)."""
 
     params = ("bias",)
-    linear = True
 
     def run(self, node, inputs, params):
         x = inputs[0]

@@ -84,7 +84,6 @@ class GlobalPool(Operator):
 
 @register
 class GlobalAveragePool(GlobalPool):
-    linear = True
 
     def run(self, node, inputs, params):
         x = inputs[0]
