@@ -13,6 +13,7 @@ import os
 
 from ..errors import LrpToolError
 from . import rules as R
+from .reverse import RULE_OPERATORS
 
 CATEGORIES = {
     "conv": {"Conv", "ConvTranspose"},
@@ -21,7 +22,6 @@ CATEGORIES = {
     "batchnorm": {"BatchNorm", "Scale", "Bias"},
 }
 CATEGORIES["linear"] = CATEGORIES["conv"] | CATEGORIES["dense"]
-RULE_OPERATORS = set().union(*CATEGORIES.values())
 
 
 def base_map(stabiliser):
