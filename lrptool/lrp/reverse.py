@@ -83,9 +83,12 @@ def proportional(signs):
         ops = walk.ops
         factors = signs or [1.0] * len(inputs)
         signed = [x if s == 1.0 else ops.scale(x, s) for s, x in zip(factors, inputs)]
-        total = signed[0]
-        for term in signed[1:]:
-            total = ops.add(total, term)
+        if not ops.eager and all(tuple(x.shape) == tuple(outputs[0].shape) for x in inputs):
+            total = outputs[0]  # the graph holds Σ σ_j x_j already (the eager walk records no outputs here)
+        else:
+            total = signed[0]
+            for term in signed[1:]:
+                total = ops.add(total, term)
         ratio = ops.div(incoming[0], ops.stabilise(total, walk.stabiliser))
         return [ops.unbroadcast(ops.mul(term, ratio), x.shape)
                 for term, x in zip(signed, inputs)]
