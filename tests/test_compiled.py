@@ -161,7 +161,9 @@ def test_every_operator_has_its_reverse_entry_exporter_and_compiled_form():
     registered = set(OPERATORS)
     assert registered <= set(REVERSE), registered - set(REVERSE)
     assert registered <= set(EXPORTERS), registered - set(EXPORTERS)
-    # every operator is exercised by the comparisons below (and so has a compiled form)
+    # every operator is exercised by the comparisons below: its forward (lrptool's executor against
+    # onnxruntime on the exported graph), its relevance and gradient (eager against compiled) and
+    # its gradient against finite differences (with test_lrp_engine's, which holds Conv)
     assert registered <= zoo_ops | {"Conv"}, registered - zoo_ops
     assert {REVERSE[op].kind for op in registered} <= {"rule", "pass", "move", "winner", "split", "gate", "constant",
                                                         "refuse"}
