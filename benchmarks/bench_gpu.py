@@ -10,10 +10,8 @@ Usage: ``python benchmarks/bench_gpu.py [--models vgg16,resnet50] [--batches 1,1
 
 import argparse
 import pathlib
-import statistics
 import sys
 import tempfile
-import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -41,16 +39,6 @@ def missing():
     return None
 
 
-def timed(run, repeats):
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="vgg16,resnet50")
@@ -65,6 +53,7 @@ def main():
     import numpy as np
     import onnxruntime
     import torch
+    from bench_forward import median_seconds as timed
     from bench_lrp import build, export
     from torch_support import ensure_torchvision, fold_batchnorm
 

@@ -183,17 +183,22 @@ def test_stdin_lists_take_any_file_name_and_a_bad_target_fails_one_image(worker,
 
 # -- 7. never outside the output folder -----------------------------------------------------------
 
-def test_a_symlink_in_the_output_tree_does_not_carry_outputs_elsewhere(worker, tmp_path, model):
-    rng = np.random.default_rng(4)
+def nested_pictures(tmp_path, seed):
+    """in/top.png and in/sub/inner.png, and an empty output folder: (input folder, output folder)."""
+    rng = np.random.default_rng(seed)
     (tmp_path / "in" / "sub").mkdir(parents=True)
     Image.fromarray(digit(rng), "L").save(tmp_path / "in" / "top.png")
     Image.fromarray(digit(rng), "L").save(tmp_path / "in" / "sub" / "inner.png")
+    (tmp_path / "out").mkdir()
+    return tmp_path / "in", tmp_path / "out"
+
+
+def test_a_symlink_in_the_output_tree_does_not_carry_outputs_elsewhere(worker, tmp_path, model):
+    inputs, out = nested_pictures(tmp_path, 4)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    out = tmp_path / "out"
-    out.mkdir()
     os.symlink(elsewhere, out / "sub")
-    outcome = worker.run(["explain", model, tmp_path / "in", "-o", out, "--format", "npy"])
+    outcome = worker.run(["explain", model, inputs, "-o", out, "--format", "npy"])
     assert outcome.kind == "ok" and outcome.code == 1, outcome.describe()
     assert any("inner.png" in line and "outside the output folder" in line for line in lines(outcome.stderr))
     assert list(elsewhere.iterdir()) == []
@@ -299,14 +304,9 @@ def test_a_fifo_given_as_model_or_option_file_is_refused_without_waiting(worker,
 
 
 def test_a_write_error_names_the_image_and_the_run_goes_on(worker, tmp_path, model):
-    rng = np.random.default_rng(5)
-    (tmp_path / "in" / "sub").mkdir(parents=True)
-    Image.fromarray(digit(rng), "L").save(tmp_path / "in" / "top.png")
-    Image.fromarray(digit(rng), "L").save(tmp_path / "in" / "sub" / "inner.png")
-    out = tmp_path / "out"
-    out.mkdir()
+    inputs, out = nested_pictures(tmp_path, 5)
     (out / "sub").write_text("a file where the folder for sub/ would go")
-    outcome = worker.run(["explain", model, tmp_path / "in", "-o", out, "--format", "npy"])
+    outcome = worker.run(["explain", model, inputs, "-o", out, "--format", "npy"])
     assert outcome.kind == "ok" and outcome.code == 1, outcome.describe()
     (problem,) = [line for line in lines(outcome.stderr) if "skipped" in line]
     assert "inner.png" in problem and "cannot write" in problem and ".lrptool-part" not in problem
