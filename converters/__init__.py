@@ -19,11 +19,27 @@ def load_model(path, weights=None, model_config=None, random_weights=False, kera
     """
     path = str(path)
     for given, what in ((path, "model"), (weights, "--weights"), (model_config, "--model-config")):
-        problem = given and regular_file_problem(str(given))
+        problem = given and (regular_file_problem(str(given)) or stand_in_problem(str(given)))
         if problem:
             raise ModelFileError(f"{given}: {problem}; give the {what} file")
     with reading_file(path):
         return _read(path, weights, model_config, random_weights, keras1_backend, input_size, **options)
+
+
+def stand_in_problem(path):
+    """What a file saved in place of a model really is — a Git LFS pointer, an HTML page — or None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return None
+    if head.startswith(b"version https://git-lfs.github.com/spec/"):
+        return ("a Git LFS pointer, not the file itself (run `git lfs pull` in its repository, or download the "
+                "file rather than the pointer)")
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page (a download that saved an error or login page?), not a model"
+    return None
 
 
 def _read(path, weights, model_config, random_weights, keras1_backend, input_size, **options):

@@ -32,7 +32,8 @@ def inspect(model, weights, model_config, random_weights, keras1_backend, model_
     refused here, before anything runs."""
     from .inspect import graph_summary
 
-    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
+    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size,
+                       needs_weights=False)
     if not (preset or rule_spec):
         click.echo(graph_summary(graph, source=model))
         return

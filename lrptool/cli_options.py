@@ -136,8 +136,18 @@ def model_options(function):
     return function
 
 
-def open_model(model, weights=None, model_config=None, random_weights=False, keras1_backend=None, input_size=None):
+def open_model(model, weights=None, model_config=None, random_weights=False, keras1_backend=None, input_size=None,
+               needs_weights=True):
+    """The model's graph. ``needs_weights``: a Caffe prototxt alone (no --weights, no --random-weights) is
+    refused, since its parameters would all be zero; ``inspect`` looks at the structure only."""
+    import os
+
     from converters import load_model
+
+    if needs_weights and not weights and not random_weights and \
+            os.path.splitext(str(model))[1].lower() in (".prototxt", ".pbtxt"):
+        raise LrpToolError(f"{model}: a Caffe prototxt holds no weights; give --weights NET.caffemodel "
+                           "(or --random-weights to check the structure with random ones)")
 
     sizes = parse_sizes(input_size, "--input-size", counts=(1, 2, 3), example="sizes like 12x12",
                         square=False)

@@ -311,3 +311,42 @@ def test_a_write_error_names_the_image_and_the_run_goes_on(worker, tmp_path, mod
     (problem,) = [line for line in lines(outcome.stderr) if "skipped" in line]
     assert "inner.png" in problem and "cannot write" in problem and ".lrptool-part" not in problem
     assert (out / "top.png.npy").is_file()
+
+
+# -- files that are not what their names say ----------------------------------------------------------
+
+TINY_PROTOTXT = """name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 2 kernel_size: 3 } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" inner_product_param { num_output: 3 } }
+"""
+
+
+def test_a_prototxt_alone_is_inspected_but_not_explained_on_zero_weights(worker, tmp_path, images):
+    prototxt = tmp_path / "tiny.prototxt"
+    prototxt.write_text(TINY_PROTOTXT)
+    inspected = worker.run(["inspect", prototxt])
+    assert inspected.code == 0 and "(N, 3)" in inspected.stdout, inspected.describe()
+    for argv in (["explain", prototxt, images, "-o", tmp_path / "out"], ["evaluate", prototxt, images, "-o",
+                 tmp_path / "ev"], ["convert", prototxt, "-o", tmp_path / "tiny.onnx"],
+                 ["compile", prototxt, "-o", tmp_path / "explainer.onnx"]):
+        one_line_error(worker.run(argv), "tiny.prototxt", "--weights", "--random-weights")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "tiny.onnx").exists()
+    randomised = worker.run(["convert", prototxt, "--random-weights", "-o", tmp_path / "tiny.onnx"])
+    assert randomised.code == 0, randomised.describe()
+
+
+def test_git_lfs_pointers_and_html_pages_are_named_for_what_they_are(worker, tmp_path, model):
+    pointer = tmp_path / "resnet.onnx"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 102502400\n")
+    one_line_error(worker.run(["inspect", pointer]), "resnet.onnx", "Git LFS pointer", "git lfs pull")
+    page = tmp_path / "model.h5"
+    page.write_text("\n  <!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>…</body></html>")
+    one_line_error(worker.run(["inspect", page]), "model.h5", "HTML page")
+    weights = tmp_path / "net.caffemodel"
+    weights.write_text("<html><body>404 Not Found</body></html>")
+    prototxt = tmp_path / "tiny.prototxt"
+    prototxt.write_text(TINY_PROTOTXT)
+    one_line_error(worker.run(["inspect", prototxt, "--weights", weights]), "net.caffemodel", "HTML page",
+                   "--weights")
