@@ -149,6 +149,12 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     default = -1 if target is None else int(target)
     if not -1 <= default < classes:
         raise LrpToolError(f"target {default}: the model has {classes} outputs (0–{classes - 1})")
+    # constants no node reads any more (a bias that took ε in) leave the model
+    used = {t for node in nodes for t in node.input}
+    for tensor in [t for t in initializers if t.name not in used]:
+        initializers.remove(tensor)
+        if external is not None:
+            external.pop(tensor.name, None)
     initializers.append(onnx.numpy_helper.from_array(np.array([default], dtype=np.int64), "target"))
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, dims),
               helper.make_tensor_value_info("target", TensorProto.INT64, ["targets"])]
