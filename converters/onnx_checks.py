@@ -412,8 +412,11 @@ def tensor_shape(value_info, source="", what="value"):
         raise refuse(source, f"{what} {value_info.name!r}", f"has {len(t.shape.dim)} axes",
                      f"lrptool reads tensors of up to {MOST_AXES} axes")
     dims = []
-    for d in t.shape.dim:
+    for axis, d in enumerate(t.shape.dim):
         if d.WhichOneof("value") == "dim_value":
+            if d.dim_value == -1 and axis == 0:
+                dims.append(None)  # PaddlePaddle's way of saying the batch size is free
+                continue
             if d.dim_value < 0:
                 raise refuse(source, f"{what} {value_info.name!r}", f"negative size {d.dim_value} in its shape")
             dims.append(int(d.dim_value))

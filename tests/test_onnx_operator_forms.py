@@ -161,3 +161,25 @@ def test_unsupported_resize_settings_are_named():
     with pytest.raises(UnsupportedModelError) as refused:
         read_onnx(model)
     assert "smooth (Resize: mode 'linear'" in str(refused.value)
+
+
+@pytest.mark.parametrize("chain", ["constant", "shape"])
+def test_paddle_style_batch_of_minus_one_is_the_free_batch(chain):
+    """PaddlePaddle declares the batch as dim_value -1 and flattens with a (-1, N) target, given as a
+    constant or computed from Shape; both load with a free batch and match onnxruntime."""
+    rng = np.random.default_rng(40)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])]
+    initializers = [("w", rng.normal(size=(2, 3, 3, 3)).astype(np.float32)),
+                    ("fc", rng.normal(size=(200, 4)).astype(np.float32))]
+    if chain == "constant":
+        initializers.append(ints("shape", [-1, 200]))
+    else:
+        initializers += [ints("zero", [0]), ints("one", [1]), ints("rest", [200])]
+        nodes += [helper.make_node("Shape", ["c"], ["s"]), helper.make_node("Slice", ["s", "zero", "one"], ["b"]),
+                  helper.make_node("Concat", ["b", "rest"], ["shape"], axis=0)]
+    nodes += [helper.make_node("Reshape", ["c", "shape"], ["r"]), helper.make_node("MatMul", ["r", "fc"], ["y"])]
+    model = make(nodes, [-1, 3, 10, 10], [-1, 4], 11, initializers)
+    graph = read_onnx(model)
+    assert graph.inputs["x"] == (None, 3, 10, 10)
+    x = rng.normal(size=(3, 3, 10, 10)).astype(np.float32)
+    np.testing.assert_allclose(run_graph(graph, x)["y"], onnxruntime_outputs(model, x)[0], rtol=1e-4, atol=1e-4)
