@@ -7,8 +7,9 @@ import numpy as np
 import click
 
 from . import __version__
-from .cli_options import (build_preprocessing, check_target_range, combined_rule_spec, model_options, open_model,
-                          parse_target, preprocessing_options, read_labels, require_runnable)
+from .cli_options import (NOTES, build_preprocessing, check_labels, check_target_range, combined_rule_spec,
+                          model_options, open_model, parse_target, preprocessing_options, read_labels, require_runnable,
+                          say_notes)
 from .errors import LrpToolError
 
 
@@ -107,6 +108,7 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
     check_target_range(fixed_target, None, None if None in output_shape[1:] else int(np.prod(output_shape[1:])))
     explainer = compile_explainer(graph, spec, bounds=bounds, node_sums=node_sums,
                                   target=None if fixed_target == "pred" else fixed_target)
+    say_notes()
     try:
         written = write_explainer(explainer, output)
     except OSError as error:
@@ -168,9 +170,11 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
                           primitives="numpy" if low_memory else "onnxruntime",
                           forward_backend="lrptool" if low_memory else "auto", providers=provider_list(providers))
     check_target_range(fixed_target, top_k, explainer.output_size())
+    check_labels(labels, label_names, explainer.output_size())
     items = walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None)
     if not items:
         raise LrpToolError("no images found in " + ", ".join(inputs))
+    say_notes()
     try:
         os.makedirs(outdir, exist_ok=True)
         stream, recorded = open_records(jsonl, resume)
@@ -250,6 +254,7 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     runs = len(set(methods_wanted) | {"random"}) * len(orders)
     check_bytes(tensors[0].nbytes * len(tensors) * (2 * runs + 3),
                 f"region perturbation of {len(tensors)} images with {runs} method/order runs")
+    say_notes()
     x = np.stack(tensors)
     bounds = preprocessing.bounds()
     with np.errstate(all="ignore"):
@@ -322,6 +327,7 @@ def quiet_handled_warnings():
 def main(argv=None):
     interrupt_on_terminate()
     quiet_handled_warnings()
+    NOTES.clear()
     try:
         cli.main(args=argv, prog_name="lrptool", standalone_mode=False)
     except click.exceptions.Abort:

@@ -96,6 +96,39 @@ def check_target_range(target, top_k, classes):
         raise LrpToolError(f"--target top-{top_k}: the model has only {classes} outputs")
 
 
+def preprocessing_file_beside(model):
+    """MODEL.onnx.json, or MODEL.json unless that is something else (a Keras architecture, say); the
+    run says which file it uses."""
+    import json
+    import os
+
+    from .images import Preprocessing
+
+    candidates = [model + ".json", os.path.splitext(model)[0] + ".json"]
+    for index, candidate in enumerate(candidates):
+        if not os.path.isfile(candidate):
+            continue
+        if index == 1:
+            try:
+                with open(candidate, "rb") as handle:
+                    keys = set(json.loads(handle.read().decode("utf-8")))
+            except (OSError, ValueError, TypeError, RecursionError):
+                keys = {None}
+            if not keys <= set(Preprocessing.__dataclass_fields__) | {"preset"}:
+                NOTES.append(f"ignored {candidate}: not a preprocessing file")
+                continue
+        NOTES.append(f"preprocessing settings from {candidate}")
+        return candidate
+    return None
+
+
+def check_labels(labels, names, classes):
+    """Refuse a label file whose line count is not the model's output count."""
+    if names is not None and classes is not None and len(names) != classes:
+        raise LrpToolError(f"{labels}: {len(names)} class names for a model with {classes} outputs; give one name "
+                           "per line, in output order")
+
+
 def require_runnable(graph, source):
     """Before explaining: every weight finite, and one image's tensors within the memory budget."""
     import numpy as np
@@ -158,7 +191,8 @@ def open_model(model, weights=None, model_config=None, random_weights=False, ker
 def preprocessing_options(function):
     """The preprocessing flags that explain and evaluate share."""
     options = [
-        click.option("--preprocess", "preprocess_preset", help="Preprocessing preset: imagenet, caffe, mnist, raw."),
+        click.option("--preprocess", "preprocess_preset", help="Preprocessing preset: imagenet, imagenet-bgr, tf "
+                     "(= inception, x/127.5 - 1), caffe, mnist, raw."),
         click.option("--config", type=click.Path(dir_okay=False),
                      help="Preprocessing JSON (default: MODEL.json next to the model, if present)."),
         click.option("--size", help="Input size HxW (default: from the model)."),
@@ -173,6 +207,17 @@ def preprocessing_options(function):
     for option in reversed(options):
         function = option(function)
     return function
+
+
+#: Notes about the run's settings (which preprocessing file was used), said once every check passed,
+#: so that a refusal stays one line.
+NOTES = []
+
+
+def say_notes():
+    for note in NOTES:
+        click.echo(f"lrptool: {note}", err=True)
+    NOTES.clear()
 
 
 def build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean, std,
@@ -201,8 +246,8 @@ def build_preprocessing(model, graph, preprocess_preset, config, size, resize, c
         if taken is not None and len(values) not in (1, taken):
             raise LrpToolError(f"{mean_file}: the mean file has {len(values)} channels but the model takes {taken}")
         mean = ",".join(repr(v) for v in values)
-    if config is None and os.path.isfile(model + ".json"):
-        config = model + ".json"
+    if config is None:
+        config = preprocessing_file_beside(model)
     return preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
                              channels=channels, scale=scale, mean=parse_floats(mean, "--mean"),
                              std=parse_floats(std, "--std", positive=True))

@@ -115,14 +115,16 @@ def perturbation_curves(score, x, targets, relevances, patch=4, steps=20, orders
 
 
 def summary(curves):
-    """{order: [{method, aopc, sem}, …]} ranked by AOPC (largest first)."""
+    """{order: [{method, aopc, sem}, …]} ranked best first: for MoRF the largest AOPC (the score falls
+    fastest when the most relevant regions go), for LeRF the smallest (it holds longest when the least
+    relevant go)."""
     table = {}
     for method, order in curves.scores:
         per_image = curves.aopc(method, order)
         sem = float(np.std(per_image, ddof=1) / np.sqrt(len(per_image))) if len(per_image) > 1 else 0.0
         table.setdefault(order, []).append({"method": method, "aopc": float(np.mean(per_image)), "sem": sem})
     for order in table:
-        table[order].sort(key=lambda row: -row["aopc"])
+        table[order].sort(key=lambda row: row["aopc"] if order == "lerf" else -row["aopc"])
         for rank, row in enumerate(table[order], start=1):
             row["rank"] = rank
     return table
@@ -214,10 +216,14 @@ def write_report(outdir, curves, table, settings, write=None, say=print):
         say("matplotlib is not installed: no curves.png (pip install matplotlib); the CSV and JSON are written")
         return
     figure, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4), squeeze=False)
+    # one colour per method in every panel, whatever its rank there
+    methods = sorted({method for method, _ in curves.scores})
+    colours = {method: f"C{index % 10}" for index, method in enumerate(methods)}
     for axis, order in zip(axes[0], table):
         for row in table[order]:
             curve = curves.scores[row["method"], order]
-            axis.plot(np.arange(len(curve)), curve.mean(axis=1), label=f"{row['method']} (AOPC {row['aopc']:.3g})")
+            axis.plot(np.arange(len(curve)), curve.mean(axis=1), color=colours[row["method"]],
+                      label=f"{row['method']} (AOPC {row['aopc']:.3g})")
         axis.set_title(f"{order.upper()} region perturbation")
         axis.set_xlabel("perturbation step")
         axis.set_ylabel("mean explained score")

@@ -56,9 +56,15 @@ PRESETS = {
     "imagenet": Preprocessing(size=(224, 224), resize="shorter-crop", shorter=256, channels="rgb", scale=1 / 255,
                               mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
     "caffe": Preprocessing(resize="resize", channels="bgr", scale=1.0, mean=[103.939, 116.779, 123.68], std=[1.0]),
+    # ImageNet statistics in the BGR channel order (PaddlePaddle's image models)
+    "imagenet-bgr": Preprocessing(size=(224, 224), resize="shorter-crop", shorter=256, channels="bgr", scale=1 / 255,
+                                  mean=[0.406, 0.456, 0.485], std=[0.225, 0.224, 0.229]),
+    # TensorFlow/Keras applications (Inception, MobileNet, EfficientNet-Lite): x/127.5 − 1
+    "tf": Preprocessing(resize="resize", channels="rgb", scale=1 / 127.5, mean=[1.0], std=[1.0]),
     "mnist": Preprocessing(size=(28, 28), channels="gray", scale=1 / 255),
     "raw": Preprocessing(),
 }
+PRESETS["inception"] = PRESETS["tf"]
 
 
 def preprocessing_for(model_shape, preset=None, config=None, **overrides):

@@ -350,3 +350,33 @@ def test_git_lfs_pointers_and_html_pages_are_named_for_what_they_are(worker, tmp
     prototxt.write_text(TINY_PROTOTXT)
     one_line_error(worker.run(["inspect", prototxt, "--weights", weights]), "net.caffemodel", "HTML page",
                    "--weights")
+
+
+def test_labels_must_match_the_outputs_and_a_stem_json_is_found_and_named(worker, tmp_path, images, model):
+    (tmp_path / "nine.txt").write_text("\n".join(f"class {i}" for i in range(9)))
+    one_line_error(worker.run(["explain", model, images, "-o", tmp_path / "out", "--labels", tmp_path / "nine.txt"]),
+                   "nine.txt", "9 class names", "10 outputs")
+    # <stem>.json beside mnist.onnx is the model's preprocessing file, and the run says it used it
+    (tmp_path / "mnist.json").write_text('{"std": [0]}')
+    refused = worker.run(["explain", model, images, "-o", tmp_path / "out"])
+    assert refused.code == 2 and "mnist.json" in refused.stderr, refused.describe()
+    (tmp_path / "mnist.json").write_text('{"preset": "mnist"}')
+    used = worker.run(["explain", model, images, "-o", tmp_path / "out", "--format", "npy"])
+    assert used.code == 0 and "preprocessing settings from" in used.stderr and "mnist.json" in used.stderr
+
+
+def test_tf_and_imagenet_bgr_presets_by_hand():
+    from lrptool.images import preprocessing_for, to_tensor
+
+    picture = Image.fromarray(np.array([[[0, 127, 255]]], dtype=np.uint8), "RGB")
+    tf = preprocessing_for((None, 3, 1, 1), "tf")
+    np.testing.assert_allclose(to_tensor(picture, tf)[:, 0, 0], [-1.0, 127 / 127.5 - 1, 1.0], rtol=1e-6)
+    bgr = preprocessing_for((None, 3, 1, 1), "imagenet-bgr", size=(1, 1))
+    expected = [(255 / 255 - 0.406) / 0.225, (127 / 255 - 0.456) / 0.224, (0 - 0.485) / 0.229]   # B, G, R
+    np.testing.assert_allclose(to_tensor(picture, bgr)[:, 0, 0], expected, rtol=1e-6)
+
+
+def test_a_keras_architecture_named_like_the_model_is_not_taken_for_preprocessing(worker, tmp_path, images, model):
+    (tmp_path / "mnist.json").write_text('{"class_name": "Sequential", "config": {"layers": []}}')
+    outcome = worker.run(["explain", model, images, "-o", tmp_path / "out", "--format", "npy"])
+    assert outcome.code == 0 and "ignored" in outcome.stderr and "mnist.json" in outcome.stderr, outcome.describe()
