@@ -95,6 +95,7 @@ class FolderExplainer:
         self.resumed = 0
         self.classes = explainer.output_size() if hasattr(explainer, "output_size") else None
         self.manifest = Manifest(outdir)
+        self.noted = set()
 
     # -- naming ------------------------------------------------------------------------------
     def suffix(self, rank):
@@ -239,10 +240,39 @@ class FolderExplainer:
                 self.fail(item, "the explanation is not finite (NaN or Inf): the model's values overflow "
                                 "float32 for this image, or its weights are not finite")
                 continue
+            self.check_conservation(item, x[index:index + 1], first, index)
             future = pool.submit(self.write_outputs, item, picture, runs, index)
             future.item = item
             futures.append(future)
         return futures
+
+    def check_conservation(self, item, x, explanation, index):
+        """Say once per run when the input keeps less than a tenth (or more than ten times) of the
+        explained score, naming the node that absorbed the most; and once when a score is negative."""
+        from .lrp import GRADIENT_METHODS
+
+        if self.explainer.method in GRADIENT_METHODS:
+            return
+        score = float(explanation.scores[index])
+        total = float(np.sum(explanation.relevance[index], dtype=np.float64))
+        if score < 0 and "negative" not in self.noted:
+            self.noted.add("negative")
+            self.report(f"note: {item.path}: the explained score is negative ({score:.4g}); LRP redistributes it "
+                        "with its sign, so red and blue swap meaning in that heatmap")
+        if score == 0 or "conservation" in self.noted or 0.1 <= total / score <= 10:
+            return
+        self.noted.add("conservation")
+        try:
+            with np.errstate(all="ignore"):
+                report = self.explainer.conservation(x, [int(explanation.targets[index])])
+            worst = max(report.nodes, key=lambda node: abs(node.absorbed))
+        except Exception:  # noqa: BLE001 - the note is a courtesy; the explanation stands
+            return
+        where = f"{worst.node!r} ({worst.op}{', ' + worst.rule if worst.rule else ''})"
+        self.report(f"note: {item.path}: the input keeps {total / score:.2%} of the explained score {score:.4g}; "
+                    f"node {where} absorbed the most ({worst.absorbed:.4g}). Biases and stabilisers absorb "
+                    f"relevance: try a rule without bias there (--rules 'name:{worst.node}=epsilon-nobias') or "
+                    "the γ or ε rule on such layers")
 
     @staticmethod
     def finite(explanation, index):

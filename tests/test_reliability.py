@@ -175,7 +175,7 @@ def test_stdin_lists_take_any_file_name_and_a_bad_target_fails_one_image(worker,
     out = tmp_path / "out"
     outcome = worker.run(["explain", model, "-", "-o", out, "--format", "npy"], stdin=listing)
     assert outcome.kind == "ok" and outcome.code == 1, outcome.describe()
-    (problem,) = lines(outcome.stderr)[:-1]
+    (problem,) = [line for line in lines(outcome.stderr) if "skipped" in line]
     assert "d0.png" in problem and "99999" in problem and "10 outputs" in problem
     records = strict_json_lines(outcome.stdout)
     assert [r["target"] for r in records][1:] == [3] and len(records) == 2
@@ -380,3 +380,19 @@ def test_a_keras_architecture_named_like_the_model_is_not_taken_for_preprocessin
     (tmp_path / "mnist.json").write_text('{"class_name": "Sequential", "config": {"layers": []}}')
     outcome = worker.run(["explain", model, images, "-o", tmp_path / "out", "--format", "npy"])
     assert outcome.code == 0 and "ignored" in outcome.stderr and "mnist.json" in outcome.stderr, outcome.describe()
+
+
+def test_a_note_names_the_node_that_absorbed_the_relevance(worker, tmp_path, images):
+    path = tmp_path / "biased.onnx"
+    bias_free_mnist(path)
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.full(10, 1e5, np.float32), "b2"))
+    gemm = model.graph.node[-1]
+    gemm.input.append("b2")
+    onnx.save(model, str(path))
+    outcome = worker.run(["explain", path, images, "-o", tmp_path / "out", "--format", "npy"])
+    assert outcome.code == 0, outcome.describe()
+    notes = [line for line in lines(outcome.stderr) if "absorbed the most" in line]
+    assert len(notes) == 1 and "(Dense, epsilon" in notes[0] and "epsilon-nobias" in notes[0], outcome.stderr
+    quiet = worker.run(["explain", path, images, "-o", tmp_path / "out2", "--format", "npy", "--method", "gradient"])
+    assert quiet.code == 0 and "absorbed" not in quiet.stderr

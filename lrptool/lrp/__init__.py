@@ -175,6 +175,16 @@ class Explainer:
                                                str(rule) if rule is not None and name.op in RULE_OPERATORS else ""))
         return report
 
+    def conservation(self, x, target):
+        """The conservation report of an LRP method for ``x`` from the eager walk, whichever path explains:
+        Σ R per node and what each node absorbed."""
+        x = np.asarray(x, dtype=self.dtype)
+        values = self.walk.forward(x)
+        outputs = np.array(values[self.output])
+        targets = select_targets(outputs, target)
+        _, report = self.walk.run(values, {self.output: self.seed_for(outputs, targets)})
+        return report
+
     def explain(self, x, target="pred", layers=False):
         x = np.asarray(x, dtype=self.dtype)
         if self.compiled is not None and not layers:
