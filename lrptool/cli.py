@@ -174,6 +174,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     items = walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None)
     if not items:
         raise LrpToolError("no images found in " + ", ".join(inputs))
+    click.echo(f"lrptool: preprocessing: {preprocessing.summary()}", err=True)
     say_notes()
     try:
         os.makedirs(outdir, exist_ok=True)

@@ -96,6 +96,7 @@ class FolderExplainer:
         self.classes = explainer.output_size() if hasattr(explainer, "output_size") else None
         self.manifest = Manifest(outdir)
         self.noted = set()
+        self.preprocessing_settings = preprocessing.describe()
 
     # -- naming ------------------------------------------------------------------------------
     def suffix(self, rank):
@@ -301,7 +302,7 @@ class FolderExplainer:
                       "label": self.labels[target] if self.labels and target < len(self.labels) else None,
                       "score": score, "relevance_sum": total,
                       "conservation_error": finite_or_none(abs(total - score) / abs(score)) if score else None,
-                      "files": list(paths.values())}
+                      "files": list(paths.values()), "preprocessing": self.preprocessing_settings}
             if rank is not None:
                 record["rank"] = rank
             done.append((rank, files, record))

@@ -49,7 +49,16 @@ class Preprocessing:
             return (0.0 - mean) / std, (255.0 * self.scale - mean) / std
 
     def describe(self):
-        return {k: v for k, v in asdict(self).items()}
+        """The settings as JSON-ready values (for the run's JSON lines)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def summary(self):
+        """One line: what a picture goes through before the model sees it."""
+        height, width = self.size
+        crop = f"shorter side {self.shorter or round(min(height, width) * 256 / 224)}, centre crop" \
+            if self.resize == "shorter-crop" else "resized"
+        return (f"{crop} to {height}x{width}, {self.channels}, x = (pixel · {self.scale:g} − {self.mean}) / "
+                f"{self.std}")
 
 
 PRESETS = {

@@ -396,3 +396,13 @@ def test_a_note_names_the_node_that_absorbed_the_relevance(worker, tmp_path, ima
     assert len(notes) == 1 and "(Dense, epsilon" in notes[0] and "epsilon-nobias" in notes[0], outcome.stderr
     quiet = worker.run(["explain", path, images, "-o", tmp_path / "out2", "--format", "npy", "--method", "gradient"])
     assert quiet.code == 0 and "absorbed" not in quiet.stderr
+
+
+def test_the_preprocessing_in_effect_is_said_once_and_recorded_in_every_json_line(worker, tmp_path, images, model):
+    outcome = worker.run(["explain", model, images, "-o", tmp_path / "out", "--format", "npy", "--preprocess", "mnist"])
+    assert outcome.code == 0, outcome.describe()
+    said = [line for line in lines(outcome.stderr) if line.startswith("lrptool: preprocessing:")]
+    assert said == ["lrptool: preprocessing: resized to 28x28, gray, x = (pixel · 0.00392157 − [0.0]) / [1.0]"]
+    for record in strict_json_lines(outcome.stdout):
+        assert record["preprocessing"] == {"size": [28, 28], "resize": "resize", "shorter": None, "channels": "gray",
+                                           "scale": 1 / 255, "mean": [0.0], "std": [1.0]}
