@@ -2,8 +2,6 @@
 
 import sys
 
-import numpy as np
-
 import click
 
 from . import __version__
@@ -90,12 +88,8 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
     input's bounds, which the zB rule needs."""
     from .lrp.compile import compile_explainer, write_explainer
 
-    from .lrp.canonize import canonize
-    from .lrp.engine import check_routable
-
     fixed_target, _ = parse_target(target, top=False)
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
-    check_routable(canonize(graph)[0])  # the same refusal, in the same words, as inspect --preset
     require_runnable(graph, model)
     bounds = None
     if len(next(iter(graph.inputs.values()))) == 4:  # pictures: the preprocessing gives the input's range
@@ -104,8 +98,8 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
     spec = combined_rule_spec(method, rule_spec, "epsilon-plus-flat")
     if spec == "random":
         raise LrpToolError("--method random: the random baseline has no compiled form")
-    output_shape = graph.shapes[graph.outputs[0]]
-    check_target_range(fixed_target, None, None if None in output_shape[1:] else int(np.prod(output_shape[1:])))
+    check_target_range(fixed_target, None, graph.output_size())
+    # compile_explainer refuses unroutable nodes with the check, and the words, of inspect --preset
     explainer = compile_explainer(graph, spec, bounds=bounds, node_sums=node_sums,
                                   target=None if fixed_target == "pred" else fixed_target)
     say_notes()
@@ -237,8 +231,7 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std, mean_file)
     require_runnable(graph, model)
-    output_shape = graph.shapes[graph.outputs[0]]
-    check_target_range(target, None, None if None in output_shape[1:] else int(np.prod(output_shape[1:])))
+    check_target_range(target, None, graph.output_size())
     height, width = preprocessing.size
     if patch > max(height, width):
         raise LrpToolError(f"--patch {patch}: larger than the {height}x{width} input; give at most {max(height, width)}")

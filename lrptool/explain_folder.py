@@ -21,7 +21,7 @@ import numpy as np
 from .files import OutsideOutputError, remove_stale_parts, write_atomically
 from .heatmaps import heatmap_image, overlay_image
 from .images import ImageError, load_picture, to_tensor
-from .lrp import top_k_targets
+from .lrp import GRADIENT_METHODS, top_k_targets
 from .manifest import Manifest, digest
 
 #: Set when the run is asked to stop (Ctrl-C, SIGTERM): an interrupt that lands inside compiled
@@ -250,8 +250,6 @@ class FolderExplainer:
     def check_conservation(self, item, x, explanation, index):
         """Say once per run when the input keeps less than a tenth (or more than ten times) of the
         explained score, naming the node that absorbed the most; and once when a score is negative."""
-        from .lrp import GRADIENT_METHODS
-
         if self.explainer.method in GRADIENT_METHODS:
             return
         score = float(explanation.scores[index])

@@ -123,6 +123,17 @@ class Graph:
     def parameter_count(self):
         return sum(node.parameter_count() for node in self.nodes)
 
+    def output_size(self):
+        """How many values the (first) output has per sample — the range of class indices — or None
+        where a size is free."""
+        shape = self.shapes[self.outputs[0]]
+        if any(d is None for d in shape[1:]):
+            return None
+        total = 1
+        for size in shape[1:]:
+            total *= int(size)
+        return total
+
     def producers(self):
         return {t: node for node in self.nodes for t in node.outputs}
 

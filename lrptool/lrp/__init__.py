@@ -35,12 +35,17 @@ def select_targets(scores, target):
     flat = scores.reshape(scores.shape[0], -1)
     if target is None or (isinstance(target, str) and target == "pred"):
         return np.argmax(flat, axis=1)
-    targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (flat.shape[0],)).copy()
-    predicted = np.argmax(flat, axis=1)
-    targets = np.where(targets < 0, predicted, targets)  # -1 means "the predicted class"
-    if np.any(targets >= flat.shape[1]):
-        raise LrpToolError(f"target {int(targets.max())} is out of range: the model has {flat.shape[1]} outputs")
-    return targets
+    targets = explicit_targets(target, flat.shape[0], flat.shape[1])
+    return np.where(targets < 0, np.argmax(flat, axis=1), targets)  # -1 means "the predicted class"
+
+
+def explicit_targets(target, batch, classes):
+    """One class index per sample from an int or a sequence, checked against ``classes`` (None: not
+    known); negative entries stand for the prediction and come back as -1."""
+    targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (batch,)).copy()
+    if classes is not None and np.any(targets >= classes):
+        raise LrpToolError(f"target {int(targets.max())} is out of range: the model has {classes} outputs")
+    return np.where(targets < 0, -1, targets)
 
 
 def top_k_targets(scores, k):
@@ -126,10 +131,7 @@ class Explainer:
 
     def output_size(self):
         """How many outputs a sample has (the range of class indices), or None where it is free."""
-        shape = self.graph.shapes.get(self.output)
-        if shape is None or any(d is None for d in shape[1:]):
-            return None
-        return int(np.prod(shape[1:], dtype=np.int64))
+        return self.graph.output_size()
 
     def seed_for(self, outputs, targets):
         flat = outputs.reshape(outputs.shape[0], -1)
@@ -143,11 +145,7 @@ class Explainer:
         """The target input of the compiled graph: −1 (the prediction) or a checked class index per sample."""
         if target is None or (isinstance(target, str) and target == "pred"):
             return np.full(batch, -1, dtype=np.int64)
-        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (batch,)).copy()
-        classes = self.output_size()
-        if classes is not None and np.any(targets >= classes):
-            raise LrpToolError(f"target {int(targets.max())} is out of range: the model has {classes} outputs")
-        return np.where(targets < 0, -1, targets)
+        return explicit_targets(target, batch, self.output_size())
 
     def explain_compiled(self, x, target):
         results = self.compiled.run(x, self.requested_targets(target, x.shape[0]))

@@ -91,7 +91,7 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     (source,) = canonical.inputs
     (output,) = canonical.outputs
     out_shape = canonical.shapes[output]
-    classes = int(np.prod(out_shape[1:]))
+    classes = canonical.output_size()
 
     # the explained class: the target input where it is >= 0, else the prediction
     flat = emit.node("Reshape", [output, emit.ints([0, -1])])

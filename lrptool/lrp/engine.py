@@ -10,6 +10,7 @@ from .forward import RecordingForward
 from .numpy_ops import NumpyOps
 from .presets import assign_rules
 from .reverse import RULE_OPERATORS, multiplicative_routing, reverse_of
+from .routing import refuse
 from .rules import PassRule
 
 
@@ -51,7 +52,7 @@ def check_routable(graph, rule_map=None):
         try:
             entry = reverse_of(node)
             if entry.kind == "refuse":
-                entry.relevance(None, node, [], [], [])
+                refuse(node, entry.describe)
             if entry.kind == "gate":
                 multiplicative_routing(node, producers)
         except LrpToolError as error:

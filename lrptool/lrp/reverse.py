@@ -109,7 +109,7 @@ def nothing(walk, node, inputs, outputs, incoming):
 
 
 def refused(walk, node, inputs, outputs, incoming):
-    refuse(node, "a softmax inside the network has no relevance routing")
+    refuse(node, REVERSE[node.op].describe)
 
 
 # -- gates: which input of a product is the signal -----------------------------------------------
@@ -192,6 +192,9 @@ def div_gradient(walk, node, inputs, outputs, incoming):
 
 # -- the table ---------------------------------------------------------------------------------
 
+INNER_SOFTMAX = "a softmax inside the network has no relevance routing"
+
+
 def linear(eager, emitting):
     return Reverse("rule", "its LRP rule", rule_relevance, linear_gradient, ("inputs",), Primitives(eager, emitting))
 
@@ -218,8 +221,8 @@ REVERSE = {
     "Sub": Reverse("split", "split in proportion", proportional([1.0, -1.0]), sub_gradient, ("inputs",)),
     "Mul": Reverse("gate", "all to the signal", gate_relevance, mul_gradient),
     "Div": Reverse("gate", "all to the signal", gate_relevance, div_gradient),
-    "Softmax": Reverse("refuse", "-", refused, softmax_gradient),
-    "LogSoftmax": Reverse("refuse", "-", refused, softmax_gradient),
+    "Softmax": Reverse("refuse", INNER_SOFTMAX, refused, softmax_gradient),
+    "LogSoftmax": Reverse("refuse", INNER_SOFTMAX, refused, softmax_gradient),
     "Constant": Reverse("constant", "absorbs its share", nothing, nothing),
 }
 
