@@ -123,7 +123,16 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line.")
 @click.option("--format", "formats", default="png", show_default=True, help="Any of png,overlay,npy.")
 @click.option("--cmap", default="bwr", show_default=True,
-              help="Colour map: bwr, seismic, coldnhot, hot, gray, lrp.")
+              help="Colour map: bwr, diverging (perceptually uniform blue–white–red), black-firered (the LRP "
+                   "toolbox's), seismic, coldnhot, hot, gray, lrp (= bwr).")
+@click.option("--clip", default=99.5, show_default=True, type=click.FloatRange(0, 100, min_open=True),
+              help="Colours saturate at this percentile of |relevance| (100: the largest).")
+@click.option("--channels-mode", default="sum", show_default=True, type=click.Choice(["sum", "abs", "max-abs"]),
+              help="A pixel's value from its channels: their sum, the sum of their absolute values, or the "
+                   "largest absolute value.")
+@click.option("--map-back/--no-map-back", default=None,
+              help="Draw heatmaps too onto the original picture's size (undoing resize and crop) / draw overlays "
+                   "on the model's input instead. Default: overlays on the original, heatmaps at the input size.")
 @preprocessing_options
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--jobs", default=2, show_default=True, type=click.IntRange(1),
@@ -134,7 +143,7 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
 @click.option("--low-memory", is_flag=True,
               help="Run the eager walk in NumPy/Numba instead of the compiled explainer: less memory, slower.")
 @click.option("--provider", "providers", help="onnxruntime execution providers, e.g. cuda or cuda,cpu (default cpu).")
-def explain(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method, rule_spec, target, labels, formats, cmap, preprocess_preset, config,
+def explain(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method, rule_spec, target, labels, formats, cmap, clip, channels_mode, map_back, preprocess_preset, config,
             size, resize, channels, scale, mean, std, mean_file, batch_size, jobs, resume, jsonl, low_memory, providers):
     """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
     stdin, each optionally followed by TAB and a class index). Writes heatmaps, overlays and raw
@@ -178,7 +187,8 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     try:
         runner = FolderExplainer(explainer, preprocessing, outdir, wanted, cmap, fixed_target, top_k, label_names,
                                  batch_size, jobs, resume, stream, progress=sys.stderr.isatty(),
-                                 recorded=recorded if jsonl else None)
+                                 recorded=recorded if jsonl else None, clip=clip, channels=channels_mode,
+                                 map_back=map_back)
         failures = runner.run(items)
     finally:
         if stream:

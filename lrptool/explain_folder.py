@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .files import OutsideOutputError, remove_stale_parts, write_atomically
-from .heatmaps import heatmap_image, overlay_image
-from .images import ImageError, load_picture, to_tensor
+from .heatmaps import DEFAULT_CLIP, heatmap_image, overlay_image
+from .images import ImageError, geometry_for, load_original, resize, to_tensor
 from .lrp import GRADIENT_METHODS, top_k_targets
 from .manifest import Manifest, digest
 
@@ -73,12 +73,16 @@ class FolderExplainer:
 
     def __init__(self, explainer, preprocessing, outdir, formats=("png",), colormap="bwr", target="pred",
                  top_k=None, labels=None, batch_size=16, jobs=2, resume=False, jsonl=None, progress=False,
-                 report=None, recorded=None):
+                 report=None, recorded=None, clip=DEFAULT_CLIP, channels="sum", map_back=None):
         self.explainer = explainer
         self.preprocessing = preprocessing
         self.outdir = outdir
         self.formats = tuple(formats)
         self.colormap = colormap
+        self.clip = clip
+        self.channels = channels
+        # None: overlays on the original picture, heatmaps at the input's size; True/False: both/neither
+        self.map_back = map_back
         self.target = target
         self.top_k = top_k
         self.labels = labels
@@ -181,8 +185,11 @@ class FolderExplainer:
                 problem = self.target_problem(item.target)
                 if problem:
                     raise ImageError(problem)
-                picture = load_picture(item.path, self.preprocessing)
-                decoded.append((item, picture, to_tensor(picture, self.preprocessing)))
+                original = load_original(item.path, self.preprocessing)
+                picture = resize(original, self.preprocessing)
+                # the original is kept only while something is drawn onto its geometry
+                kept = original if any(self.onto_original(fmt) for fmt in self.formats) else None
+                decoded.append((item, (kept, picture), to_tensor(picture, self.preprocessing)))
             except ImageError as problem:
                 decoded.append((item, None, str(problem)))
             except Exception as error:  # noqa: BLE001 - a decoder's surprise is that image's problem
@@ -285,10 +292,8 @@ class FolderExplainer:
             paths = self.output_paths(item, rank)
             files = {}
             for fmt, path in paths.items():
-                if fmt == "png":
-                    payload = png_bytes(heatmap_image(relevance, self.colormap))
-                elif fmt == "overlay":
-                    payload = png_bytes(overlay_image(picture, relevance, self.colormap))
+                if fmt in ("png", "overlay"):
+                    payload = png_bytes(self.render(fmt, picture, relevance))
                 else:
                     payload = npy_bytes(relevance)
                 write_atomically(path, payload, root=self.outdir)
@@ -305,6 +310,22 @@ class FolderExplainer:
                 record["rank"] = rank
             done.append((rank, files, record))
         return item, done
+
+    def onto_original(self, fmt):
+        if fmt not in ("png", "overlay"):
+            return False
+        return self.map_back if self.map_back is not None else fmt == "overlay"
+
+    def render(self, fmt, picture, relevance):
+        """The heatmap ("png") or overlay picture of one explanation; ``picture`` is (original, as the
+        model saw it)."""
+        original, seen = picture
+        onto_original = self.onto_original(fmt)
+        geometry = geometry_for(original.size, self.preprocessing) if onto_original else None
+        options = dict(colormap=self.colormap, clip=self.clip, channels=self.channels, geometry=geometry)
+        if fmt == "png":
+            return heatmap_image(relevance, **options)
+        return overlay_image(original if onto_original else seen, relevance, **options)
 
     def flush(self, futures, keep):
         """Commit finished writes in order — the manifest line, then the JSON line — keeping at most

@@ -187,6 +187,11 @@ def open_regular_file(path):
 
 def load_picture(path, preprocessing):
     """Decode, convert and resize one image; returns the PIL image the model sees (for overlays)."""
+    return resize(load_original(path, preprocessing), preprocessing)
+
+
+def load_original(path, preprocessing):
+    """Decode one image and convert it to the preprocessing's colour mode, at its own size."""
     with open_regular_file(path) as handle:
         try:
             # beyond MAX_PIXELS Pillow warns (the CLI silences that) and this refuses
@@ -218,7 +223,7 @@ def load_picture(path, preprocessing):
         except Exception as error:  # noqa: BLE001 - every decoder failure is this image's problem
             text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ImageError(f"cannot decode ({text})") from None
-    return resize(picture, preprocessing)
+    return picture
 
 
 def eight_bit(image):
@@ -246,17 +251,36 @@ def eight_bit(image):
     return image.convert("RGB")
 
 
-def resize(picture, preprocessing):
+@dataclass(frozen=True)
+class Geometry:
+    """How a picture became the model's input: the ``original`` (width, height) was resized to
+    ``resized`` (width, height) and the input is the ``box`` (left, top, right, bottom) of that."""
+    original: tuple
+    resized: tuple
+    box: tuple
+
+
+def geometry_for(size, preprocessing):
+    """The ``Geometry`` of a picture of ``size`` (width, height) under ``preprocessing``."""
     height, width = preprocessing.size
     if preprocessing.resize == "resize":
-        return picture.resize((width, height), Image.BILINEAR) if picture.size != (width, height) else picture
+        return Geometry(tuple(size), (width, height), (0, 0, width, height))
     shorter = preprocessing.shorter or int(round(min(height, width) * 256 / 224))
-    w, h = picture.size
+    w, h = size
     factor = shorter / min(w, h)
-    picture = picture.resize((max(width, round(w * factor)), max(height, round(h * factor))), Image.BILINEAR)
-    w, h = picture.size
-    left, top = (w - width) // 2, (h - height) // 2
-    return picture.crop((left, top, left + width, top + height))
+    resized = (max(width, round(w * factor)), max(height, round(h * factor)))
+    left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+    return Geometry(tuple(size), resized, (left, top, left + width, top + height))
+
+
+def resize(picture, preprocessing):
+    """The picture as the model sees it: resized, or resized by the shorter side and centre-cropped."""
+    geometry = geometry_for(picture.size, preprocessing)
+    if picture.size != geometry.resized or preprocessing.resize != "resize":
+        picture = picture.resize(geometry.resized, Image.BILINEAR)
+    if geometry.box != (0, 0) + geometry.resized:
+        picture = picture.crop(geometry.box)
+    return picture
 
 
 def to_tensor(picture, preprocessing):

@@ -86,9 +86,9 @@ def test_explains_a_nested_folder_and_reports_the_bad_image(tmp_path, tree):
         stem = out / relative
         files = [f"{stem}.heatmap.png", f"{stem}.overlay.png", f"{stem}.npy"]
         assert record["files"] == files
-        for png in files[:2]:
-            with Image.open(png) as image:
-                assert image.size == (28, 28) and image.mode == "RGB"
+        with Image.open(files[0]) as heatmap, Image.open(files[1]) as overlay, Image.open(tree / relative) as picture:
+            assert heatmap.size == (28, 28) and heatmap.mode == "RGB"
+            assert overlay.size == picture.size and overlay.mode == "RGB"   # on the original picture
         relevance = np.load(files[2])
         assert relevance.shape == (1, 28, 28) and relevance.dtype == np.float32
         logits = model_logits(model, tree / relative)
