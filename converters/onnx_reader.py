@@ -18,7 +18,7 @@ from lrptool.errors import BatchAxisError, GraphError, LrpToolError, Unsupported
 from lrptool.graph import Graph, Node, free_name, normalize_node
 from lrptool.limits import check_shape
 
-from . import onnx_shape_ops  # noqa: F401  (registers the data-movement converters)
+from . import onnx_recurrent, onnx_shape_ops  # noqa: F401  (registers the recurrent and data-movement converters)
 from .onnx_checks import (ATTRIBUTE_KINDS, DAMAGED, attribute_values, check_against_schema, check_structure,
                           default_opset, load_onnx_proto, node_label, read_initializers, refuse, tensor_shape)
 from .onnx_folding import fold_constant_node, shortened

@@ -258,6 +258,55 @@ def export_upsample(b, node):
            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
 
+@exporter("LSTM", "GRU", "RNN")
+def export_recurrent(b, node):
+    """ONNX's recurrent operators in the time-major layout (onnxruntime runs no other), with transposes
+    to and from the IR's batch-first tensors; a batch-1 initial state is expanded to the batch."""
+    a = node.attrs
+    x = b.unique(f"{node.name}/time_major")
+    b.node("Transpose", [node.inputs[0]], [x], f"{node.name}/time_major", perm=[1, 0, 2])
+    given = dict(zip(a["optional_inputs"], node.inputs[1:]))
+    inputs = [x, b.constant(f"{node.name}.weight", node.params["weight"]),
+              b.constant(f"{node.name}.recurrence", node.params["recurrence"])]
+    inputs.append(b.constant(f"{node.name}.bias", node.params["bias"]) if "bias" in node.params else "")
+    if "lengths" in given:
+        lengths = b.unique(f"{node.name}/lengths")
+        b.node("Cast", [given["lengths"]], [lengths], f"{node.name}/lengths", to=TensorProto.INT32)
+        inputs.append(lengths)
+    else:
+        inputs.append("")
+    for state in ("initial_h", "initial_c")[:len(node.outputs) - 1]:
+        if state not in given:
+            inputs.append("")
+            continue
+        moved = b.unique(f"{node.name}/{state}")
+        b.node("Transpose", [given[state]], [moved], f"{node.name}/{state}", perm=[1, 0, 2])
+        if b.graph.shapes[given[state]][0] != b.graph.shapes[node.inputs[0]][0]:
+            batch = b.unique(f"{node.name}/batch")
+            b.node("Shape", [node.inputs[0]], [batch], f"{node.name}/batch", start=0, end=1)
+            size = b.unique(f"{node.name}/{state}_size")
+            d, hidden = node.params["recurrence"].shape[0], a["hidden_size"]
+            b.node("Concat", [b.ints(f"{node.name}.directions", [d]), batch, b.ints(f"{node.name}.hidden", [hidden])],
+                   [size], f"{node.name}/{state}_size", axis=0)
+            expanded = b.unique(f"{node.name}/{state}_expanded")
+            b.node("Expand", [moved, size], [expanded], f"{node.name}/{state}_expand")
+            moved = expanded
+        inputs.append(moved)
+    if "peephole" in node.params:
+        inputs.append(b.constant(f"{node.name}.peephole", node.params["peephole"]))
+    while inputs[-1] == "":
+        inputs.pop()
+    extra = {"clip": float(a["clip"])} if np.isfinite(a["clip"]) else {}
+    if node.op == "GRU":
+        extra["linear_before_reset"] = int(a["linear_before_reset"])
+    if node.op == "RNN":
+        extra["activations"] = [a["activation"]] * node.params["recurrence"].shape[0]
+    outputs = [b.unique(f"{out}/time_major") for out in node.outputs]
+    b.node(node.op, inputs, outputs, node.name, hidden_size=int(a["hidden_size"]), direction=a["direction"], **extra)
+    for k, (inner, out) in enumerate(zip(outputs, node.outputs)):
+        b.node("Transpose", [inner], [out], f"{node.name}/batch_first{k}", perm=[2, 0, 1, 3] if k == 0 else [1, 0, 2])
+
+
 def value_info(name, shape):
     dims = ["batch" if d is None else int(d) for d in shape]
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)

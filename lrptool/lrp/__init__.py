@@ -73,12 +73,17 @@ class Explainer:
     ``layers=True`` and the random baseline. ``providers``: onnxruntime execution providers for the
     compiled explainer (``["cuda"]``, …). ``report``: the compiled explainer also computes the
     conservation report (the eager walk always does).
+
+    Recurrent layers (LSTM, GRU, RNN) follow Arras et al. 2017 whatever the method's rules
+    (``lrp.recurrent``): ``recurrent_epsilon`` is their ε, ``recurrent_bias`` ``"absorb"`` (biases and
+    stabilisers keep their share) or ``"spread"`` (that share is spread over the inputs, so relevance
+    is conserved exactly). They have no compiled form: a graph with one is explained eagerly.
     """
 
     def __init__(self, graph, method="epsilon-plus-flat", bounds=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
                  maxpool="winner", dtype=np.float32, start=None, samples=32, noise=0.1, steps=64, seed=0,
                  forward_backend="auto", primitives="onnxruntime", quiet=False, compiled="auto", providers=None,
-                 report=False):
+                 report=False, recurrent_epsilon=1e-3, recurrent_bias="absorb"):
         self.original = graph
         self.graph, self.canonization = canonize(graph)
         if self.canonization["softmax_removed"] and not quiet:
@@ -97,14 +102,16 @@ class Explainer:
         if method in GRADIENT_METHODS:
             policy = {"guided-backprop": "guided", "deconvnet": "deconvnet"}.get(method, "gradient")
             self.walk = ReverseWalk(self.graph, mode="gradient", relu_policy=policy, dtype=self.dtype,
-                                    forward_backend=forward_backend, primitives=primitives)
+                                    forward_backend=forward_backend, primitives=primitives,
+                                    recurrent_epsilon=recurrent_epsilon, recurrent_bias=recurrent_bias)
             self.rules = {}
         else:
             rule_map = rule_map_from_spec(method, epsilon, stabiliser, gamma)
             self.rules = assign_rules(self.graph, rule_map)
             self.walk = ReverseWalk(self.graph, mode="lrp", rules=self.rules, bounds=self.bounds, maxpool=maxpool,
                                     stabiliser=stabiliser, dtype=self.dtype, forward_backend=forward_backend,
-                                    primitives=primitives)
+                                    primitives=primitives, recurrent_epsilon=recurrent_epsilon,
+                                    recurrent_bias=recurrent_bias)
             if any(r.name == "zbox" for r in self.rules.values()) and self.bounds is None:
                 raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
         self.compiled = None

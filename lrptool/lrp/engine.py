@@ -70,8 +70,12 @@ class ReverseWalk:
 
     def __init__(self, graph, mode="lrp", rules=None, bounds=None, maxpool="winner", relu_policy="gradient",
                  stabiliser=1e-6, dtype=np.float64, keep_layers=False, forward_backend="auto",
-                 primitives="onnxruntime"):
+                 primitives="onnxruntime", recurrent_epsilon=1e-3, recurrent_bias="absorb"):
         self.graph = graph
+        if recurrent_bias not in ("absorb", "spread"):
+            raise LrpToolError(f"recurrent bias {recurrent_bias!r}: absorb or spread")
+        self.recurrent_epsilon = recurrent_epsilon
+        self.recurrent_bias = recurrent_bias
         self.mode = mode
         self.rules = rules or {}
         self.bounds = bounds

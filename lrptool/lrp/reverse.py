@@ -11,7 +11,8 @@ Each entry is written once against a tensor backend (``walk.ops``): ``NumpyOps``
 * ``split`` — Add/Sum/Sub: in proportion to each input's contribution (stabilised, no bias);
 * ``gate`` — Mul/Div: all to the signal, none to the gate or constant;
 * ``constant`` — no inputs: absorbs nothing, passes nothing;
-* ``refuse`` — no relevance routing (a softmax inside the network): refused before anything runs.
+* ``refuse`` — no relevance routing (a softmax inside the network): refused before anything runs;
+* ``recurrent`` — LSTM, GRU, RNN: signal-take-all through time (``lrp.recurrent``), eager only.
 """
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from ..errors import LrpToolError
 from ..graph import Node, normalize_node
 from . import linear_ops as L
 from . import onnx_ops as E
+from .recurrent import recurrent_gradient, recurrent_relevance
 from .routing import refuse
 from .rules import norm_rule
 
@@ -224,6 +226,8 @@ REVERSE = {
     "Softmax": Reverse("refuse", INNER_SOFTMAX, refused, softmax_gradient),
     "LogSoftmax": Reverse("refuse", INNER_SOFTMAX, refused, softmax_gradient),
     "Constant": Reverse("constant", "absorbs its share", nothing, nothing),
+    **{op: Reverse("recurrent", "signal-take-all through time (gates take none, ε rule on the sums)",
+                   recurrent_relevance, recurrent_gradient, ("inputs",)) for op in ("LSTM", "GRU", "RNN")},
 }
 
 #: Operators that take an LRP rule.
