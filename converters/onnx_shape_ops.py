@@ -242,3 +242,41 @@ def convert_reduce_mean(ctx, node, a):
         axes = tuple(range(rank))
     ctx.add("ReduceMean", node.input[:1], node.output[0],
             dict(axes=tuple(axis_index(ctx, ax, rank) for ax in axes), keepdims=bool(a.get("keepdims", 1))))
+
+
+@converter("ReduceMax")
+def convert_reduce_max(ctx, node, a):
+    """Max over the trailing axes (over time in a text CNN, over space in an image model): GlobalMaxPool,
+    then the kept axes squeezed away where keepdims is 0."""
+    shape = ctx.shape(node.input[0])
+    rank = len(shape)
+    axes = axes_operand(ctx, node, a, 1, 18)
+    if axes is None or not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return ctx.set_alias(node.output[0], node.input[0])
+        axes = tuple(range(rank))
+    axes = sorted({axis_index(ctx, ax, rank) for ax in axes})
+    if rank < 3 or axes != list(range(2, rank)):
+        raise Unsupported(f"ReduceMax over axes {axes} of a rank-{rank} tensor (lrptool takes the max over every "
+                          "axis after the channel axis: over time or space)")
+    if a.get("keepdims", 1):
+        return ctx.add("GlobalMaxPool", node.input[:1], node.output[0])
+    pooled = ctx.temp("pooled")
+    ctx.add("GlobalMaxPool", node.input[:1], pooled, suffix="pool")
+    ctx.add("Flatten", [pooled], node.output[0], dict(axis=1))
+
+
+@converter("Gather")
+def convert_gather(ctx, node, a):
+    """A constant table indexed by a computed tensor of token ids: an embedding lookup."""
+    table = ctx.input_const(node, 0)
+    if table is None:
+        raise Unsupported("Gather from a computed tensor (lrptool reads Gather as an embedding lookup: a constant "
+                          "table indexed by token ids)")
+    table = np.asarray(table)
+    if table.ndim != 2 or table.dtype.kind != "f":
+        raise Unsupported(f"Gather from a constant of shape {table.shape} and type {table.dtype} (an embedding "
+                          "table is a float matrix: tokens × features)")
+    if axis_index(ctx, a.get("axis", 0), 2) != 0:
+        raise Unsupported("Gather along axis 1 of a matrix (an embedding lookup gathers rows)")
+    ctx.add("Embedding", node.input[1:2], node.output[0], params={"weight": table})

@@ -307,9 +307,15 @@ def export_recurrent(b, node):
         b.node("Transpose", [inner], [out], f"{node.name}/batch_first{k}", perm=[2, 0, 1, 3] if k == 0 else [1, 0, 2])
 
 
-def value_info(name, shape):
+@exporter("Embedding")
+def export_embedding(b, node):
+    b.node("Gather", [b.constant(f"{node.name}.weight", node.params["weight"]), node.inputs[0]], node.outputs,
+           node.name, axis=0)
+
+
+def value_info(name, shape, element=TensorProto.FLOAT):
     dims = ["batch" if d is None else int(d) for d in shape]
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+    return helper.make_tensor_value_info(name, element, dims)
 
 
 def graph_to_onnx(graph, expose=(), external=None):
@@ -344,8 +350,10 @@ def graph_to_onnx(graph, expose=(), external=None):
         written.add(name)
         outputs.append(value_info(name, graph.shapes[graph.outputs[len(outputs)]]))
     listed = set(graph.outputs) | set(graph.inputs)
+    tokens = graph.token_inputs()
     outputs += [value_info(name, graph.shapes[name]) for name in expose if name not in listed]
-    onnx_graph = helper.make_graph(b.nodes, graph.name or "lrptool", [value_info(n, s) for n, s in graph.inputs.items()],
+    onnx_graph = helper.make_graph(b.nodes, graph.name or "lrptool", [value_info(n, s, TensorProto.INT64 if n in tokens else TensorProto.FLOAT)
+                                                          for n, s in graph.inputs.items()],
                                    outputs, initializer=b.initializers)
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lrptool")
     model.ir_version = 9

@@ -11,3 +11,11 @@ def explain(graph, x, method="epsilon-plus-flat", target="pred", **options):
         from converters import load_model
         graph = load_model(graph)
     return explain_graph(graph, x, method, target=target, **options)
+
+
+def explain_text(graph, texts, tokenizer="bytes", method="epsilon", **options):
+    """Explain a model that reads token ids for a list of texts; ``graph`` is a Graph or a model path.
+    See ``lrptool.text.explain_text``."""
+    from .text import explain_text as explain_texts
+
+    return explain_texts(graph, texts, tokenizer=tokenizer, method=method, **options)

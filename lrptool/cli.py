@@ -282,6 +282,45 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
         sys.exit(1)
 
 
+@cli.command("explain-text")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Folder for explanations.jsonl and index.html.")
+@model_options
+@click.option("--tokenizer", default="bytes", show_default=True,
+              help="words, chars, bytes, or a vocabulary file (vocab.json: {token: id}; vocab.txt: a token per line).")
+@click.option("--max-len", type=click.IntRange(1), help="Tokens used per text (default: the model's input length; "
+              "sets it where the model leaves it free).")
+@click.option("--pad", default=0, show_default=True, type=click.IntRange(0), help="Id that fills the input past a text.")
+@click.option("--layout", default="start", show_default=True, type=click.Choice(["start", "head-tail"]),
+              help="start: the text's first tokens; head-tail: first half from its start, second from its end.")
+@click.option("--preset", "--method", "method", help="LRP preset or gradient method; default epsilon.")
+@click.option("--rules", "rule_spec", help="Rule map 'selector=rule,…' or a JSON file; overrides --preset.")
+@click.option("--target", default="pred", show_default=True, help="pred, a class index, or top-K.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line.")
+@click.option("--format", "formats", default="jsonl,html", show_default=True, help="Any of jsonl,html,ansi.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--resume", is_flag=True, help="Skip texts the output folder's manifest records as finished.")
+@click.option("--low-memory", is_flag=True, help="Run the eager walk in NumPy instead of the compiled explainer.")
+@click.option("--provider", "providers", help="onnxruntime execution providers, e.g. cuda (default cpu).")
+def explain_text(model, input_file, outdir, weights, model_config, random_weights, keras1_backend, model_input_size,
+                 tokenizer, max_len, pad, layout, method, rule_spec, target, labels, formats, batch_size, resume,
+                 low_memory, providers):
+    """Explain a text model (its input: token ids) for every line of INPUT ('-': stdin), each line one
+    text, optionally followed by TAB and a class index or label. Writes explanations.jsonl (tokens and
+    their relevance per text) and index.html (coloured words) into the output folder; ansi prints
+    coloured text. Exit status 1 when some line failed."""
+    from .text_runner import run_explain_text
+
+    failures = run_explain_text(model, input_file, outdir, dict(
+        weights=weights, model_config=model_config, random_weights=random_weights, keras1_backend=keras1_backend,
+        input_size=model_input_size), tokenizer, max_len, pad, layout, combined_rule_spec(method, rule_spec, "epsilon"),
+        target, labels, formats, batch_size, resume, low_memory, provider_list(providers), stdin_bytes())
+    if failures:
+        sys.exit(1)
+
+
 @cli.command()
 def methods():
     """List the LRP presets and gradient methods."""

@@ -18,6 +18,15 @@ def cast_params(node, dtype):
     return cast
 
 
+def as_input(value, dtype, name):
+    """``value`` as ``dtype``; token ids (int64) must be whole numbers."""
+    value = np.asarray(value)
+    if np.dtype(dtype).kind == "i" and value.dtype.kind == "f":
+        if not np.all(np.isfinite(value)) or np.any(value != np.round(value)):
+            raise LrpToolError(f"input {name!r} holds token ids: give whole numbers")
+    return np.asarray(value, dtype=dtype)
+
+
 def bind_inputs(graph, feeds, dtype):
     if not isinstance(feeds, dict):
         if len(graph.inputs) != 1:
@@ -28,8 +37,9 @@ def bind_inputs(graph, feeds, dtype):
         raise LrpToolError(f"no value given for graph input(s) {sorted(missing)}")
     values = {}
     batch = None
+    tokens = graph.token_inputs()
     for name, expected in graph.inputs.items():
-        x = np.asarray(feeds[name], dtype=dtype)
+        x = as_input(feeds[name], np.int64 if name in tokens else dtype, name)
         if x.ndim != len(expected) or any(e is not None and e != d for e, d in zip(expected, x.shape)):
             shown = tuple("N" if e is None else e for e in expected)
             raise LrpToolError(f"input {name!r} has shape {x.shape}, the graph expects {shown}")

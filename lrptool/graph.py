@@ -123,6 +123,19 @@ class Graph:
     def parameter_count(self):
         return sum(node.parameter_count() for node in self.nodes)
 
+    def token_inputs(self):
+        """Inputs that hold token ids: read by Embedding nodes and nothing else. They are fed as
+        int64; every other input is fed as floats."""
+        readers = {}
+        for node in self.nodes:
+            for tensor in node.inputs:
+                readers.setdefault(tensor, []).append(node.op)
+        return {name for name in self.inputs if readers.get(name) and set(readers[name]) == {"Embedding"}}
+
+    def input_dtype(self, name, dtype):
+        """The dtype input ``name`` is fed in: int64 for token ids, else ``dtype``."""
+        return np.dtype(np.int64) if name in self.token_inputs() else np.dtype(dtype)
+
     def output_size(self):
         """How many values the (first) output has per sample — the range of class indices — or None
         where a size is free."""

@@ -19,6 +19,7 @@ from lrptool.lrp.compile import CompiledSession, compile_explainer
 from lrptool.lrp.reverse import REVERSE
 from lrptool.ops.base import OPERATORS
 from test_architectures import build_conv1d, build_mobilenet, build_resnet, build_vgg
+from text_support import text_zoo
 
 BUILDERS = {"vgg": build_vgg, "resnet": build_resnet, "mobilenet": build_mobilenet, "conv1d": build_conv1d}
 COMPILED_METHODS = [m for m in PRESET_NAMES + GRADIENT_METHODS if m not in ("random", "smoothgrad")]
@@ -158,6 +159,7 @@ def finite_difference_gradient(graph, x, targets, step=1e-6):
 
 def test_every_operator_has_its_reverse_entry_exporter_and_compiled_form():
     zoo_ops = {n.op for n in operator_zoo().nodes} | {n.op for n in softmax_graph().nodes}
+    zoo_ops |= {n.op for n in text_zoo().nodes}  # tests/test_text.py holds the text operators' comparisons
     registered = set(OPERATORS)
     assert registered <= set(REVERSE), registered - set(REVERSE)
     assert registered <= set(EXPORTERS), registered - set(EXPORTERS)
@@ -169,7 +171,7 @@ def test_every_operator_has_its_reverse_entry_exporter_and_compiled_form():
     assert recurrent == {"LSTM", "GRU", "RNN"}
     assert registered - recurrent <= zoo_ops | {"Conv"}, registered - recurrent - zoo_ops
     assert {REVERSE[op].kind for op in registered} <= {"rule", "pass", "move", "winner", "split", "gate", "constant",
-                                                        "refuse", "recurrent"}
+                                                        "refuse", "recurrent", "embedding"}
     # an operator that takes a rule has both primitives and exactly one rule-map category
     from lrptool.lrp.presets import CATEGORIES
     from lrptool.lrp.reverse import RULE_OPERATORS

@@ -99,6 +99,9 @@ class Explainer:
         self.output = self.graph.outputs[0]
         if primitives not in ("onnxruntime", "numpy"):
             raise LrpToolError(f"primitives {primitives!r}: onnxruntime or numpy")
+        if self.graph.token_inputs() and method in ("gradient-x-input", "smoothgrad", "integrated-gradients"):
+            raise LrpToolError(f"{method} needs a float input; this model reads token ids (the gradient method "
+                               "already gives each token its gradient × embedding)")
         if method in GRADIENT_METHODS:
             policy = {"guided-backprop": "guided", "deconvnet": "deconvnet"}.get(method, "gradient")
             self.walk = ReverseWalk(self.graph, mode="gradient", relu_policy=policy, dtype=self.dtype,
@@ -183,15 +186,22 @@ class Explainer:
     def conservation(self, x, target):
         """The conservation report of an LRP method for ``x`` from the eager walk, whichever path explains:
         Σ R per node and what each node absorbed."""
-        x = np.asarray(x, dtype=self.dtype)
+        x = self.input_array(x)
         values = self.walk.forward(x)
         outputs = np.array(values[self.output])
         targets = select_targets(outputs, target)
         _, report = self.walk.run(values, {self.output: self.seed_for(outputs, targets)})
         return report
 
+    def input_array(self, x):
+        """``x`` in the dtype the graph takes: int64 token ids, or floats."""
+        from ..executor import as_input
+
+        name = next(iter(self.graph.inputs))
+        return as_input(x, self.graph.input_dtype(name, self.dtype), name)
+
     def explain(self, x, target="pred", layers=False):
-        x = np.asarray(x, dtype=self.dtype)
+        x = self.input_array(x)
         if self.compiled is not None and not layers:
             return self.explain_compiled(x, target)
         input_name = next(iter(self.graph.inputs))

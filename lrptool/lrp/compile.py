@@ -1,6 +1,7 @@
 """The compiled explainer: the forward pass and the whole reverse walk of one method as one ONNX model.
 
-The model takes ``x`` (the input batch) and an optional int64 ``target`` (one class per sample;
+The model takes ``x`` (the input batch: floats, or int64 token ids when the model's input is read by
+Embedding nodes only — then ``relevance`` holds one value per token) and an optional int64 ``target`` (one class per sample;
 absent or −1: the predicted class) and gives ``logits``, ``relevance`` (shaped like ``x``) and
 ``explained_target`` (the class explained per sample; ONNX cannot give an output the name of an
 input). It runs in a stock ``onnxruntime.InferenceSession`` on
@@ -156,7 +157,8 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
         if external is not None:
             external.pop(tensor.name, None)
     initializers.append(onnx.numpy_helper.from_array(np.array([default], dtype=np.int64), "target"))
-    inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, dims),
+    element = TensorProto.INT64 if source in canonical.token_inputs() else TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info(input_name, element, dims),
               helper.make_tensor_value_info("target", TensorProto.INT64, ["targets"])]
     model = helper.make_model(helper.make_graph(nodes, f"{canonical.name or 'model'} explained by {method}", inputs,
                                                 outputs, initializer=initializers),
@@ -233,9 +235,10 @@ class CompiledSession:
         self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,
                                                     providers=resolve_providers(providers))
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.x_dtype = np.int64 if self.session.get_inputs()[0].type == "tensor(int64)" else np.float32
 
     def run(self, x, targets):
-        feeds = {"x": np.ascontiguousarray(x, dtype=np.float32),
+        feeds = {"x": np.ascontiguousarray(x, dtype=self.x_dtype),
                  "target": np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)}
         results = self.session.run(None, feeds)
         return dict(zip(self.outputs, results))

@@ -54,7 +54,7 @@ class RecordingForward:
             return None
 
     def __call__(self, x):
-        x = np.ascontiguousarray(x, dtype=self.dtype)
+        x = np.ascontiguousarray(x, dtype=self.graph.input_dtype(next(iter(self.graph.inputs)), self.dtype))
         if self.session is None:
             values = run_graph(self.graph, x, dtype=self.dtype, keep_all=self.needed is None,
                                keep=self.needed)

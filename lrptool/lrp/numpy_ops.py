@@ -64,6 +64,15 @@ class NumpyOps:
     def unbroadcast(self, x, shape):
         return routing.unbroadcast(x, shape)
 
+    def reduce_sum(self, x, axes, keepdims=True):
+        return np.sum(x, axis=tuple(a % x.ndim for a in axes), keepdims=keepdims)
+
+    def reduce_mean(self, x, axes):
+        return np.mean(x, axis=tuple(a % x.ndim for a in axes), keepdims=True)
+
+    def square_root(self, x):
+        return np.sqrt(x)
+
     def total(self, tensors):
         """Σ over every element of the tensors (the whole batch), for the conservation report."""
         return float(sum(np.sum(x) for x in tensors))

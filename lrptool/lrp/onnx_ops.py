@@ -215,6 +215,21 @@ class OnnxOps:
         name = self.emit.node("ReduceSum", [name, self.emit.ints(axes)], {"keepdims": 1})
         return Sym(name, tuple(1 if i in axes else d for i, d in enumerate(have)), x.nonnegative)
 
+    def reduce_sum(self, x, axes, keepdims=True):
+        axes = sorted(a % len(x.shape) for a in axes)
+        name = self.emit.node("ReduceSum", [self.name(x), self.emit.ints(axes)], {"keepdims": int(keepdims)})
+        shape = [1 if i in axes else d for i, d in enumerate(x.shape)] if keepdims else \
+            [d for i, d in enumerate(x.shape) if i not in axes]
+        return Sym(name, shape, x.nonnegative)
+
+    def reduce_mean(self, x, axes):
+        axes = sorted(a % len(x.shape) for a in axes)
+        name = self.emit.node("ReduceMean", [self.name(x), self.emit.ints(axes)], {"keepdims": 1})
+        return Sym(name, [1 if i in axes else d for i, d in enumerate(x.shape)], x.nonnegative)
+
+    def square_root(self, x):
+        return Sym(self.emit.node("Sqrt", [self.name(x)]), x.shape, True)
+
     def total(self, tensors):
         """Σ per sample over the tensors, as a graph tensor of shape (batch,) when ``sums`` is on (for
         the conservation report's outputs), else nothing."""

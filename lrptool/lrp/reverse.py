@@ -12,7 +12,8 @@ Each entry is written once against a tensor backend (``walk.ops``): ``NumpyOps``
 * ``gate`` — Mul/Div: all to the signal, none to the gate or constant;
 * ``constant`` — no inputs: absorbs nothing, passes nothing;
 * ``refuse`` — no relevance routing (a softmax inside the network): refused before anything runs;
-* ``recurrent`` — LSTM, GRU, RNN: signal-take-all through time (``lrp.recurrent``), eager only.
+* ``recurrent`` — LSTM, GRU, RNN: signal-take-all through time (``lrp.recurrent``), eager only;
+* ``embedding`` — token embeddings: a token receives the sum of its vector's relevance.
 """
 
 from dataclasses import dataclass
@@ -104,6 +105,15 @@ def gate_relevance(walk, node, inputs, outputs, incoming):
     routed = [None, None]
     routed[receiver] = incoming[0]
     return routed
+
+
+def embedding_relevance(walk, node, inputs, outputs, incoming):
+    return [walk.ops.reduce_sum(incoming[0], [-1], keepdims=False)]
+
+
+def embedding_gradient(walk, node, inputs, outputs, incoming):
+    # ids have no gradient: each token gets the gradient times its vector, Σ_d ∂f/∂e_d · e_d
+    return [walk.ops.reduce_sum(walk.ops.mul(incoming[0], outputs[0]), [-1], keepdims=False)]
 
 
 def nothing(walk, node, inputs, outputs, incoming):
@@ -228,6 +238,7 @@ REVERSE = {
     "Constant": Reverse("constant", "absorbs its share", nothing, nothing),
     **{op: Reverse("recurrent", "signal-take-all through time (gates take none, ε rule on the sums)",
                    recurrent_relevance, recurrent_gradient, ("inputs",)) for op in ("LSTM", "GRU", "RNN")},
+    "Embedding": Reverse("embedding", "to the token: Σ over its vector", embedding_relevance, embedding_gradient),
 }
 
 #: Operators that take an LRP rule.

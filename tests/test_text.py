@@ -1,0 +1,283 @@
+"""Text models: token-id inputs, embeddings, max and average over time, per-token relevance, the
+`explain-text` command and its JSON lines, HTML page and terminal colours."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+import lrptool
+from converters.onnx_reader import read_onnx
+from converters.onnx_writer import graph_to_onnx
+from lrptool.errors import LrpToolError
+from lrptool.executor import run_graph
+from lrptool.graph import Graph, Node
+from lrptool.lrp import Explainer
+from lrptool.text import Tokenizer, make_tokenizer, place, token_relevance
+from text_support import onnx_text_cnn, text_zoo
+
+COMMAND = [sys.executable, "-m", "lrptool.cli"]
+EPSILON = 1e-6
+
+
+def run(*args, stdin=None):
+    return subprocess.run(COMMAND + [str(a) for a in args], input=stdin, capture_output=True)
+
+
+def relative_error(actual, expected):
+    return np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30)
+
+
+# -- the graph: integer inputs, forward parity, eager against compiled ---------------------------------
+
+@pytest.mark.parametrize("pooling", ["ReduceMax", "GlobalMaxPool", "ReduceMean"])
+def test_text_cnn_reads_token_ids_and_matches_onnxruntime(pooling):
+    model = onnx_text_cnn(pooling=pooling)
+    graph = read_onnx(model)
+    assert graph.token_inputs() == {"ids"}
+    ids = np.random.default_rng(1).integers(0, 40, size=(5, 9))
+    expected = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(run_graph(graph, ids)[graph.outputs[0]], expected, rtol=1e-5, atol=1e-6)
+    # written back out, the graph takes int64 ids in onnxruntime too
+    written = graph_to_onnx(graph)
+    assert written.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    again = onnxruntime.InferenceSession(written.SerializeToString()).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["epsilon", "epsilon-plus", "zero", "gradient", "sensitivity"])
+@pytest.mark.parametrize("pooling", ["ReduceMax", "ReduceMean"])
+def test_compiled_equals_eager_on_text_cnns(method, pooling):
+    graph = read_onnx(onnx_text_cnn(pooling=pooling))
+    ids = np.random.default_rng(2).integers(0, 40, size=(6, 9))
+    exact = Explainer(graph, method, dtype=np.float64, compiled=False, quiet=True).explain(ids)
+    compiled = Explainer(graph, method, compiled=True, quiet=True)
+    result = compiled.explain(ids, target=exact.targets)
+    assert result.relevance.shape == ids.shape
+    assert relative_error(result.relevance, exact.relevance) <= 1e-5
+
+
+def test_text_zoo_compiled_equals_eager_and_gradient_is_gradient_times_embedding():
+    graph = text_zoo()
+    ids = np.random.default_rng(3).integers(0, 12, size=(4, 7))
+    for method in ("epsilon", "alpha1-beta0", "gradient"):
+        exact = Explainer(graph, method, dtype=np.float64, compiled=False, quiet=True).explain(ids)
+        result = Explainer(graph, method, compiled=True, quiet=True).explain(ids, target=exact.targets)
+        assert relative_error(result.relevance, exact.relevance) <= 1e-5, method
+    # the gradient method gives each token Σ_d ∂f/∂e_d · e_d: checked by central differences on the vectors
+    exact = Explainer(graph, "gradient", dtype=np.float64, compiled=False, quiet=True).explain(ids[:1])
+    table = graph.nodes[0].params["weight"]
+    rest = Graph({"e": (None, 7, 4)}, graph.nodes[1:], graph.outputs)
+    vectors = table[ids[:1]]
+    numeric = np.zeros(7)
+    for t in range(7):
+        for d in range(4):
+            up, down = vectors.copy(), vectors.copy()
+            up[0, t, d] += 1e-6
+            down[0, t, d] -= 1e-6
+            slope = (run_graph(rest, up, dtype=np.float64)["y"][0, exact.targets[0]]
+                     - run_graph(rest, down, dtype=np.float64)["y"][0, exact.targets[0]]) / 2e-6
+            numeric[t] += slope * vectors[0, t, d]
+    np.testing.assert_allclose(exact.relevance[0], numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_epsilon_conserves_the_score_without_biases():
+    graph = read_onnx(onnx_text_cnn(bias=False))
+    ids = np.random.default_rng(4).integers(0, 40, size=(4, 9))
+    result = Explainer(graph, "epsilon", dtype=np.float64, epsilon=1e-9, quiet=True).explain(ids)
+    np.testing.assert_allclose(result.relevance.sum(axis=1), result.scores, rtol=1e-6)
+
+
+def scalar_model(pooling):
+    """Embeddings of one feature (0, 1, 3, 2), a 1×1 convolution of weight 1, ReLU, max or mean over time,
+    and one output of weight 2: small enough to work out by hand."""
+    nodes = [Node("embed", "Embedding", ["ids"], ["e"], {}, {"weight": np.array([[0.0], [1.0], [3.0], [2.0]])}),
+             Node("channels", "Transpose", ["e"], ["t"], {"perm": (0, 2, 1)}),
+             Node("conv", "Conv", ["t"], ["c"], {"strides": (1,), "dilations": (1,), "pads": (0, 0), "group": 1},
+                  {"weight": np.ones((1, 1, 1))}),
+             Node("relu", "Relu", ["c"], ["r"]),
+             Node("pool", pooling, ["r"], ["p"]),
+             Node("flat", "Flatten", ["p"], ["f"], {"axis": 1}),
+             Node("out", "Dense", ["f"], ["y"], {}, {"weight": np.array([[2.0]])})]
+    return Graph({"ids": (None, 4)}, nodes, ["y"])
+
+
+def test_hand_computed_max_over_time_sends_everything_to_the_winning_token():
+    # ids 1 2 3 0 → values 1 3 2 0; the max 3 is the second token; score 2·3 = 6
+    result = Explainer(scalar_model("GlobalMaxPool"), "epsilon", dtype=np.float64, quiet=True).explain([[1, 2, 3, 0]])
+    assert result.scores[0] == pytest.approx(6.0)
+    dense = 6.0 * 6.0 / (6.0 + EPSILON)           # the ε rule at the output layer
+    winner = dense * 3.0 / (3.0 + EPSILON)        # and at the 1×1 convolution
+    np.testing.assert_allclose(result.relevance[0], [0.0, winner, 0.0, 0.0], rtol=1e-12, atol=1e-15)
+
+
+def test_hand_computed_average_over_time_shares_in_proportion():
+    # mean of 1 3 2 0 = 1.5, score 3; average pooling takes the norm rule: R_t = e_t/4 / (1.5 + ε) · R
+    result = Explainer(scalar_model("GlobalAveragePool"), "epsilon", dtype=np.float64, quiet=True).explain(
+        [[1, 2, 3, 0]])
+    dense = 3.0 * 3.0 / (3.0 + EPSILON)
+    values = np.array([1.0, 3.0, 2.0, 0.0])
+    expected = values / 4 / (1.5 + EPSILON) * dense * values / (values + EPSILON)
+    np.testing.assert_allclose(result.relevance[0], expected, rtol=1e-12)
+
+
+def test_token_ids_outside_the_table_are_one_line_errors():
+    graph = scalar_model("GlobalMaxPool")
+    with pytest.raises(LrpToolError, match="token id 7 is outside the table's 4 rows"):
+        run_graph(graph, np.array([[1, 2, 7, 0]]))
+    with pytest.raises(LrpToolError, match="whole numbers"):
+        run_graph(graph, np.array([[1.5, 2, 3, 0]]))
+
+
+def test_gather_from_a_computed_tensor_or_along_columns_is_refused_by_name():
+    model = onnx_text_cnn()
+    model.graph.node[0].attribute[0].i = 1
+    with pytest.raises(LrpToolError, match="Gather along axis 1"):
+        read_onnx(model)
+
+
+def test_reduce_max_over_the_channel_axis_is_refused_by_name():
+    model = onnx_text_cnn()
+    for node in model.graph.node:
+        if node.op_type == "ReduceMax":
+            node.attribute[0].ints[:] = [1]
+    with pytest.raises(LrpToolError, match="ReduceMax over axes"):
+        read_onnx(model)
+
+
+# -- tokens, layouts, padding ---------------------------------------------------------------------------
+
+def test_head_tail_layout_puts_a_short_text_in_both_halves_and_sums_its_relevance():
+    encoded = Tokenizer("bytes").encode("abc")
+    placed = place(encoded, 8, 256, "head-tail")
+    np.testing.assert_array_equal(placed.ids, [97, 98, 99, 256, 256, 97, 98, 99])
+    tokens, padding = token_relevance(placed, np.arange(8.0))
+    np.testing.assert_allclose(tokens, [0 + 5, 1 + 6, 2 + 7])
+    assert padding == 3 + 4
+    long = place(Tokenizer("bytes").encode("abcdefghij"), 6, 0, "head-tail")
+    np.testing.assert_array_equal(long.ids, [97, 98, 99, 104, 105, 106])
+    assert long.truncated
+
+
+def test_bytes_of_one_character_share_its_offsets_and_vocabularies_map_words(tmp_path):
+    encoded = Tokenizer("bytes").encode("é!")
+    assert encoded.ids == [0xC3, 0xA9, 0x21] and encoded.spans == [(0, 1), (0, 1), (1, 2)]
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps({"<pad>": 0, "<unk>": 1, "good": 2, "film": 3, ".": 4}))
+    tokenizer = make_tokenizer(str(vocab))
+    words = tokenizer.encode("Good film, really.")
+    assert words.tokens == ["Good", "film", ",", "really", "."] and words.ids == [2, 3, 1, 1, 4]
+    text = tmp_path / "vocab.txt"
+    text.write_text("a\nb\nc\n")
+    assert make_tokenizer(str(text)).encode("cab").ids == [2, 0, 1]   # single characters: a character tokenizer
+
+
+def test_explain_text_reports_padding_separately_and_the_parts_add_up():
+    graph = scalar_model("GlobalAveragePool")
+    vocabulary = {"x": 1, "y": 2, "pad": 3}
+    explanations = lrptool.explain_text(graph, ["x y", "y"], tokenizer=Tokenizer("words", vocabulary), pad=3,
+                                        dtype=np.float64)
+    first, second = explanations
+    assert first.tokens == ["x", "y"] and second.tokens == ["y"]
+    # "y" then three padding tokens of value 2: mean (3 + 2 + 2 + 2)/4, score 4.5; the padding holds 6/9 of it
+    assert second.score == pytest.approx(4.5)
+    assert second.padding == pytest.approx(4.5 * 6 / 9, rel=1e-5)
+    assert second.relevance[0] == pytest.approx(4.5 * 3 / 9, rel=1e-5)
+    assert second.total == pytest.approx(second.score, rel=1e-5)
+
+
+# -- the command ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def byte_model(tmp_path):
+    path = tmp_path / "bytes.onnx"
+    onnx.save(onnx_text_cnn(vocab=256, length=16, seed=5), str(path))
+    return path
+
+
+def test_explain_text_writes_records_page_and_resumes(tmp_path, byte_model):
+    texts = tmp_path / "texts.txt"
+    texts.write_bytes("first text\nsecond one\t2\n\nüber naïve\n".encode("utf-8"))
+    out = tmp_path / "out"
+    result = run("explain-text", byte_model, texts, "-o", out)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 4]
+    assert records[1]["target"] == 2 and records[1]["given_class"] == 2
+    graph = read_onnx(str(byte_model))
+    for record in records:
+        ids = place(Tokenizer("bytes").encode(record["text"]), 16, 0).ids
+        score = onnxruntime.InferenceSession(str(byte_model)).run(None, {"ids": ids[None]})[0][0, record["target"]]
+        assert record["score"] == pytest.approx(float(score), rel=1e-5)
+        exact = Explainer(graph, "epsilon", dtype=np.float64, quiet=True).explain(ids[None], target=[record["target"]])
+        tokens, padding = token_relevance(place(Tokenizer("bytes").encode(record["text"]), 16, 0),
+                                          exact.relevance[0])
+        np.testing.assert_allclose(record["relevance"], tokens, rtol=1e-4, atol=1e-5)
+        assert record["relevance_sum"] == pytest.approx(float(tokens.sum() + padding), rel=1e-4, abs=1e-5)
+        assert len(record["tokens"]) == len(record["relevance"]) == len(record["offsets"])
+    assert records[2]["tokens"][:2] == ["\\xc3", "\\xbc"]   # ü is two bytes, one character
+    page = (out / "index.html").read_text()
+    assert page.count('class="t"') == sum(len({tuple(o) for o in r["offsets"]}) for r in records)
+    # resume: nothing redone, the same records
+    (out / "index.html").unlink()
+    again = run("explain-text", byte_model, texts, "-o", out, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert b"resuming: 3 text(s)" in again.stderr
+    assert [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()] == records
+    assert (out / "index.html").read_text() == page
+
+
+def test_explain_text_bad_lines_are_named_and_the_rest_explained(tmp_path, byte_model):
+    texts = tmp_path / "texts.txt"
+    texts.write_bytes(b"good line\nbad \xff\xfe bytes\nanother\tnot-a-class\nlast\t9\n")
+    result = run("explain-text", byte_model, texts, "-o", tmp_path / "out", "--format", "jsonl")
+    assert result.returncode == 1
+    errors = result.stderr.decode()
+    assert f"{texts}:2: not UTF-8 text" in errors
+    assert f"{texts}:3: after the TAB, 'not-a-class' is not a class index" in errors
+    assert f"{texts}:4: class 9 is out of range" in errors
+    assert "Traceback" not in errors
+    assert len((tmp_path / "out" / "explanations.jsonl").read_text().splitlines()) == 1
+
+
+def test_explain_text_reads_stdin_and_prints_ansi_colours(tmp_path, byte_model):
+    long_text = "a much longer text than sixteen bytes"
+    result = run("explain-text", byte_model, "-", "-o", tmp_path / "out", "--format", "ansi",
+                 stdin=f"short\n{long_text}\n".encode())
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout.decode()
+    assert shown.count("stdin:") == 2 and "\x1b[48;2;" in shown
+    assert shown.count("\n") == 4
+    assert result.stderr.decode().count("cut to fit") == 1
+    assert not (tmp_path / "out" / "index.html").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "pdf"], "--format 'pdf'"),
+    (["--tokenizer", "words"], "no vocabulary found beside the model"),
+    (["--pad", "999"], "--pad 999"),
+    (["--target", "7"], "--target 7: the model has 3 outputs"),
+])
+def test_explain_text_option_mistakes_are_one_line(tmp_path, byte_model, args, message):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\n")
+    result = run("explain-text", byte_model, texts, "-o", tmp_path / "out", *args)
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_explain_text_refuses_an_image_model(tmp_path):
+    from test_explain_cli import bias_free_mnist
+
+    model = bias_free_mnist(tmp_path / "mnist.onnx")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\n")
+    result = run("explain-text", model, texts, "-o", tmp_path / "out")
+    assert result.returncode == 2 and b"text models take (batch, length)" in result.stderr
+    assert os.path.exists(texts)
