@@ -39,6 +39,8 @@ demo: $(STAMP)
 	$(BIN)/lrptool explain sample_models/mnist/mnist.onnx sample_models/mnist/images -o $(DEMO_OUT) \
 		--format png,overlay,npy --labels sample_models/mnist/labels.txt --jsonl $(DEMO_OUT)/explanations.jsonl
 	@echo "demo: heatmaps and overlays are in $(DEMO_OUT)/ (one JSON line per image in $(DEMO_OUT)/explanations.jsonl)"
+	$(BIN)/lrptool explain-text sample_models/text/sentiment.onnx sample_models/text/texts.txt -o $(DEMO_OUT)/text \
+		--tokenizer words --labels sample_models/text/labels.txt --format jsonl,html,ansi
 
 bench: reference-deps
 	$(BIN)/python benchmarks/bench_forward.py

@@ -281,3 +281,38 @@ def test_explain_text_refuses_an_image_model(tmp_path):
     result = run("explain-text", model, texts, "-o", tmp_path / "out")
     assert result.returncode == 2 and b"text models take (batch, length)" in result.stderr
     assert os.path.exists(texts)
+
+
+# -- the bundled word CNN (make demo) -------------------------------------------------------------------
+
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample_models", "text")
+
+
+def test_bundled_sentiment_model_is_what_its_script_trains(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_sentiment", os.path.join(SAMPLE, "train_sentiment.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    texts, labels = script.read_corpus()
+    vocabulary = json.load(open(os.path.join(SAMPLE, "sentiment.vocab.json"), encoding="utf-8"))
+    params, _ = script.train(script.encode(texts, vocabulary), labels, len(vocabulary))
+    bundled = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(os.path.join(SAMPLE, "sentiment.onnx")).graph.initializer}
+    np.testing.assert_allclose(bundled["embedding"], params["embedding"], atol=1e-4)
+    np.testing.assert_allclose(bundled["dense.weight"], params["dense"], atol=1e-4)
+
+
+def test_bundled_sentiment_model_explains_the_demo_texts():
+    model = os.path.join(SAMPLE, "sentiment.onnx")
+    texts = open(os.path.join(SAMPLE, "texts.txt"), encoding="utf-8").read().splitlines()
+    results = lrptool.explain_text(model, texts, tokenizer="words", dtype=np.float64)
+    assert [r.target for r in results] == [1, 0, 0, 1]
+    session = onnxruntime.InferenceSession(model)
+    tokenizer = make_tokenizer("words", model)
+    for text, result in zip(texts, results):
+        ids = place(tokenizer.encode(text), 16, 0).ids[None]
+        assert result.score == pytest.approx(float(session.run(None, {"ids": ids})[0][0, result.target]), rel=1e-5)
+    # the words that decided: "moving" and "brilliant" for the first, "loved" for the last
+    first, last = results[0], results[-1]
+    assert first.tokens[int(np.argmax(first.relevance))] == "moving"
+    assert last.tokens[int(np.argmax(last.relevance))] == "loved"
