@@ -14,11 +14,9 @@ import numpy as np
 
 from lrptool.errors import GraphError
 
-LAYERS = {}
+from .builder import Registry, Unsupported  # noqa: F401  (Unsupported: what converters raise)
 
-
-class Unsupported(Exception):
-    pass
+LAYERS = Registry("Caffe layer type")
 
 
 class Invalid(GraphError):
@@ -27,12 +25,7 @@ class Invalid(GraphError):
 
 def layer(*types, bottoms=(1, 1)):
     """Register a converter; ``bottoms`` is the (least, most) number of bottoms it takes (None: any)."""
-    def register(function):
-        function.bottoms = bottoms
-        for layer_type in types:
-            LAYERS[layer_type] = function
-        return function
-    return register
+    return LAYERS.register(*types, bottoms=bottoms)
 
 
 def canonical_axis(axis, rank, what="axis"):

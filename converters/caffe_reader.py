@@ -26,11 +26,12 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from lrptool.errors import GraphError, LrpToolError, ModelFileError, UnsupportedModelError
-from lrptool.graph import Graph, Node, free_name, normalize_node
+from lrptool.graph import Graph
 from lrptool.limits import check_bytes, check_shape, element_count
 
 from . import caffe_proto
-from .caffe_layers import LAYERS, Invalid, Unsupported
+from .builder import GraphBuilder, Names, Unsupported
+from .caffe_layers import LAYERS, Invalid
 from .reading import reading_at, reading_file
 
 #: V1 ``LayerType`` enum names → V2 type strings.
@@ -206,23 +207,21 @@ def layer_in_phase(lp, phase):
     return not any(rule_matches(rule, phase) for rule in lp.exclude)
 
 
-class CaffeContext:
+class CaffeContext(GraphBuilder):
     def __init__(self, source, weights, random_weights, seed, weights_path=None):
+        super().__init__()
         self.source = source
         self.weights = weights
         self.weights_path = weights_path
         self.random_weights = random_weights
         self.rng = np.random.default_rng(seed)
-        self.nodes = []
-        self.shapes = {}
-        self.tensor_names = set()
-        self.node_names = set()
-        self.tensor_suffixes = {}
-        self.node_suffixes = {}
+        # Caffe names blobs and layers apart, so a layer may share its name with its top.
+        self.tensor_names = Names()
         self.parameter_bytes = 0
-
-    def shape(self, tensor):
-        return self.shapes[tensor]
+        self.current = {}  # Caffe blob name → IR tensor holding its latest value
+        self.produced = []  # IR tensors made by layers, in order
+        self.unsupported = []
+        self.broken = set()  # Caffe blobs downstream of an unsupported layer
 
     def where(self, lp):
         return f"layer {printable(repr(lp.name))} ({printable(layer_type(lp))})"
@@ -236,31 +235,26 @@ class CaffeContext:
     def float32(self, lp, values, what):
         return to_float32(values, lambda message: self.weights_problem(lp, f"{what} {message}"))
 
-    def unique(self, base):
-        return self._free(base, self.tensor_names, self.tensor_suffixes)
+    def declare_input(self, name, shape):
+        self.tensor_names.reserve(name)
+        self.current[name] = name
+        return self.add_input(name, shape)
 
-    @staticmethod
-    def _free(base, taken, suffixes):
-        """``free_name(base, taken, "#")``, remembering the last suffix per base: a file with
-        thousands of layers of one name would otherwise cost a quadratic search."""
-        name = free_name(base, taken, "#", start=suffixes.get(base, 2))
-        if name != base:
-            suffixes[base] = int(name.rsplit("#", 1)[1]) + 1
-        taken.add(name)
-        return name
+    def refuse(self, lp, kind, reason):
+        """Note a layer lrptool cannot represent; its tops are marked broken."""
+        self.unsupported.append((printable(lp.name), printable(kind), printable(reason)))
+        self.broken.update(lp.top)
 
     def add(self, op, name, inputs, attrs, params, outputs=1, output_names=None):
-        name = self._free(name, self.node_names, self.node_suffixes)
+        """Add the IR node ``name`` for the layer being converted; returns its output tensors."""
+        name = self.node_names.free(name)
         names = output_names or [f"{name}:{i}" if outputs > 1 else name for i in range(outputs)]
-        node = Node(name, op, list(inputs), [self.unique(n) for n in names], dict(attrs), dict(params))
-        normalize_node(node)
-        out_shapes = node.operator.infer(node, [self.shapes[t] for t in node.inputs])
-        for tensor, shape in zip(node.outputs, out_shapes):
-            # Nothing is allocated here, but explaining one image will: refuse what can never run.
-            check_shape((1,) + tuple(shape[1:]), 4, f"its output {tuple(shape)} (for one image)")
-            self.shapes[tensor] = tuple(shape)
-        self.nodes.append(node)
+        node = self.add_node(name, op, inputs, [self.tensor_names.unique(n) for n in names], attrs, params)
         return list(node.outputs)
+
+    def check_output(self, node, tensor, shape):
+        # Nothing is allocated here, but explaining one image will: refuse what can never run.
+        check_shape((1,) + tuple(shape[1:]), 4, f"its output {tuple(shape)} (for one image)")
 
     def blob(self, lp, index, shape, fan_in=None, fill=None, positive=False, exact=False):
         """Parameter ``index`` of layer ``lp`` with the ``shape`` the network implies.
@@ -401,106 +395,107 @@ def read_caffe(path, weights=None, random_weights=False, input_shape=None, seed=
 
 
 def _read_caffe(path, weights, random_weights, input_shape, seed):
+    net = read_network(path)
+    weights_path = None if weights is None else str(weights)
+    stored = None if weights is None else read_stored_blobs(weights_path)
+    ctx = CaffeContext(path, stored, random_weights, seed, weights_path)
+    for name, shape in declared_inputs(net, path).items():
+        what = f"{path}: input {printable(repr(name))}"
+        ctx.declare_input(name, checked_input(chosen_shape(input_shape, name, shape), what, ModelFileError))
+    for lp in network_layers(net, path):
+        if layer_in_phase(lp, TEST_PHASE):
+            kind = layer_type(lp)
+            if not (kind.endswith("Loss") or kind in DROPPED_LAYERS):
+                with layer_errors(path, weights_path, ctx.where(lp)):
+                    convert_layer(ctx, lp, kind, input_shape)
+    if ctx.unsupported:
+        raise UnsupportedModelError(path, ctx.unsupported)
+    return finish_network(ctx, net.name or os.path.basename(path))
+
+
+def read_network(path):
+    """The prototxt's network, refused where it defines no layers."""
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such file")
     net = parse_prototxt(path)
     if not net.layer and not net.layers:
         # Unknown fields are skipped, so a solver file or other text proto parses as an empty net.
         raise ModelFileError(f"{path}: the prototxt defines no layers (is it a solver or other prototxt?)")
-    stored = None
-    weights_path = None if weights is None else str(weights)
-    if weights is not None:
-        model = parse_caffemodel(weights_path)
-        stored = {}
-        for lp in network_layers(model, weights_path):
-            if lp.name not in stored or len(lp.blobs):
-                stored[lp.name] = list(lp.blobs)
-    ctx = CaffeContext(path, stored, random_weights, seed, weights_path)
+    return net
 
-    current = {}  # Caffe blob name → IR tensor holding its latest value
-    produced = []  # IR tensors made by layers, in order
-    for name, shape in declared_inputs(net, path).items():
-        what = f"{path}: input {printable(repr(name))}"
-        ctx.shapes[name] = checked_input(chosen_shape(input_shape, name, shape), what, ModelFileError)
-        ctx.tensor_names.add(name)
-        current[name] = name
-    graph_inputs = dict(ctx.shapes)
 
-    unsupported = []
-    broken = set()  # Caffe blobs downstream of an unsupported layer
-    for lp in network_layers(net, path):
-        if not layer_in_phase(lp, TEST_PHASE):
-            continue
-        kind = layer_type(lp)
-        tops = list(lp.top)
-        bottoms = list(lp.bottom)
-        if kind.endswith("Loss") or kind in DROPPED_LAYERS:
-            continue
-        with layer_errors(path, weights_path, ctx.where(lp)):
-            check_tops(lp, kind, tops, bottoms, current)
-            # A Python layer without bottoms is how custom data readers are written.
-            if kind == "Input" or kind in DATA_LAYERS or (kind == "Python" and not bottoms):
-                shapes = input_shapes_for(lp, kind, tops, input_shape, path)
-                for top, shape in shapes.items():
-                    ctx.shapes[top] = checked_input(chosen_shape(input_shape, top, shape),
-                                                    f"top {printable(repr(top))}", Invalid)
-                    ctx.tensor_names.add(top)
-                    graph_inputs[top] = ctx.shapes[top]
-                    current[top] = top
-                continue
-            if any(b in broken for b in bottoms):
-                broken.update(tops)
-                continue
-            missing = [b for b in bottoms if b not in current]
-            if missing:
-                raise Invalid(f"bottom {printable(repr(missing[0]))} is not made by an earlier layer or declared "
-                              "as an input; check the layer order and the blob names")
-            sources = [current[b] for b in bottoms]
-            if kind in ALIAS_LAYERS:
-                check_bottom_count(len(bottoms), (1, 1))
-                if kind == "Dropout" and len(tops) != 1:
-                    raise Invalid(f"Dropout has {len(tops)} tops, Caffe makes exactly one")
-                for top in tops:
-                    current[top] = sources[0]
-                continue
-            converter = LAYERS.get(kind)
-            if converter is None:
-                reason = "no lrptool operator for this layer type"
-                if kind == "NONE":
-                    # V1 'layers' whose definition sits in a nested V0 'layer' block (pre-2014 Caffe).
-                    reason = "a V0 layer definition; upgrade the file with Caffe's upgrade_net_proto_text"
-                unsupported.append((printable(lp.name), printable(kind), reason))
-                broken.update(tops)
-                continue
-            check_bottom_count(len(bottoms), converter.bottoms)
-            count = len(ctx.nodes)
-            try:
-                outputs = converter(ctx, lp, sources)
-            except Unsupported as problem:
-                del ctx.nodes[count:]
-                unsupported.append((printable(lp.name), printable(kind), printable(problem)))
-                broken.update(tops)
-                continue
-            if len(outputs) != len(tops):
-                raise Invalid(f"{len(tops)} top(s) for the {len(outputs)} output(s) the layer makes")
-            for top, tensor in zip(tops, outputs):
-                current[top] = tensor
-                produced.append((top, tensor))
-    if unsupported:
-        raise UnsupportedModelError(path, unsupported)
+def read_stored_blobs(weights_path):
+    """Layer name → the blobs a caffemodel stores for it (the last non-empty entry of a name wins)."""
+    stored = {}
+    for lp in network_layers(parse_caffemodel(weights_path), weights_path):
+        if lp.name not in stored or len(lp.blobs):
+            stored[lp.name] = list(lp.blobs)
+    return stored
 
-    finals = {current[top] for top in current}
-    # As in Caffe, a top that no later layer reads is a network output.
-    consumed = {t for node in ctx.nodes for t in node.inputs}
-    outputs = list(dict.fromkeys(tensor for _, tensor in produced if tensor not in consumed and tensor in finals))
-    if not outputs:
-        raise GraphError(f"{path}: the network computes nothing (no layers after the inputs)")
-    nodes = rename_tensors(ctx.nodes, current, graph_inputs, outputs)
-    renamed_outputs = [nodes[1].get(t, t) for t in outputs]
+
+def convert_layer(ctx, lp, kind, input_shape):
+    """Convert one TEST-phase layer: a data layer declares inputs, Dropout and Split alias their
+    bottom, every other type goes to its converter. What lrptool cannot represent is collected in
+    ``ctx.unsupported`` and the layer's tops are marked broken, so that its readers are skipped."""
+    tops, bottoms = list(lp.top), list(lp.bottom)
+    check_tops(lp, kind, tops, bottoms, ctx.current)
+    # A Python layer without bottoms is how custom data readers are written.
+    if kind == "Input" or kind in DATA_LAYERS or (kind == "Python" and not bottoms):
+        for top, shape in input_shapes_for(lp, kind, tops, input_shape, ctx.source).items():
+            ctx.declare_input(top, checked_input(chosen_shape(input_shape, top, shape),
+                                                 f"top {printable(repr(top))}", Invalid))
+        return
+    if any(b in ctx.broken for b in bottoms):
+        ctx.broken.update(tops)
+        return
+    missing = [b for b in bottoms if b not in ctx.current]
+    if missing:
+        raise Invalid(f"bottom {printable(repr(missing[0]))} is not made by an earlier layer or declared "
+                      "as an input; check the layer order and the blob names")
+    sources = [ctx.current[b] for b in bottoms]
+    if kind in ALIAS_LAYERS:
+        check_bottom_count(len(bottoms), (1, 1))
+        if kind == "Dropout" and len(tops) != 1:
+            raise Invalid(f"Dropout has {len(tops)} tops, Caffe makes exactly one")
+        for top in tops:
+            ctx.current[top] = sources[0]
+        return
+    converter = LAYERS.get(kind)
+    if converter is None:
+        reason = "no lrptool operator for this layer type"
+        if kind == "NONE":
+            # V1 'layers' whose definition sits in a nested V0 'layer' block (pre-2014 Caffe).
+            reason = "a V0 layer definition; upgrade the file with Caffe's upgrade_net_proto_text"
+        ctx.refuse(lp, kind, reason)
+        return
+    check_bottom_count(len(bottoms), converter.bottoms)
+    count = len(ctx.nodes)
     try:
-        return Graph(graph_inputs, nodes[0], renamed_outputs, name=net.name or os.path.basename(path))
+        outputs = converter(ctx, lp, sources)
+    except Unsupported as problem:
+        del ctx.nodes[count:]
+        ctx.refuse(lp, kind, problem)
+        return
+    if len(outputs) != len(tops):
+        raise Invalid(f"{len(tops)} top(s) for the {len(outputs)} output(s) the layer makes")
+    for top, tensor in zip(tops, outputs):
+        ctx.current[top] = tensor
+        ctx.produced.append(tensor)
+
+
+def finish_network(ctx, name):
+    """The checked graph: as in Caffe, a top that no later layer reads is a network output, and each
+    blob's final value carries the blob's name."""
+    finals = set(ctx.current.values())
+    consumed = {t for node in ctx.nodes for t in node.inputs}
+    outputs = list(dict.fromkeys(tensor for tensor in ctx.produced if tensor not in consumed and tensor in finals))
+    if not outputs:
+        raise GraphError(f"{ctx.source}: the network computes nothing (no layers after the inputs)")
+    nodes, mapping = rename_tensors(ctx.nodes, ctx.current, ctx.inputs, outputs)
+    try:
+        return Graph(ctx.inputs, nodes, [mapping.get(t, t) for t in outputs], name=name)
     except GraphError as error:
-        raise GraphError(f"{path}: {printable(error)}") from None
+        raise GraphError(f"{ctx.source}: {printable(error)}") from None
 
 
 def check_bottom_count(count, accepted):

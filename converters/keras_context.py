@@ -6,22 +6,19 @@ import math
 
 import numpy as np
 
-from lrptool.graph import Node, free_name, normalize_node
-
+from .builder import GraphBuilder
 from .keras_layers import channels_first_perm, channels_last_perm
 
 
-class Context:
-    """Accumulates IR nodes, infers shapes as they are added, and tracks deferred Flattens."""
+class Context(GraphBuilder):
+    """Accumulates IR nodes, infers shapes as they are added, and tracks deferred Flattens. Every node
+    makes one tensor of its own name, so node and tensor names share one namespace."""
 
     def __init__(self, source, keras_major, keras1_backend=None):
+        super().__init__()
         self.source = source
         self.keras_major = keras_major
         self.keras1_backend = keras1_backend
-        self.nodes = []
-        self.shapes = {}
-        self.suffixes = {}
-        self.inputs = {}
         self.deferred = {}
         self.materialized = {}
         self.unsupported = []
@@ -31,21 +28,11 @@ class Context:
         self.relaid = {}
         self.current_keras_order = False
 
-    def unique(self, name):
-        # Counting on from the last suffix given out keeps a layer called many times linear, not quadratic.
-        if name not in self.shapes:
-            return name
-        unique = free_name(name, self.shapes, start=self.suffixes.get(name, 1))
-        self.suffixes[name] = int(unique.rsplit("_", 1)[1]) + 1
-        return unique
-
-    def add_input(self, name, keras_shape, keras_order=False):
+    def add_keras_input(self, name, keras_shape, keras_order=False):
         shape = tuple(keras_shape)
         if len(shape) >= 3 and not keras_order:
             shape = (shape[0], shape[-1]) + shape[1:-1]
-        name = self.unique(name)
-        self.inputs[name] = (None,) + tuple(int(d) for d in shape[1:])
-        self.shapes[name] = self.inputs[name]
+        name = self.add_input(self.node_names.unique(name), (None,) + tuple(int(d) for d in shape[1:]))
         if keras_order:
             self.keras_order.add(name)
         return name
@@ -69,18 +56,12 @@ class Context:
             self.relaid[key] = moved
         return self.relaid[key]
 
-    def emit(self, name, op, inputs, attrs=None, params=None):
-        name = self.unique(name)
+    def emit(self, name, op, inputs, attrs=None, params=None, held=False):
+        """Add one node making the tensor of its own (unique) name; returns the name."""
         params = {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
                   for k, v in (params or {}).items()}
-        node = normalize_node(Node(name, op, list(inputs), [name], dict(attrs or {}), params))
-        (shape,) = node.operator.infer(node, [self.shapes[t] for t in node.inputs])
-        self.shapes[name] = tuple(int(d) if d is not None else None for d in shape)
-        self.nodes.append(node)
-        return name
-
-    def shape(self, tensor):
-        return self.shapes[tensor]
+        name = name if held else self.node_names.free(name)
+        return self.add_node(name, op, inputs, [name], attrs, params, held=held).name
 
     def keras_shape(self, tensor):
         if tensor in self.deferred:
@@ -92,7 +73,8 @@ class Context:
         return (shape[0],) + shape[2:] + (shape[1],)
 
     def defer_flatten(self, name, tensor, as_channels_last=False):
-        name = self.unique(name)
+        # Held, so that nothing else claims the name before it is materialized.
+        name = self.node_names.hold(name)
         if as_channels_last:
             tensor = self.layout(tensor, keras_order=True)
             shape = self.shapes[tensor]
@@ -101,8 +83,6 @@ class Context:
             tensor = self.layout(tensor, keras_order=False)
             keras_shape = self.keras_shape(tensor)
         self.deferred[name] = (tensor, keras_shape)
-        # Reserve the name so nothing else claims it before it is materialized.
-        self.shapes[name] = None
         return name
 
     def flattened(self, tensor):
@@ -116,6 +96,5 @@ class Context:
             source, _ = self.deferred[tensor]
             rank = len(self.shapes[source])
             moved = self.emit(f"{tensor}/to_last", "Transpose", [source], {"perm": channels_last_perm(rank)})
-            del self.shapes[tensor]
-            self.materialized[tensor] = self.emit(tensor, "Flatten", [moved], {"axis": 1})
+            self.materialized[tensor] = self.emit(tensor, "Flatten", [moved], {"axis": 1}, held=True)
         return self.materialized[tensor]

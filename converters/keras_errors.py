@@ -4,12 +4,10 @@ names the file, the part and what to do next in the same words."""
 
 from lrptool.errors import ModelFileError
 
+from .builder import Unsupported  # noqa: F401  (what layer converters raise)
+
 DAMAGED = "the file is damaged; save the model again with Keras"
 WEIGHTS_ADVICE = "the weights do not belong to this layer; save the model again (or check --model-config)"
-
-
-class Unsupported(Exception):
-    pass
 
 
 class BadLayer(Exception):

@@ -17,19 +17,15 @@ import numpy as np
 
 from lrptool.limits import check_shape
 
+from .builder import Registry
 from .keras_errors import WEIGHTS_ADVICE, BadLayer, Unsupported, WeightCountError, short
 
-LAYERS = {}
+LAYERS = Registry("Keras layer class")
 # Layers that combine several tensors; every other converter takes exactly one.
 MERGE_LAYERS = ("Add", "Subtract", "Multiply", "Average", "Concatenate")
 
 
-def layer(*class_names):
-    def register(function):
-        for class_name in class_names:
-            LAYERS[class_name] = function
-        return function
-    return register
+layer = LAYERS.register
 
 
 def checked_axis(axis, rank):

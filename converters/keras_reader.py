@@ -23,7 +23,6 @@ import zipfile
 import numpy as np
 
 from lrptool.errors import GraphError, ModelFileError, UnsupportedModelError
-from lrptool.graph import Graph
 from lrptool.limits import BudgetError, check_shape, memory_budget
 
 from .keras_context import Context
@@ -164,7 +163,7 @@ class ModelBuilder:
             check_shape(shape[1:], 4, f"one sample of input {name!r} {list(shape)}")
         except BudgetError as error:
             raise BudgetError(f"{self.path}: {error}") from None
-        return self.ctx.add_input(name, shape, keras_order)
+        return self.ctx.add_keras_input(name, shape, keras_order)
 
     @staticmethod
     def keras_order_input(consumers):
@@ -387,6 +386,6 @@ def read_keras(path, model_config=None, input_shapes=None, keras1_backend=None, 
         raise UnsupportedModelError(path, ctx.unsupported)
     outputs = [ctx.materialize(t) for t in outputs]
     try:
-        return Graph(inputs=ctx.inputs, nodes=ctx.nodes, outputs=outputs, name=graph_name(config))
+        return ctx.finish(outputs, name=graph_name(config))
     except GraphError as error:
         raise GraphError(f"{path}: {error}; {DAMAGED}") from None

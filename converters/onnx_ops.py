@@ -7,19 +7,10 @@ or convention cost, and adds IR nodes through the read context. ``Unsupported`` 
 
 import numpy as np
 
-CONVERTERS = {}
+from .builder import Registry, Unsupported  # noqa: F401  (Unsupported: what converters raise)
 
-
-class Unsupported(Exception):
-    pass
-
-
-def converter(*op_types):
-    def register(function):
-        for op_type in op_types:
-            CONVERTERS[op_type] = function
-        return function
-    return register
+CONVERTERS = Registry("ONNX operator")
+converter = CONVERTERS.register
 
 
 def ints(values):

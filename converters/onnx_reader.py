@@ -15,14 +15,14 @@ import onnx
 from onnx import AttributeProto
 
 from lrptool.errors import BatchAxisError, GraphError, LrpToolError, UnsupportedModelError
-from lrptool.graph import Graph, Node, free_name, normalize_node
 from lrptool.limits import check_shape
 
 from . import onnx_recurrent, onnx_shape_ops  # noqa: F401  (registers the recurrent and data-movement converters)
+from .builder import GraphBuilder, Unsupported
 from .onnx_checks import (ATTRIBUTE_KINDS, DAMAGED, attribute_values, check_against_schema, check_structure,
                           default_opset, load_onnx_proto, node_label, read_initializers, refuse, tensor_shape)
 from .onnx_folding import fold_constant_node, shortened
-from .onnx_ops import CONVERTERS, Unsupported
+from .onnx_ops import CONVERTERS
 from .reading import reading_at
 
 #: Stands for the free batch size inside folded shape arithmetic (the value of ``Shape(x)[0]``).
@@ -34,10 +34,11 @@ LONGEST_MESSAGE = 2000
 
 # -- conversion -----------------------------------------------------------------------------------
 
-class ReadContext:
+class ReadContext(GraphBuilder):
     """State of one conversion: constants, IR tensors with shapes, aliases and the IR nodes made."""
 
     def __init__(self, model, source, free_batch, input_size=None, opset=1, folder=None):
+        super().__init__()
         self.model = model
         self.input_size = tuple(input_size) if input_size else None
         self.source = source
@@ -45,11 +46,7 @@ class ReadContext:
         self.free_batch = free_batch
         self.opset = opset
         self.consts = {}
-        self.shapes = {}
         self.alias = {}
-        self.nodes = []
-        self.node_names = set()
-        self.suffixes = {}
         self.materialized = {}
         self.declared_batch = None
         self.current = None
@@ -103,9 +100,8 @@ class ReadContext:
                 value = np.asarray(self.consts[name])
                 if value.dtype.kind not in "fiub":
                     raise Unsupported(f"constant {name!r} of type {value.dtype} used as data")
-                self.add_node("Constant", [], [name], {}, {"value": value.astype(np.float64, copy=False)
-                                                            if value.dtype.kind != "f" else value},
-                              name=f"{name}_constant")
+                self.add_node(f"{name}_constant", "Constant", [], [name], {},
+                              {"value": value.astype(np.float64, copy=False) if value.dtype.kind != "f" else value})
                 self.materialized[name] = name
             return name
         raise Unsupported(f"input {name!r} is not available")
@@ -114,42 +110,23 @@ class ReadContext:
         self.alias[new_name] = self.resolve(existing)
 
     # -- nodes -----------------------------------------------------------------------------
-    def free_name(self, base):
-        """lrptool.graph.free_name's answer, remembering the last suffix per base: thousands of nodes of one
-        name (a few bytes each in a file) would otherwise take quadratic time."""
-        if base not in self.node_names:
-            return base
-        name = free_name(base, self.node_names, start=self.suffixes.get(base, 2))
-        self.suffixes[base] = int(name.rsplit("_", 1)[1])
-        return name
-
-    def unique_name(self, base):
-        name = self.free_name(base)
-        self.node_names.add(name)
-        return name
-
-    def add_node(self, op, inputs, outputs, attrs, params, name=None):
+    def add_node(self, name, op, inputs, outputs, attrs=None, params=None):
         if not all(outputs):
             raise self.invalid("a needed output has no name")
-        params = {k: np.ascontiguousarray(v) for k, v in params.items() if v is not None}
-        node = Node(self.unique_name(name or self.current_name), op, list(inputs), list(outputs), dict(attrs),
-                    params)
-        normalize_node(node)
-        shapes = node.operator.infer(node, [self.shapes[t] for t in node.inputs])
-        for tensor, shape in zip(node.outputs, shapes):
-            # a few bytes of attributes can declare an output of any size
-            check_shape(shape, 4, f"{self.source}: node {node.name!r} ({op}): output {tensor!r} of shape "
-                                  f"{tuple(shape)}")
-            self.shapes[tensor] = tuple(shape)
-        self.nodes.append(node)
-        return node
+        params = {k: np.ascontiguousarray(v) for k, v in (params or {}).items() if v is not None}
+        return super().add_node(name, op, inputs, outputs, attrs, params)
+
+    def check_output(self, node, tensor, shape):
+        # a few bytes of attributes can declare an output of any size
+        check_shape(shape, 4, f"{self.source}: node {node.name!r} ({node.op}): output {tensor!r} of shape "
+                              f"{tuple(shape)}")
 
     def add(self, op, inputs, output, attrs=None, params=None, suffix=None):
         """Add an IR node for the ONNX node being converted; ``inputs`` are ONNX value names."""
         ir_inputs = [self.tensor(t) for t in inputs]
         name = self.current_name if suffix is None else f"{self.current_name}/{suffix}"
         outputs = output if isinstance(output, list) else [output]
-        return self.add_node(op, ir_inputs, outputs, attrs or {}, params or {}, name=name)
+        return self.add_node(name, op, ir_inputs, outputs, attrs, params)
 
     def temp(self, suffix):
         return f"{self.current_name}/{suffix}"
@@ -213,12 +190,13 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
         raise BatchAxisError(f"{source}: the inputs differ in rank or first dimension, so share no batch axis")
     if not free_batch and not all(s and s[0] for s in inputs.values()):
         raise BatchAxisError(f"{source}: the model declares no fixed batch size")
-    ctx.shapes.update(inputs)
+    for name, shape in inputs.items():
+        ctx.add_input(name, shape)
     unsupported = []
     broken = set()
     for index, node in enumerate(model.graph.node):
         ctx.current = node
-        ctx.current_name = ctx.free_name(node_label(node, index))
+        ctx.current_name = ctx.node_names.free(node_label(node, index))
         if node.domain not in ("", "ai.onnx"):
             unsupported.append((ctx.current_name, f"{node.domain}.{node.op_type}", "custom operator domain"))
             broken.update(node.output)
@@ -237,7 +215,7 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
     if unsupported:
         raise UnsupportedModelError(source, unsupported)
     outputs = finish_outputs(ctx, [o.name for o in model.graph.output])
-    return Graph(inputs, ctx.nodes, outputs, name=model.graph.name or os.path.basename(str(source)))
+    return ctx.finish(outputs, name=model.graph.name or os.path.basename(str(source)))
 
 
 #: ``convert_node``'s answer for a supported node that reads an unsupported node's output.

@@ -83,7 +83,7 @@ def convert_recurrent(ctx, node, a):
     attrs["optional_inputs"] = tuple(optional)
     names = list(node.output) + [""] * (1 + len(states) - len(node.output))
     outputs = [ctx.temp(f"output{k}") if layout == 0 or not name else name for k, name in enumerate(names)]
-    ctx.add_node(op, inputs, outputs, attrs, params, name=ctx.current_name)
+    ctx.add_node(ctx.current_name, op, inputs, outputs, attrs, params)
     if layout == 0:
         for k, name in enumerate(names):
             if name:
