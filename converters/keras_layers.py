@@ -73,7 +73,8 @@ def wants_keras_order(class_name, cfg):
     axis = cfg.get("axis")
     if class_name == "BatchNormalization" and axis in (1, [1]):
         return True
-    return False
+    # recurrent layers read (batch, time, features) as Keras holds it
+    return class_name in ("LSTM", "GRU", "SimpleRNN", "CuDNNLSTM", "CuDNNGRU", "Bidirectional")
 
 
 def same_pads(spatial, kernel, strides, dilations):
@@ -624,10 +625,6 @@ REFUSED = {
     "Embedding": "table lookup has no lrptool operator",
     "Masking": "masks have no lrptool counterpart",
     "TimeDistributed": "wrapper layers are not read",
-    "Bidirectional": "recurrent layers have no lrptool operator",
-    "LSTM": "recurrent layers have no lrptool operator",
-    "GRU": "recurrent layers have no lrptool operator",
-    "SimpleRNN": "recurrent layers have no lrptool operator",
     "Conv3D": "the IR has 1-D and 2-D windows only",
     "MaxPooling3D": "the IR has 1-D and 2-D windows only",
     "AveragePooling3D": "the IR has 1-D and 2-D windows only",

@@ -29,6 +29,7 @@ from .keras_context import Context
 from .keras_errors import DAMAGED, WEIGHTS_ADVICE, BadLayer, Unsupported, WeightCountError, damaged, kind_of
 from .keras_hdf5 import (H5_ERRORS, HDF5, HDF5_SIGNATURE, archive_member, as_text, check_global_heaps,
                          describe_value, endless_global_heap, failure, regular_file)
+from . import keras_recurrent  # noqa: F401  (registers the recurrent layers)
 from .keras_layers import LAYERS, MERGE_LAYERS, REFUSED, check_activation, wants_keras_order
 from .keras_schema import (LARGEST_CONFIG, MODEL_CLASSES, check_model, endpoints, input_shape_of, layer_classes,
                            layer_inputs, layer_name, layer_specs, parse_json, valid_text)
