@@ -22,7 +22,7 @@ def main():
         x = data["inputs/dense_1_input"][()].reshape(-1, 1, 28, 28).astype(np.float32)
     graph = load_model(SHARED / "onnx/mnist-zoo-opset8/mnist.onnx")
     for replacement in ("zero", "uniform"):
-        _, table, _, _ = evaluate_methods(graph, x, METHODS, patch=4, steps=20, orders=("morf", "lerf"),
+        _, table, _ = evaluate_methods(graph, x, METHODS, patch=4, steps=20, orders=("morf", "lerf"),
                                        replacement=replacement, bounds=(0.0, 1.0))
         for order in ("morf", "lerf"):
             print(f"{replacement:7s} {order}: " + "; ".join(f"{r['method']} {r['aopc']:.2f}±{r['sem']:.2f}"

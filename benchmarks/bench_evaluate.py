@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 
 from converters import load_model
-from lrptool.evaluate import onnxruntime_scorer, perturbation_curves, region_mask, region_ranking, replacement_values
+from lrptool.evaluate import (onnxruntime_scorer, per_image_replacements, perturbation_curves, region_ranking,
+                              region_slices)
 from lrptool.lrp import Explainer
 
 SHARED = pathlib.Path(os.environ.get("LRPTOOL_SHARED_MODELS", pathlib.Path(__file__).resolve().parents[2] / "shared" / "models"))
@@ -38,7 +39,7 @@ def main():
     perturbation_curves(score, x, targets, relevances, PATCH, STEPS, ("morf",), "uniform", (0.0, 1.0), seed=0)
     batched = time.perf_counter() - start
 
-    values = replacement_values(x, "uniform", (0.0, 1.0), PATCH, np.random.default_rng(0))
+    values = per_image_replacements(x, "uniform", (0.0, 1.0), PATCH, seed=0)
     subset = 20  # the naive loop on a fifth of the images, scaled up
     start = time.perf_counter()
     for method in METHODS:
@@ -47,8 +48,8 @@ def main():
             image = x[i:i + 1].copy()
             score(image, targets[i:i + 1])
             for step in range(STEPS):
-                mask = region_mask(ranking[i, step], PATCH, x.shape[2:])
-                image[0][:, mask] = values[i][:, mask]
+                rows, cols = region_slices(ranking[i, step], PATCH, x.shape[3])
+                image[0][:, rows, cols] = values[i][:, rows, cols]
                 score(image, targets[i:i + 1])
     naive = (time.perf_counter() - start) * len(x) / subset
 

@@ -208,23 +208,28 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
 @click.option("--methods", "method_list", default="epsilon-plus-flat,epsilon,gradient,sensitivity,random",
               show_default=True, help="Comma-separated presets or gradient methods; random is always added.")
 @click.option("--target", default="pred", show_default=True, help="pred or a class index.")
-@click.option("--patch", default=4, show_default=True, type=click.IntRange(1), help="Region size in pixels.")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Regions removed.")
+@click.option("--patch", type=click.IntRange(1),
+              help="Region side in pixels (default: 9 at 224x224, scaled to the input).")
+@click.option("--steps", type=click.IntRange(1),
+              help="Regions perturbed (default: enough for 16 % of the image, as published).")
 @click.option("--order", default="morf,lerf", show_default=True, help="morf (most relevant first), lerf, or both.")
 @click.option("--replacement", default="uniform", show_default=True,
               type=click.Choice(["uniform", "mean", "zero", "blur"]),
               help="What removed regions become: uniform noise over the input range, the image mean, 0, a blur.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the replacement values.")
 @preprocessing_options
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
+              help="Images held and scored at once; memory grows with it, not with the image count.")
 @click.option("--provider", "providers", help="onnxruntime execution providers, e.g. cuda or cuda,cpu (default cpu).")
 def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
              config, size, resize, channels, scale, mean, std, mean_file, batch_size, providers):
     """Compare explanation methods by region perturbation (Samek et al. 2017): AOPC per method with its
-    standard error, ranked, and the perturbation curves. Exit status 1 when some image failed."""
+    standard error, raw and relative to the unperturbed score, ranked, and the perturbation curves.
+    By default regions of 9x9 pixels at 224x224 (scaled to the input) are replaced by uniform noise
+    until 16 % of the image is perturbed, as published. Exit status 1 when some image failed."""
     import numpy as np
 
-    from .evaluate import ORDERS, evaluate_methods, write_report
+    from .evaluate import ORDERS, default_setting, evaluate_methods, perturbed_share, write_report
     from .images import ImageError, load_picture, to_tensor, walk_inputs
     from .limits import check_bytes
     from .lrp import METHODS
@@ -243,40 +248,81 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     require_runnable(graph, model)
     check_target_range(target, None, graph.output_size())
     height, width = preprocessing.size
-    if patch > max(height, width):
+    if patch is not None and patch > max(height, width):
         raise LrpToolError(f"--patch {patch}: larger than the {height}x{width} input; give at most {max(height, width)}")
-    tensors, paths, failures = [], [], 0
-    for path, _ in walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None):
-        try:
-            tensors.append(to_tensor(load_picture(path, preprocessing), preprocessing))
-            paths.append(path)
-        except ImageError as problem:
-            failures += 1
-            click.echo(f"lrptool: skipped {path}: {problem}", err=True)
-    if not tensors:
-        raise LrpToolError("no readable images among " + ", ".join(inputs))
+    default_patch, default_steps = default_setting(height, width)
+    published = patch is None and steps is None
+    patch = patch or default_patch
+    if steps is None:
+        steps = default_steps if patch == default_patch else max(1, round(default_steps * default_patch ** 2 / patch ** 2))
+    steps = min(steps, -(-height // patch) * -(-width // patch))
+    items = walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None)
+    if not items:
+        raise LrpToolError("no images found in " + ", ".join(inputs))
     runs = len(set(methods_wanted) | {"random"}) * len(orders)
-    check_bytes(tensors[0].nbytes * len(tensors) * (2 * runs + 3),
-                f"region perturbation of {len(tensors)} images with {runs} method/order runs")
+    channels_in = preprocessing.channel_count()
+    check_bytes(4 * channels_in * height * width * batch_size * (2 * runs + len(methods_wanted) + 4),
+                f"region perturbation of {batch_size} images at a time with {runs} method/order runs "
+                "(a smaller --batch-size needs less)")
+    share = perturbed_share(height, width, patch, steps)
+    setting = (f"{patch}x{patch} regions, {steps} steps ({share:.1%} of the {height}x{width} input), "
+               f"{replacement} replacement, {'/'.join(orders)}, seed {seed}"
+               + (" — Samek et al. 2017's setting scaled to the input" if published else ""))
     say_notes()
-    x = np.stack(tensors)
-    bounds = preprocessing.bounds()
-    with np.errstate(all="ignore"):
-        curves, table, _, dropped = evaluate_methods(graph, x, methods_wanted, target, patch, steps, orders,
-                                                     replacement, bounds, seed, batch_size,
-                                                     {"providers": provider_list(providers)})
+    click.echo(f"lrptool: evaluate: {setting}", err=True)
+    failures, paths = [0], []
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True)
+
+    def say(message):
+        (bar.write if bar else lambda m: click.echo(m, err=True))(message)
+
+    def tensors():
+        for path, _ in items:
+            try:
+                tensor = to_tensor(load_picture(path, preprocessing), preprocessing)
+            except ImageError as problem:
+                failures[0] += 1
+                say(f"lrptool: skipped {path}: {problem}")
+                if bar:
+                    bar.update(1)
+                continue
+            paths.append(path)
+            yield tensor
+
+    try:
+        with np.errstate(all="ignore"):
+            tally, table, dropped = evaluate_methods(graph, tensors(), methods_wanted, target, patch, steps, orders,
+                                                     replacement, preprocessing.bounds(), seed, batch_size,
+                                                     {"providers": provider_list(providers)},
+                                                     progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    failures = failures[0]
+    if not paths:
+        raise LrpToolError("no readable images among " + ", ".join(inputs))
     for index in dropped:
         failures += 1
         click.echo(f"lrptool: skipped {paths[index]}: its scores or relevance are not finite (NaN or Inf)", err=True)
-    if len(dropped) == len(x):
+    if not tally.images:
         raise LrpToolError("no image gave finite scores and relevance; nothing to evaluate")
-    settings = {"model": model, "images": len(x) - len(dropped), "patch": patch, "steps": steps, "orders": list(orders),
-                "replacement": replacement, "seed": seed, "target": target}
-    write_report(outdir, curves, table, settings, say=lambda m: click.echo(f"lrptool: {m}", err=True))
+    settings = {"model": model, "images": tally.images, "input_size": [height, width], "patch": patch, "steps": steps,
+                "perturbed_share": round(share, 6), "published_setting": published, "orders": list(orders),
+                "replacement": replacement, "seed": seed, "target": target, "batch_size": batch_size,
+                "preprocessing": preprocessing.describe(), "mean_unperturbed_score": float(tally.base.mean),
+                "relative_aopc": "mean AOPC / mean unperturbed score of the same images"}
+    write_report(outdir, tally, table, settings, say=lambda m: click.echo(f"lrptool: {m}", err=True))
+    click.echo(f"{setting}; mean unperturbed score {float(tally.base.mean):.4g}")
     for name in orders:
-        click.echo(f"{name.upper()}  AOPC ± standard error ({len(x) - len(dropped)} images)")
+        click.echo(f"{name.upper()}  AOPC ± standard error, and relative to the mean unperturbed score "
+                   f"({tally.images} images)")
         for row in table[name]:
-            click.echo(f"  {row['rank']}. {row['method']:<28} {row['aopc']:10.4g} ± {row['sem']:.2g}")
+            relative = f"{row['relative_aopc']:8.1%} ± {row['relative_sem']:.1%}" if row["relative_aopc"] is not None \
+                else "       – (mean score not above 0)"
+            click.echo(f"  {row['rank']}. {row['method']:<28} {row['aopc']:10.4g} ± {row['sem']:<8.2g} {relative}")
     click.echo(f"lrptool: report in {outdir}; {failures} image(s) failed", err=True)
     if failures:
         sys.exit(1)

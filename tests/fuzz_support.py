@@ -71,9 +71,10 @@ def classify(code, escaped, stderr):
     if code == 2:
         if is_usage_error(lines):
             return "error"
-        # the error line may follow one line per skipped image ("lrptool: skipped …"), nothing else
+        # the error line may follow one line per skipped image ("lrptool: skipped …") and the setting
+        # evaluate said when it started ("lrptool: evaluate: …"), nothing else
         return "error" if lines and lines[-1].startswith("lrptool: error: ") and all(
-            line.startswith("lrptool: skipped ") for line in lines[:-1]) else "noisy"
+            line.startswith(("lrptool: skipped ", "lrptool: evaluate: ")) for line in lines[:-1]) else "noisy"
     if code in (0, 1):
         return "ok"
     if code == 130:
