@@ -3,13 +3,14 @@
 # make bench — install and run the benchmarks
 # make fuzz  — the long fuzz run: 10,000 mutants per model format, counts per outcome
 # make reference-deps — add torch and zennit, which the Zennit cross-check tests and benchmarks use
+# make browser-deps — Debian's chromium and chromedriver (as root), for the tests of the HTML reports
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lrptool-installed
 DEMO_OUT ?= demo-output
 
-.PHONY: install reference-deps test fuzz demo bench clean
+.PHONY: install reference-deps browser-deps test fuzz demo bench clean
 
 install: $(STAMP)
 
@@ -24,6 +25,15 @@ $(STAMP): setup.cfg pyproject.toml
 reference-deps: $(STAMP)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet --no-deps zennit==0.5.1
+
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "browser-deps: chromium and chromedriver are installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "browser-deps: install Debian's chromium and chromium-driver as root; the browser tests skip without them" >&2; \
+	fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -117,11 +117,14 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
               help="Folder for the outputs (a mirror of the input tree).")
 @model_options
 @click.option("--preset", "--method", "method",
-              help="LRP preset or gradient method (see `lrptool methods`); default epsilon-plus-flat.")
+              help="LRP preset or gradient method (see `lrptool methods`), or several separated by commas "
+                   "(one output column each); default epsilon-plus-flat.")
 @click.option("--rules", "rule_spec", help="Rule map 'selector=rule,…' or a JSON file; overrides --preset.")
 @click.option("--target", default="pred", show_default=True, help="pred, a class index, or top-K.")
-@click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line.")
-@click.option("--format", "formats", default="png", show_default=True, help="Any of png,overlay,npy.")
+@click.option("--labels", help="Class names, one per line, from a file; or 'imagenet' for the 1000 ImageNet classes.")
+@click.option("--format", "formats", default="png", show_default=True,
+              help="Any of png,overlay,npy,grid (one PNG per image: the picture and a titled heatmap per method "
+                   "or class),html (OUTDIR/index.html, rewritten as the run goes).")
 @click.option("--cmap", default="bwr", show_default=True,
               help="Colour map: bwr, diverging (perceptually uniform blue–white–red), black-firered (the LRP "
                    "toolbox's), seismic, coldnhot, hot, gray, lrp (= bwr).")
@@ -165,13 +168,16 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
         raise LrpToolError(f"--cmap {cmap!r}: choose from {', '.join(sorted(COLORMAPS))}")
     fixed_target, top_k = parse_target(target)
     label_names = read_labels(labels) if labels else None
+    specs = method_list(method, rule_spec)
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std, mean_file)
     require_runnable(graph, model)
-    explainer = Explainer(graph, combined_rule_spec(method, rule_spec, "epsilon-plus-flat"), bounds=preprocessing.bounds(),
-                          primitives="numpy" if low_memory else "onnxruntime",
-                          forward_backend="lrptool" if low_memory else "auto", providers=provider_list(providers))
+    explainers = [(spec, Explainer(graph, spec, bounds=preprocessing.bounds(),
+                                   primitives="numpy" if low_memory else "onnxruntime",
+                                   forward_backend="lrptool" if low_memory else "auto",
+                                   providers=provider_list(providers))) for spec in specs]
+    explainer = explainers[0][1]
     check_target_range(fixed_target, top_k, explainer.output_size())
     check_labels(labels, label_names, explainer.output_size())
     items = walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None)
@@ -188,7 +194,10 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
         runner = FolderExplainer(explainer, preprocessing, outdir, wanted, cmap, fixed_target, top_k, label_names,
                                  batch_size, jobs, resume, stream, progress=sys.stderr.isatty(),
                                  recorded=recorded if jsonl else None, clip=clip, channels=channels_mode,
-                                 map_back=map_back)
+                                 map_back=map_back, methods=explainers,
+                                 page={"title": f"{os.path.basename(model)}: lrptool explain",
+                                       "settings": {"model": model, "method": ", ".join(specs), "target": target,
+                                                    "preprocessing": preprocessing.summary()}})
         failures = runner.run(items)
     finally:
         if stream:
@@ -203,7 +212,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
-              help="Folder for curves.csv, summary.json and curves.png.")
+              help="Folder for curves.csv, summary.json, curves.png and report.html.")
 @model_options
 @click.option("--methods", "method_list", default="epsilon-plus-flat,epsilon,gradient,sensitivity,random",
               show_default=True, help="Comma-separated presets or gradient methods; random is always added.")
@@ -390,6 +399,51 @@ def interrupt_on_terminate():
         signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread
         pass
+
+
+def method_list(method, rule_spec):
+    """The explanation specs of one run: --preset a,b,c names several methods (each a known name),
+    anything else is one spec."""
+    from .lrp import METHODS
+
+    names = [name.strip() for name in (method or "").split(",")]
+    if method and len(names) > 1 and all(name in METHODS for name in names):
+        if rule_spec:
+            raise LrpToolError("--rules applies to one method; give one --preset with it, or several presets alone")
+        if len(set(names)) != len(names):
+            raise LrpToolError(f"--preset {method!r}: a method is named twice")
+        return names
+    return [combined_rule_spec(method, rule_spec, "epsilon-plus-flat")]
+
+
+@cli.command()
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--title", help="The page's title (default: the folder's name).")
+@click.option("--cmap", help="The colour map the heatmaps were drawn with, for the page's swatch.")
+def report(outdir, title, cmap):
+    """Write OUTDIR/index.html for a folder `lrptool explain` wrote, from the records in its manifest
+    (.lrptool-manifest.jsonl). Original pictures are linked by their paths relative to OUTDIR, as
+    recorded: run this from the folder the explain run ran in."""
+    import os
+
+    from .manifest import NAME, Manifest
+    from .report import entries_of, write_page
+
+    manifest = Manifest(outdir)
+    if not os.path.isfile(manifest.path):
+        raise LrpToolError(f"{outdir}: no {NAME} here; give a folder `lrptool explain` wrote")
+    entries = entries_of(manifest.load())
+    if not entries:
+        raise LrpToolError(f"{manifest.path}: no finished image recorded")
+    if cmap:
+        from .heatmaps import check_colormap
+        check_colormap(cmap)
+    try:
+        path = write_page(outdir, entries, title=title or f"{os.path.basename(os.path.abspath(outdir))}: lrptool explain",
+                          colormap=cmap)
+    except OSError as error:
+        raise LrpToolError(f"{outdir}: cannot write index.html ({error.strerror or error})") from None
+    click.echo(path)
 
 
 def provider_list(text):

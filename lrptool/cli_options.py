@@ -46,9 +46,19 @@ def check_scale(scale):
     return scale
 
 
+#: Class name lists shipped with lrptool, by the name --labels takes.
+BUILTIN_LABELS = {"imagenet": "imagenet_classes.txt"}
+
+
 def read_labels(path):
-    """Class names, one per line (UTF-8)."""
+    """Class names, one per line (UTF-8); a name of ``BUILTIN_LABELS`` (not a file here) is the list
+    shipped in lrptool/data."""
+    import os
+
     from .files import regular_file_problem
+
+    if path in BUILTIN_LABELS and not os.path.exists(path):
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", BUILTIN_LABELS[path])
 
     problem = regular_file_problem(path)
     if problem:

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,7 +28,9 @@ from .manifest import Manifest, digest
 #: Set when the run is asked to stop (Ctrl-C, SIGTERM): an interrupt that lands inside compiled
 #: code reaches Python as some other exception, and this tells the two apart.
 STOP = threading.Event()
-FORMATS = ("png", "overlay", "npy")
+FORMATS = ("png", "overlay", "npy", "grid", "html")
+#: Seconds between rewrites of index.html during a run.
+PAGE_INTERVAL = 2.0
 
 
 @dataclass
@@ -73,7 +76,11 @@ class FolderExplainer:
 
     def __init__(self, explainer, preprocessing, outdir, formats=("png",), colormap="bwr", target="pred",
                  top_k=None, labels=None, batch_size=16, jobs=2, resume=False, jsonl=None, progress=False,
-                 report=None, recorded=None, clip=DEFAULT_CLIP, channels="sum", map_back=None):
+                 report=None, recorded=None, clip=DEFAULT_CLIP, channels="sum", map_back=None, methods=None,
+                 page=None):
+        # several methods in one run: [(name, Explainer), …], one output column each
+        self.methods = list(methods) if methods else [(getattr(explainer, "method", None), explainer)]
+        explainer = self.methods[0][1]
         self.explainer = explainer
         self.preprocessing = preprocessing
         self.outdir = outdir
@@ -101,26 +108,40 @@ class FolderExplainer:
         self.manifest = Manifest(outdir)
         self.noted = set()
         self.preprocessing_settings = preprocessing.describe()
+        self.page = dict(page or {}, colormap=colormap)
+        self.page_written = 0.0
 
     # -- naming ------------------------------------------------------------------------------
-    def suffix(self, rank):
-        return "" if rank is None else f".top{rank}"
+    @property
+    def several_methods(self):
+        return len(self.methods) > 1
 
-    def output_paths(self, item, rank=None):
-        base = os.path.join(self.outdir, item.stem) + self.suffix(rank)
+    def suffix(self, rank, method=None):
+        return (f".{method}" if self.several_methods else "") + ("" if rank is None else f".top{rank}")
+
+    def output_paths(self, item, rank=None, method=None):
+        base = os.path.join(self.outdir, item.stem) + self.suffix(rank, method)
         names = {"png": base + ".heatmap.png", "overlay": base + ".overlay.png", "npy": base + ".npy"}
-        return {fmt: names[fmt] for fmt in self.formats}
+        paths = {fmt: names[fmt] for fmt in self.formats if fmt in names}
+        if "grid" in self.formats and (method, rank) == self.columns()[0]:
+            paths["grid"] = os.path.join(self.outdir, item.stem) + ".grid.png"   # one per image, with the first column
+        return paths
 
     def ranks(self):
         return [None] if not self.top_k else list(range(1, self.top_k + 1))
 
+    def columns(self):
+        """(method, rank) of every explanation of one image; method None when the run has one."""
+        methods = [name for name, _ in self.methods] if self.several_methods else [None]
+        return [(method, rank) for method in methods for rank in self.ranks()]
+
     def finished_records(self, item):
-        """The recorded JSON records of ``item`` (one per rank) when all its outputs are provably
+        """The recorded JSON records of ``item`` (one per column) when all its outputs are provably
         whole, else None."""
         records = []
-        for rank in self.ranks():
-            expected = [os.path.relpath(p, self.outdir) for p in self.output_paths(item, rank).values()]
-            record = self.manifest.finished(item.stem, rank, expected)
+        for method, rank in self.columns():
+            expected = [os.path.relpath(p, self.outdir) for p in self.output_paths(item, rank, method).values()]
+            record = self.manifest.finished(item.stem, rank, expected, method)
             if record is None:
                 return None
             records.append(record)
@@ -141,7 +162,8 @@ class FolderExplainer:
                     continue
                 self.resumed += 1
                 for record in records:
-                    if self.recorded is not None and (record.get("path"), record.get("rank")) not in self.recorded:
+                    if self.recorded is not None and \
+                            (record.get("path"), record.get("rank"), record.get("method")) not in self.recorded:
                         self.emit(record)
             if self.resumed:
                 self.report(f"resuming: {self.resumed} image(s) already explained")
@@ -165,6 +187,7 @@ class FolderExplainer:
                 if bar is not None:
                     bar.update(len(batches[index]))
             self.flush(pending_writes, keep=0)
+            self.write_page(final=True)
         except BaseException:
             # finish (or drop) what is being written so that nothing is half-left, then stop
             for future in pending_writes:
@@ -230,12 +253,8 @@ class FolderExplainer:
         try:
             # overflow and 0/0 show up as non-finite values, which are checked per image below
             with np.errstate(all="ignore"):
-                first = self.explainer.explain(x, target=self.targets_for(items))
-                runs = [(None, first)]
-                if self.top_k:
-                    ranking = top_k_targets(first.outputs, self.top_k)
-                    runs = [(1, first)] + [(rank + 1, self.explainer.explain(x, target=ranking[rank]))
-                                           for rank in range(1, min(self.top_k, ranking.shape[0]))]
+                runs = self.explain_columns(x, items)
+                first = runs[0][1]
         except Exception as error:  # noqa: BLE001 - one bad batch must not end the run
             if STOP.is_set():
                 raise KeyboardInterrupt from None
@@ -253,6 +272,22 @@ class FolderExplainer:
             future.item = item
             futures.append(future)
         return futures
+
+    def explain_columns(self, x, items):
+        """[((method, rank), Explanation)] for every column. The first method picks the classes; every
+        other method explains the same ones, so that a row compares like with like."""
+        first = self.explainer.explain(x, target=self.targets_for(items))
+        ranking = top_k_targets(first.outputs, self.top_k) if self.top_k else first.targets[None]
+        runs = []
+        for method, rank in self.columns():
+            explainer = dict(self.methods)[method] if method is not None else self.explainer
+            if not runs:
+                runs.append(((method, rank), first))
+                continue
+            row = rank - 1 if rank else 0
+            if row < ranking.shape[0]:
+                runs.append(((method, rank), explainer.explain(x, target=ranking[row])))
+        return runs
 
     def check_conservation(self, item, x, explanation, index):
         """Say once per run when the input keeps less than a tenth (or more than ten times) of the
@@ -285,15 +320,17 @@ class FolderExplainer:
         return bool(np.isfinite(explanation.scores[index]) and np.all(np.isfinite(explanation.relevance[index])))
 
     def write_outputs(self, item, picture, runs, index):
-        """Write every output of one image (all ranks); returns (item, [(rank, files, record)])."""
+        """Write every output of one image (all columns); returns (item, [(column, files, record)])."""
         done = []
-        for rank, explanation in runs:
+        for (method, rank), explanation in runs:
             relevance = explanation.relevance[index]
-            paths = self.output_paths(item, rank)
+            paths = self.output_paths(item, rank, method)
             files = {}
             for fmt, path in paths.items():
                 if fmt in ("png", "overlay"):
                     payload = png_bytes(self.render(fmt, picture, relevance))
+                elif fmt == "grid":
+                    payload = self.grid(picture, runs, index)
                 else:
                     payload = npy_bytes(relevance)
                 write_atomically(path, payload, root=self.outdir)
@@ -308,10 +345,38 @@ class FolderExplainer:
                       "files": list(paths.values()), "preprocessing": self.preprocessing_settings}
             if rank is not None:
                 record["rank"] = rank
-            done.append((rank, files, record))
+            if method is not None:
+                record["method"] = method
+            done.append(((method, rank), files, record))
         return item, done
 
+    def column_title(self, method, rank, explanation, index):
+        target = int(explanation.targets[index])
+        label = self.labels[target] if self.labels and target < len(self.labels) else f"class {target}"
+        parts = [method] if method else []
+        if rank is not None or not method:
+            parts.append((f"#{rank} " if rank is not None else "") + f"{label.split(',')[0]} "
+                         f"({float(explanation.scores[index]):.3g})")
+        return "\n".join(parts)
+
+    def grid(self, picture, runs, index):
+        """The comparison grid of one image: the picture, then each column's heatmap."""
+        from .grid import montage_png
+
+        original, seen = picture
+        onto_original = self.map_back is not False and original is not None
+        shown = original if onto_original else seen
+        geometry = geometry_for(original.size, self.preprocessing) if onto_original else None
+        pictures, titles = [shown], ["input"]
+        for (method, rank), explanation in runs:
+            pictures.append(heatmap_image(explanation.relevance[index], self.colormap, self.clip, self.channels,
+                                          geometry))
+            titles.append(self.column_title(method, rank, explanation, index))
+        return montage_png(pictures, titles)
+
     def onto_original(self, fmt):
+        if fmt == "grid":
+            return self.map_back is not False
         if fmt not in ("png", "overlay"):
             return False
         return self.map_back if self.map_back is not None else fmt == "overlay"
@@ -341,12 +406,26 @@ class FolderExplainer:
                 reason = getattr(error, "strerror", None) or str(error)
                 self.fail(future.item, f"cannot write its outputs: {reason}")
                 continue
-            for rank, files, record in done:
-                self.manifest.append(item.stem, rank, files, record)
+            for (method, rank), files, record in done:
+                self.manifest.append(item.stem, rank, files, record, method)
                 self.written += len(files)
                 self.emit(record)
             self.explained += 1
+            self.write_page()
         return futures
+
+    def write_page(self, final=False):
+        """Rewrite index.html (with the html format): at most every PAGE_INTERVAL seconds during the
+        run, and once at its end."""
+        if "html" not in self.formats or (not final and time.monotonic() - self.page_written < PAGE_INTERVAL):
+            return
+        from .report import entries_of, write_page
+
+        try:
+            write_page(self.outdir, entries_of(self.manifest), running=not final, **self.page)
+        except OSError as error:
+            self.report(f"cannot write {os.path.join(self.outdir, 'index.html')}: {error.strerror or error}")
+        self.page_written = time.monotonic()
 
     def emit(self, record):
         self.jsonl.write(json.dumps(record, allow_nan=False) + "\n")

@@ -50,7 +50,7 @@ class Manifest:
         self.descriptor = None
 
     def load(self):
-        """Read the finished entries: the last complete line per (stem, rank) wins."""
+        """Read the finished entries: the last complete line per (stem, rank, method) wins."""
         try:
             with open(self.path, "rb") as handle:
                 data = handle.read()
@@ -59,7 +59,7 @@ class Manifest:
         for line in data.split(b"\n"):
             try:
                 entry = json.loads(line.decode("utf-8"))
-                key = (entry["stem"], entry.get("rank"))
+                key = (entry["stem"], entry.get("rank"), entry.get("method"))
                 files = {str(k): (int(v[0]), str(v[1])) for k, v in entry["files"].items()}
                 record = dict(entry["record"])
             except (ValueError, KeyError, TypeError, IndexError, AttributeError):
@@ -67,10 +67,10 @@ class Manifest:
             self.entries[key] = (files, record)
         return self
 
-    def finished(self, stem, rank, expected):
+    def finished(self, stem, rank, expected, method=None):
         """The recorded JSON record when the entry lists exactly ``expected`` (paths relative to the
         output folder) and every one of them is whole; None otherwise."""
-        found = self.entries.get((stem, rank))
+        found = self.entries.get((stem, rank, method))
         if found is None:
             return None
         files, record = found
@@ -81,15 +81,19 @@ class Manifest:
                 return None
         return record
 
-    def append(self, stem, rank, files, record):
+    def append(self, stem, rank, files, record, method=None):
         """Record an image as finished; ``files`` maps paths relative to the output folder to
-        (size, sha256)."""
-        line = json.dumps({"stem": stem, "rank": rank, "files": {k: list(v) for k, v in files.items()},
-                           "record": record}, allow_nan=False) + "\n"
+        (size, sha256). ``method``: which of several methods in one run (None when there is one)."""
+        entry = {"stem": stem, "rank": rank, "files": {k: list(v) for k, v in files.items()}, "record": record}
+        if method is not None:
+            entry["method"] = method
+        line = json.dumps(entry, allow_nan=False) + "\n"
         if self.descriptor is None:
             self.descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
                                       0o666)
         os.write(self.descriptor, line.encode("utf-8"))
+        self.entries.pop((stem, rank, method), None)  # a redone image moves to the end, as in the file
+        self.entries[(stem, rank, method)] = (dict(files), record)
 
     def close(self):
         if self.descriptor is not None:

@@ -7,7 +7,7 @@ import os
 
 def open_records(path, resume):
     """(stream, recorded): the stream to write JSON lines to (None: stdout) and, when resuming into
-    an existing file, the (path, rank) pairs it already holds."""
+    an existing file, the (path, rank, method) triples it already holds."""
     if not path:
         return None, set()
     recorded = set()
@@ -18,7 +18,7 @@ def open_records(path, resume):
         for line in whole.split(b"\n"):
             try:
                 record = json.loads(line.decode("utf-8"))
-                recorded.add((record["path"], record.get("rank")))
+                recorded.add((record["path"], record.get("rank"), record.get("method")))
             except (ValueError, KeyError, TypeError):
                 continue
         if len(whole) != len(data):

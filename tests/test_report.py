@@ -1,0 +1,174 @@
+"""The HTML report and the comparison grids of `lrptool explain`: what the page shows in a real
+(headless) browser, and what the grid PNGs hold."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from browser_support import browser
+from lrptool.grid import GAP, layout_for, line_height
+from lrptool.report import PAGE_SIZE, render_page
+from test_explain_cli import bias_free_mnist, json_lines, run
+
+PICTURES = 5
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory):
+    """Five pictures explained with two methods, top-2 classes, every picture format and the page."""
+    root = tmp_path_factory.mktemp("report")
+    model = bias_free_mnist(root / "mnist.onnx")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for index in range(PICTURES):
+        size = (28, 28) if index % 2 else (40, 30)
+        Image.fromarray((rng.random(size[::-1]) * 255).astype(np.uint8), "L").save(images / f"p{index}.png")
+    labels = root / "labels.txt"
+    labels.write_text("".join(f"digit {i}\n" for i in range(10)))
+    out = root / "out"
+    result = run("explain", model, images, "-o", out, "--format", "png,overlay,grid,html", "--labels", labels,
+                 "--preset", "zero,gradient", "--target", "top-2")
+    assert result.returncode == 0, result.stderr
+    return root, out, json_lines(result.stdout)
+
+
+def test_several_methods_and_classes_give_one_column_each(explained):
+    root, out, records = explained
+    assert len(records) == PICTURES * 4
+    columns = {(r["method"], r["rank"]) for r in records}
+    assert columns == {("zero", 1), ("zero", 2), ("gradient", 1), ("gradient", 2)}
+    by_path = {}
+    for record in records:
+        by_path.setdefault(record["path"], {})[(record["method"], record["rank"])] = record
+    for path, found in by_path.items():
+        # every method explains the same classes: the first method's top two
+        assert found["zero", 1]["target"] == found["gradient", 1]["target"]
+        assert found["zero", 2]["target"] == found["gradient", 2]["target"]
+        assert found["zero", 1]["score"] >= found["zero", 2]["score"]
+        assert found["zero", 1]["label"] == f"digit {found['zero', 1]['target']}"
+
+
+def test_grid_columns_titles_and_size(explained):
+    root, out, records = explained
+    for index in range(PICTURES):
+        grid_path = out / f"p{index}.png.grid.png"
+        with Image.open(grid_path) as grid, Image.open(root / "images" / f"p{index}.png") as picture:
+            titles = json.loads(grid.text["lrptool-columns"])
+            assert len(titles) == 5 and titles[0] == "input"
+            mine = {(r["method"], r["rank"]): r for r in records if r["path"].endswith(f"p{index}.png")}
+            for title, (method, rank) in zip(titles[1:], [("zero", 1), ("zero", 2), ("gradient", 1), ("gradient", 2)]):
+                assert title.split("\n")[0] == method
+                assert title.split("\n")[1].startswith(f"#{rank} digit {mine[method, rank]['target']} ")
+            # cells have the original's aspect ratio (map-back is on), longer side 224; two title lines
+            width, height = picture.size
+            cell = (224, round(height * 224 / width)) if width >= height else (round(width * 224 / height), 224)
+            expected = (5 * cell[0] + 6 * GAP, GAP + 2 * line_height() + 4 + cell[1] + GAP)
+            assert grid.size == expected == layout_for(picture.size, 5, 224, 2).size
+            pixels = np.asarray(grid.convert("L"))
+            for column in range(5):
+                left = GAP + column * (cell[0] + GAP)
+                assert pixels[GAP:GAP + 2 * line_height(), left:left + cell[0]].min() < 100   # a title is drawn
+                assert (pixels[:, left - GAP:left] == 255).all()                             # white gaps between
+
+
+def test_report_command_rebuilds_the_page(explained, tmp_path):
+    root, out, records = explained
+    before = (out / "index.html").read_text()
+    assert "run in progress" not in before and f"{PICTURES} image(s)" in before
+    os.unlink(out / "index.html")
+    result = run("report", out, "--cmap", "bwr", cwd=os.getcwd())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out / "index.html")
+    page = (out / "index.html").read_text()
+    assert page.count('"name": "p') == PICTURES
+    result = run("report", tmp_path)
+    assert result.returncode == 2 and "no .lrptool-manifest.jsonl" in result.stderr
+
+
+def wait_for_images(page):
+    return page.wait_for("return Array.from(document.images).every(function (i) { return i.complete; })", 30)
+
+
+def test_page_renders_sorts_and_loads_every_picture(explained):
+    root, out, records = explained
+    with browser() as page:
+        page.open(out / "index.html")
+        shot = page.screenshot(root / "report.png")
+        assert Image.open(shot).size[0] > 0
+        assert wait_for_images(page)
+        assert page.run("return document.querySelectorAll('#rows tbody tr').length") == PICTURES
+        images = page.run("return Array.from(document.images).map(function (i) { "
+                          "return [i.getAttribute('src'), i.naturalWidth, i.loading]; })")
+        # per row: the original, and a heatmap and overlay for each of the four columns
+        assert len(images) == PICTURES * 9
+        assert all(width > 0 for _, width, _ in images), [src for src, width, _ in images if not width]
+        assert {loading for _, _, loading in images} == {"lazy"}
+        scores = page.run("return Array.from(document.querySelectorAll('#rows tbody td.score'))"
+                          ".map(function (td) { return parseFloat(td.textContent); })")
+        page.run("document.querySelector('th[data-key=score]').click()")
+        descending = page.run("return Array.from(document.querySelectorAll('#rows tbody td.score'))"
+                              ".map(function (td) { return parseFloat(td.textContent); })")
+        assert descending == sorted(scores, reverse=True)
+        page.run("document.querySelector('th[data-key=score]').click()")
+        ascending = page.run("return Array.from(document.querySelectorAll('#rows tbody td.score'))"
+                             ".map(function (td) { return parseFloat(td.textContent); })")
+        assert ascending == sorted(scores) and ascending != descending
+        first_label = page.run("return document.querySelector('#rows tbody td.label').textContent")
+        page.run("var f = document.getElementById('filter'); f.value = arguments[0];"
+                 "f.dispatchEvent(new Event('input'));", first_label)
+        labels = page.run("return Array.from(document.querySelectorAll('#rows tbody td.label'))"
+                          ".map(function (td) { return td.textContent; })")
+        assert labels and all(first_label in label for label in labels)
+        assert page.console_errors() == []
+
+
+def test_long_tables_come_in_pages(tmp_path):
+    entries = [{"stem": f"img{i:04d}.png", "rank": None, "method": None, "files": [],
+                "record": {"path": None, "label": f"class {i % 7}", "target": i % 7, "score": float(i),
+                           "relevance_sum": float(i), "conservation_error": 0.0}} for i in range(PAGE_SIZE * 2 + 50)]
+    (tmp_path / "index.html").write_text(render_page(entries, str(tmp_path)))
+    with browser() as page:
+        page.open(tmp_path / "index.html")
+        count = "return document.querySelectorAll('#rows tbody tr').length"
+        assert page.run(count) == PAGE_SIZE
+        assert page.run("return document.getElementById('pageinfo').textContent") == f"page 1 of 3 ({len(entries)} rows)"
+        page.run("document.getElementById('next').click(); document.getElementById('next').click()")
+        assert page.run(count) == 50
+        assert page.run("return document.getElementById('next').disabled") is True
+        assert page.console_errors() == []
+
+
+def test_evaluate_report_renders_with_its_sequences(tmp_path):
+    model = bias_free_mnist(tmp_path / "mnist.onnx")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(2)
+    for index in range(4):
+        Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8), "L").save(images / f"d{index}.png")
+    out = tmp_path / "evaluation"
+    result = run("evaluate", model, images, "-o", out, "--methods", "zero,gradient", "--steps", "8", "--patch", "7")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    # 28/7 = 4 × 4 regions, 8 steps: thumbnails at steps 0, 2, 4, 6, 8 for 3 images, 3 methods, 2 orders
+    thumbnails = sorted(os.listdir(out / "sequences"))
+    assert len(thumbnails) == 3 * 3 * 2 * 5
+    # step 0 is the unperturbed picture, as the model saw it
+    with Image.open(out / "sequences" / "0-zero-morf-0.png") as first, Image.open(images / "d0.png") as picture:
+        np.testing.assert_array_equal(np.asarray(first), np.asarray(picture))
+    with Image.open(out / "sequences" / "0-zero-morf-8.png") as last, Image.open(images / "d0.png") as picture:
+        changed = np.asarray(last) != np.asarray(picture)
+        assert 0.3 < changed.mean() <= 0.5 + 1e-9   # 8 of 16 regions replaced (uniform noise may repeat a pixel)
+    with browser() as page:
+        page.open(out / "report.html")
+        page.screenshot(tmp_path / "evaluate.png")
+        assert wait_for_images(page)
+        sizes = page.run("return Array.from(document.images).map(function (i) { return i.naturalWidth; })")
+        assert len(sizes) == 1 + len(thumbnails) and all(width > 0 for width in sizes)
+        ranked = page.run("return Array.from(document.querySelectorAll('table')[0].querySelectorAll('tbody tr'))"
+                          ".map(function (tr) { return tr.children[1].textContent; })")
+        assert ranked == [row["method"] for row in summary["aopc"]["morf"]]
+        assert page.console_errors() == []
