@@ -301,12 +301,15 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
             paths.append(path)
             yield tensor
 
+    from .evaluate_report import SEQUENCE_IMAGES, sequence_steps, write_evaluate_page
+
+    snapshots = {"images": range(SEQUENCE_IMAGES), "steps": sequence_steps(steps)}
     try:
         with np.errstate(all="ignore"):
             tally, table, dropped = evaluate_methods(graph, tensors(), methods_wanted, target, patch, steps, orders,
                                                      replacement, preprocessing.bounds(), seed, batch_size,
                                                      {"providers": provider_list(providers)},
-                                                     progress=bar.update if bar else None)
+                                                     progress=bar.update if bar else None, snapshots=snapshots)
     finally:
         if bar:
             bar.close()
@@ -324,6 +327,10 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
                 "preprocessing": preprocessing.describe(), "mean_unperturbed_score": float(tally.base.mean),
                 "relative_aopc": "mean AOPC / mean unperturbed score of the same images"}
     write_report(outdir, tally, table, settings, say=lambda m: click.echo(f"lrptool: {m}", err=True))
+    del snapshots["images"], snapshots["steps"]
+    import os
+    write_evaluate_page(outdir, table, settings, snapshots, [os.path.basename(p) for p in paths], preprocessing,
+                        dropped)
     click.echo(f"{setting}; mean unperturbed score {float(tally.base.mean):.4g}")
     for name in orders:
         click.echo(f"{name.upper()}  AOPC ± standard error, and relative to the mean unperturbed score "

@@ -112,13 +112,18 @@ class Curves:
 
 
 def perturbation_curves(score, x, targets, relevances, patch=4, steps=20, orders=("morf",),
-                        replacement="uniform", bounds=(0.0, 1.0), seed=0, batch_size=256, first_index=0):
+                        replacement="uniform", bounds=(0.0, 1.0), seed=0, batch_size=256, first_index=0,
+                        snapshots=None):
     """Region-perturbation curves of one batch of images.
 
     ``score(batch, targets) -> (B,)`` gives the explained outputs; ``relevances`` maps a method
     name to its (N, C, H, W) relevance. Each step perturbs one more region in every image under
     every method and order, and scores them all in batches of at most ``batch_size`` images.
     ``first_index``: the index of ``x[0]`` in the whole run (it seeds the replacement values).
+
+    ``snapshots``: a dict to fill with the perturbed inputs of a few images, for pictures of the
+    sequence: ``{(method, order, image, step): (input (C, H, W), score)}`` for the images (indices
+    in the whole run) in ``snapshots["images"]`` at the steps in ``snapshots["steps"]``.
     """
     n, _, height, width = x.shape
     steps = min(steps, region_count(height, width, patch))
@@ -131,6 +136,16 @@ def perturbation_curves(score, x, targets, relevances, patch=4, steps=20, orders
     for run in runs:
         curves.scores[run][0] = base
     all_targets = np.tile(targets, len(runs))
+    wanted = [i - first_index for i in (snapshots or {}).get("images", ()) if 0 <= i - first_index < n]
+    wanted_steps = set((snapshots or {}).get("steps", ()))
+
+    def keep(step):
+        if step in wanted_steps:
+            for index, run in enumerate(runs):
+                for i in wanted:
+                    snapshots[run + (first_index + i, step)] = (current[index, i].copy(),
+                                                               float(curves.scores[run][step][i]))
+    keep(0)
     for step in range(1, steps + 1):
         for index, run in enumerate(runs):
             for i, region in enumerate(rankings[run][:, step - 1]):
@@ -141,6 +156,7 @@ def perturbation_curves(score, x, targets, relevances, patch=4, steps=20, orders
                                   for i in range(0, len(stacked), batch_size)])
         for index, run in enumerate(runs):
             curves.scores[run][step] = results[index * n:(index + 1) * n]
+        keep(step)
     return curves
 
 
@@ -256,11 +272,12 @@ def batches_of(images, size):
 
 def evaluate_methods(graph, images, methods, target="pred", patch=4, steps=20, orders=("morf",),
                      replacement="uniform", bounds=(0.0, 1.0), seed=0, batch_size=16, explainer_options=None,
-                     progress=None):
+                     progress=None, snapshots=None):
     """Explain ``images`` (an (N, C, H, W) array or any iterable of (C, H, W) arrays, read lazily)
     with every method (``random`` always among them), then perturb and score, ``batch_size`` images
     at a time: at most that many images (times the method/order runs) are held at once.
-    ``progress(n)`` is called after each batch with its image count.
+    ``progress(n)`` is called after each batch with its image count. ``snapshots``: see
+    ``perturbation_curves``.
 
     Returns (tally, summary, dropped): images with non-finite scores or relevance are left out of
     the tally and the summary, and their indices (in the order given) listed."""
@@ -281,7 +298,7 @@ def evaluate_methods(graph, images, methods, target="pred", patch=4, steps=20, o
         relevances = {method: explainer.explain(x, target=targets).relevance
                       for method, explainer in explainers.items()}
         curves = perturbation_curves(score, x, targets, relevances, patch, steps, orders, replacement, bounds, seed,
-                                     batch_size=batch_size, first_index=offset)
+                                     batch_size=batch_size, first_index=offset, snapshots=snapshots)
         curves, left_out = without_non_finite(curves, relevances)
         tally.add(curves)
         dropped += [offset + i for i in left_out]

@@ -45,17 +45,21 @@ def write_evaluate_page(outdir, table, settings, snapshots, names, preprocessing
     ``snapshots``: as filled by ``evaluate.perturbation_curves``; ``names``: the images' names by index."""
     escape = html.escape
     parts = [f"<h1>lrptool evaluate: {escape(os.path.basename(str(settings.get('model', ''))))}</h1>",
-             '<p class="muted">' + escape(" · ".join(f"{k}: {v}" for k, v in settings.items())) + "</p>"]
+             '<p class="muted">' + escape(" · ".join(f"{k}: {v}" for k, v in settings.items()
+                                                     if not isinstance(v, dict))) + "</p>"]
     if os.path.isfile(os.path.join(outdir, "curves.png")):
         parts.append('<img class="curves" src="curves.png" alt="perturbation curves">')
     for order, rows in table.items():
         parts.append(f"<h2>{escape(order.upper())}: AOPC per method "
                      f"({'larger' if order == 'morf' else 'smaller'} is better)</h2>")
-        parts.append("<table><thead><tr><th>rank</th><th>method</th><th>AOPC</th><th>± standard error</th></tr>"
-                     "</thead><tbody>")
+        parts.append("<table><thead><tr><th>rank</th><th>method</th><th>AOPC</th><th>± standard error</th>"
+                     "<th>relative to the unperturbed score</th></tr></thead><tbody>")
         for row in rows:
+            relative = (f"{row['relative_aopc']:.1%} ± {row['relative_sem']:.1%}"
+                        if row.get("relative_aopc") is not None else "–")
             parts.append(f"<tr><td class=num>{row['rank']}</td><td>{escape(row['method'])}</td>"
-                         f"<td class=num>{row['aopc']:.4g}</td><td class=num>{row['sem']:.2g}</td></tr>")
+                         f"<td class=num>{row['aopc']:.4g}</td><td class=num>{row['sem']:.2g}</td>"
+                         f"<td class=num>{relative}</td></tr>")
         parts.append("</tbody></table>")
     images = sorted({image for _, _, image, _ in snapshots if image not in set(dropped)})
     steps = sorted({step for _, _, _, step in snapshots})
