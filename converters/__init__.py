@@ -17,6 +17,9 @@ def load_model(path, weights=None, model_config=None, random_weights=False, kera
     Keras weights-only ``.h5``; ``keras1_backend``: which backend wrote a Keras 1 file.
     ``input_size``: the sizes a fully convolutional ONNX or Keras model leaves free (e.g. (H, W)).
     """
+    from lrptool.plugins import load_entry_points
+
+    load_entry_points()
     path = str(path)
     for given, what in ((path, "model"), (weights, "--weights"), (model_config, "--model-config")):
         problem = given and (regular_file_problem(str(given)) or stand_in_problem(str(given)))

@@ -73,8 +73,8 @@ def wants_keras_order(class_name, cfg):
     axis = cfg.get("axis")
     if class_name == "BatchNormalization" and axis in (1, [1]):
         return True
-    # recurrent layers read (batch, time, features) as Keras holds it
-    return class_name in ("LSTM", "GRU", "SimpleRNN", "CuDNNLSTM", "CuDNNGRU", "Bidirectional")
+    # a converter registered with keras_order=True (recurrent layers, plug-ins) reads Keras' own layout
+    return bool(getattr(LAYERS.get(class_name), "keras_order", False))
 
 
 def same_pads(spatial, kernel, strides, dilations):

@@ -106,7 +106,7 @@ def sequence_output(ctx, lname, y, steps, width, reverse_time=False):
     return y
 
 
-@layer(*CELLS)
+@layer(*CELLS, keras_order=True)
 def recurrent(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     class_name = ctx.class_name
@@ -124,7 +124,7 @@ def recurrent(ctx, lname, cfg, inputs, weights):
     return ctx.emit(lname, "Reshape", [y_h], {"shape": (None, units)})
 
 
-@layer("Bidirectional")
+@layer("Bidirectional", keras_order=True)
 def bidirectional(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     inner = cfg.get("layer") or {}

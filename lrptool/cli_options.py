@@ -173,10 +173,25 @@ def model_options(function):
                      help="Keras 1: the backend that wrote the file (Theano stores kernels flipped)."),
         click.option("--input-size", "model_input_size",
                      help="ONNX/Keras: sizes a fully convolutional model leaves free, e.g. 12x12."),
+        click.option("--custom-layers", multiple=True, expose_value=False, callback=load_custom_layers,
+                     is_eager=True, metavar="FILE.py|MODULE",
+                     help="Keras: a plug-in registering converters for custom layer classes (repeatable), e.g. "
+                          "lrptool.plugins.attention_weighted_average."),
     ]
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def load_custom_layers(context, parameter, sources):
+    """Load each --custom-layers plug-in before the model is read; a broken one is one line."""
+    from .plugins import load_custom_layers as load
+
+    for source in sources or ():
+        try:
+            load(source)
+        except LrpToolError as error:
+            raise click.BadParameter(str(error), param_hint="--custom-layers") from None
 
 
 def open_model(model, weights=None, model_config=None, random_weights=False, keras1_backend=None, input_size=None,

@@ -13,7 +13,7 @@ from lrptool.executor import run_graph
 from lrptool.lrp import Explainer
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "keras_recurrent")
-MODELS = sorted(name[:-3] for name in os.listdir(DATA) if name.endswith(".h5"))
+MODELS = sorted(name[:-3] for name in os.listdir(DATA) if name.endswith(".h5") and not name.startswith("custom_"))
 
 
 def load(name):

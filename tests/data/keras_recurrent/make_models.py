@@ -2,10 +2,12 @@
 
 Run with TensorFlow 2.14.1 in a separate environment (not lrptool's):
     python tests/data/keras_recurrent/make_models.py
-Writes NAME.h5, NAME_input.npy and NAME_output.npy beside this script for every model below.
+Writes NAME.h5, NAME_input.npy and NAME_output.npy beside this script for every model below. The
+models are made again each time, so all of them change together.
 """
 
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -13,6 +15,8 @@ from tensorflow import keras
 from tensorflow.keras import layers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "examples", "textgenrnn"))
+from make_reference import AttentionWeightedAverage  # noqa: E402  (textgenrnn's attention pooling)
 STEPS, FEATURES = 6, 4
 
 
@@ -37,6 +41,9 @@ def models():
     yield "bidirectional_gru_sequence_mul", sequential(
         layers.Bidirectional(layers.GRU(3, return_sequences=True, reset_after=False), merge_mode="mul"),
         layers.Flatten(), layers.Dense(2))
+    # a custom layer, read with the plug-in lrptool.plugins.attention_weighted_average
+    yield "custom_lstm_attention", sequential(layers.LSTM(5, return_sequences=True),
+                                              AttentionWeightedAverage(name="attention"), layers.Dense(2))
 
 
 def main():
