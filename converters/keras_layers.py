@@ -435,6 +435,19 @@ def identity(ctx, lname, cfg, inputs, weights):
     return inputs[0]
 
 
+# ---------------------------------------------------------------- embeddings
+
+@layer("Embedding")
+def embedding(ctx, lname, cfg, inputs, weights):
+    """Token ids (N, T) → vectors, held channels-first like every rank-3 tensor: (N, features, T)."""
+    (x,) = inputs
+    (table,) = take(weights, lname, 1, (2,))
+    if len(ctx.shape(x)) != 2:
+        raise Unsupported(f"an embedding of input shape {ctx.shape(x)} (lrptool takes token ids of shape (N, T))")
+    vectors = ctx.emit(f"{lname}/lookup", "Embedding", [x], {}, {"weight": table})
+    return ctx.emit(lname, "Transpose", [vectors], {"perm": (0, 2, 1)})
+
+
 # ---------------------------------------------------------------- pooling
 
 def pool(ctx, lname, cfg, inputs, op, rank):

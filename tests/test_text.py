@@ -316,3 +316,35 @@ def test_bundled_sentiment_model_explains_the_demo_texts():
     first, last = results[0], results[-1]
     assert first.tokens[int(np.argmax(first.relevance))] == "moving"
     assert last.tokens[int(np.argmax(last.relevance))] == "loved"
+
+
+# -- Keras --------------------------------------------------------------------------------------------------
+
+def test_keras_embedding_conv1d_global_max_pooling_dense(tmp_path):
+    from test_keras_reader import dense_config, write_model
+
+    from converters.keras_reader import read_keras
+
+    rng = np.random.default_rng(8)
+    table, kernel, bias = rng.normal(size=(30, 4)), rng.normal(size=(3, 4, 5)) * 0.5, rng.normal(size=5) * 0.1
+    dense, dense_bias = rng.normal(size=(5, 2)), rng.normal(size=2) * 0.1
+    config = dense_config([
+        {"class_name": "Embedding", "config": {"name": "emb", "input_dim": 30, "output_dim": 4}},
+        {"class_name": "Conv1D", "config": {"name": "conv", "filters": 5, "kernel_size": [3], "padding": "same",
+                                            "activation": "relu"}},
+        {"class_name": "GlobalMaxPooling1D", "config": {"name": "pool"}},
+        {"class_name": "Dense", "config": {"name": "out", "units": 2, "activation": "softmax"}}], [10])
+    graph = read_keras(write_model(tmp_path / "text.h5", config, {"emb": [table], "conv": [kernel, bias],
+                                                                 "out": [dense, dense_bias]}))
+    assert graph.token_inputs() == set(graph.inputs)
+    ids = rng.integers(0, 30, size=(3, 10))
+    # Keras' computation written out: channels-last, 'same' padding of one step each side
+    padded = np.pad(table[ids], ((0, 0), (1, 1), (0, 0)))
+    conv = sum(padded[:, i:i + 10] @ kernel[i] for i in range(3)) + bias
+    logits = np.maximum(conv, 0).max(axis=1) @ dense + dense_bias
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(run_graph(graph, ids, dtype=np.float64)[graph.outputs[0]], expected, rtol=1e-6)
+    exact = Explainer(graph, "epsilon", dtype=np.float64, quiet=True).explain(ids)
+    np.testing.assert_allclose(exact.scores, logits[np.arange(3), exact.targets], rtol=1e-6)
+    compiled = Explainer(graph, "epsilon", quiet=True, compiled=True).explain(ids, target=exact.targets)
+    assert relative_error(compiled.relevance, exact.relevance) <= 1e-5
