@@ -19,6 +19,7 @@ from lrptool.limits import check_shape
 
 from . import onnx_recurrent, onnx_shape_ops  # noqa: F401  (registers the recurrent and data-movement converters)
 from .builder import GraphBuilder, Unsupported
+from .onnx_ml import ML_DOMAIN, ML_OPS
 from .onnx_checks import (ATTRIBUTE_KINDS, DAMAGED, attribute_values, check_against_schema, check_structure,
                           default_opset, load_onnx_proto, node_label, read_initializers, refuse, tensor_shape)
 from .onnx_folding import fold_constant_node, shortened
@@ -51,6 +52,7 @@ class ReadContext(GraphBuilder):
         self.declared_batch = None
         self.current = None
         self.current_name = None
+        self.dropped_outputs = set()   # a classifier's predicted labels: not scores, left out
 
     # -- tensors ---------------------------------------------------------------------------
     def resolve(self, name):
@@ -105,6 +107,9 @@ class ReadContext(GraphBuilder):
                 self.materialized[name] = name
             return name
         raise Unsupported(f"input {name!r} is not available")
+
+    def model_inputs(self):
+        return {v.name for v in self.model.graph.input}
 
     def set_alias(self, new_name, existing):
         self.alias[new_name] = self.resolve(existing)
@@ -197,7 +202,11 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
     for index, node in enumerate(model.graph.node):
         ctx.current = node
         ctx.current_name = ctx.node_names.free(node_label(node, index))
-        if node.domain not in ("", "ai.onnx"):
+        if all(ctx.resolve(t) in ctx.dropped_outputs for t in node.input if t) \
+                and any(node.input):
+            ctx.dropped_outputs.update(node.output)  # a Cast of a dropped label, say
+            continue
+        if node.domain not in ("", "ai.onnx") and not (node.domain == ML_DOMAIN and node.op_type in ML_OPS):
             unsupported.append((ctx.current_name, f"{node.domain}.{node.op_type}", "custom operator domain"))
             broken.update(node.output)
             continue
@@ -214,7 +223,7 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
             broken.update(node.output)
     if unsupported:
         raise UnsupportedModelError(source, unsupported)
-    outputs = finish_outputs(ctx, [o.name for o in model.graph.output])
+    outputs = finish_outputs(ctx, [o.name for o in model.graph.output if o.name not in ctx.dropped_outputs])
     return ctx.finish(outputs, name=model.graph.name or os.path.basename(str(source)))
 
 

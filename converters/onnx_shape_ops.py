@@ -280,3 +280,13 @@ def convert_gather(ctx, node, a):
     if axis_index(ctx, a.get("axis", 0), 2) != 0:
         raise Unsupported("Gather along axis 1 of a matrix (an embedding lookup gathers rows)")
     ctx.add("Embedding", node.input[1:2], node.output[0], params={"weight": table})
+
+
+@converter("Cast")
+def convert_cast(ctx, node, a):
+    """A computed tensor is floating-point in the IR: a cast to a float type changes nothing."""
+    if int(a.get("to", 0)) not in (1, 10, 11, 16):   # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+        raise Unsupported("a cast to a non-float type of a computed tensor")
+    if ctx.resolve(node.input[0]) in ctx.model_inputs():
+        raise Unsupported("a cast of a graph input (lrptool takes floats, or int64 token ids read by an embedding)")
+    ctx.set_alias(node.output[0], node.input[0])

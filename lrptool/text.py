@@ -171,11 +171,23 @@ def make_tokenizer(spec, model=None, unknown=None):
 
 @dataclass
 class Placed:
-    """A text's ids fitted to the model's length: ``slots[i]`` is the token at input position i, −1 for padding."""
+    """A text's ids fitted to the model's length: ``slots[i]`` is the token at input position i, −1 for padding.
+    For a bag-of-words model ``ids`` is the count vector and ``features[t]`` the feature of token t (−1: none)."""
     encoded: Encoded
     ids: np.ndarray
     slots: np.ndarray
     truncated: bool
+    features: np.ndarray = None
+
+
+def bag_of_words(encoded, size):
+    """The count vector (``size`` features) of a text whose token ids are feature indices; tokens outside
+    the vocabulary (negative ids) count nowhere."""
+    features = np.asarray(encoded.ids, dtype=np.int64)
+    if features.size and features.max() >= size:
+        raise TextError(f"the vocabulary gives feature {int(features.max())}; the model has {size} features")
+    counts = np.bincount(features[features >= 0], minlength=size).astype(np.float64)
+    return Placed(encoded, counts, np.full(size, -1, dtype=np.int64), False, features)
 
 
 def place(encoded, length, pad, layout="start", limit=None):
@@ -211,6 +223,12 @@ def place(encoded, length, pad, layout="start", limit=None):
 def token_relevance(placed, relevance):
     """(per-token relevance, padding relevance) from the relevance of each input position."""
     relevance = np.asarray(relevance, dtype=np.float64).reshape(-1)
+    if placed.features is not None:
+        # each occurrence of a word takes an equal part of its feature's relevance: R_f = w_f · count_f
+        tokens = np.zeros(len(placed.features), dtype=np.float64)
+        known = placed.features >= 0
+        tokens[known] = relevance[placed.features[known]] / placed.ids[placed.features[known]]
+        return tokens, 0.0
     tokens = np.zeros(len(placed.encoded.ids), dtype=np.float64)
     used = placed.slots >= 0
     np.add.at(tokens, placed.slots[used], relevance[used])
@@ -240,13 +258,19 @@ class TextExplanation:
 
 
 def token_input(graph):
-    """(name, sequence length) of the graph's token-id input."""
+    """(name, length, bag): the graph's one input, its length (tokens, or features of a bag-of-words model)
+    and whether it takes a count vector (floats) rather than token ids."""
     if len(graph.inputs) != 1:
         raise LrpToolError(f"the model has {len(graph.inputs)} inputs; explaining text needs one (the token ids)")
     (name, shape), = graph.inputs.items()
     if len(shape) != 2:
         raise LrpToolError(f"the model's input {name!r} has shape {shape}; text models take (batch, length)")
-    return name, int(shape[1])
+    return name, int(shape[1]), name not in graph.token_inputs()
+
+
+def fit_text(tokenizer, text, length, bag, pad=0, layout="start", limit=None):
+    encoded = tokenizer.encode(text)
+    return bag_of_words(encoded, length) if bag else place(encoded, length, pad, layout, limit)
 
 
 def explain_text(graph, texts, tokenizer="bytes", method="epsilon", target="pred", pad=0, layout="start",
@@ -264,14 +288,14 @@ def explain_text(graph, texts, tokenizer="bytes", method="epsilon", target="pred
         from converters import load_model
         model = str(graph)
         graph = load_model(graph)
-    tokenizer = make_tokenizer(tokenizer, model)
-    _, length = token_input(graph)
+    _, length, bag = token_input(graph)
+    tokenizer = make_tokenizer(tokenizer, model, unknown=-1 if bag else None)
     explainer = explainer or Explainer(graph, method, **options)
     texts = list(texts)
     targets = target if isinstance(target, (list, tuple, np.ndarray)) else [target] * len(texts)
     results = []
     for start in range(0, len(texts), max(1, batch_size)):
-        chunk = [place(tokenizer.encode(t), length, pad, layout) for t in texts[start:start + batch_size]]
+        chunk = [fit_text(tokenizer, t, length, bag, pad, layout) for t in texts[start:start + batch_size]]
         wanted = [-1 if t in (None, "pred") else int(t) for t in targets[start:start + batch_size]]
         explained = explainer.explain(np.stack([p.ids for p in chunk]), target=np.asarray(wanted, dtype=np.int64))
         results += explanations_of(chunk, explained)

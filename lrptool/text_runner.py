@@ -20,7 +20,7 @@ import numpy as np
 from .files import remove_stale_parts, write_atomically
 from .lrp import GRADIENT_METHODS, top_k_targets
 from .manifest import Manifest, digest
-from .text import TextError, place, token_input, token_relevance
+from .text import TextError, fit_text, token_input, token_relevance
 from .text_outputs import ansi_line, html_page
 
 FORMATS = ("jsonl", "html", "ansi")
@@ -92,7 +92,7 @@ class TextRunner:
         self.resume = resume
         self.stdout = stdout or sys.stdout
         self.report = report or (lambda message: print(f"lrptool: {message}", file=sys.stderr))
-        _, self.length = token_input(explainer.graph)
+        _, self.length, self.bag = token_input(explainer.graph)
         self.classes = explainer.output_size()
         self.manifest = Manifest(outdir)
         self.failures, self.records = [], {}
@@ -156,8 +156,8 @@ class TextRunner:
             try:
                 if line.target is not None and (line.target < 0 or (self.classes and line.target >= self.classes)):
                     raise TextError(f"class {line.target} is out of range: the model has {self.classes} outputs")
-                item = place(self.tokenizer.encode(line.text), self.length, self.pad, self.layout, self.used)
-                largest = int(item.ids.max()) if item.ids.size else 0
+                item = fit_text(self.tokenizer, line.text, self.length, self.bag, self.pad, self.layout, self.used)
+                largest = int(item.ids.max()) if item.ids.size and not self.bag else 0
                 if largest >= self.vocabulary_rows():
                     raise TextError(f"token id {largest} is beyond the model's embedding table "
                                     f"({self.vocabulary_rows()} rows); check the tokenizer, vocabulary or --pad")
@@ -216,6 +216,8 @@ class TextRunner:
     def record(self, line, item, explanation, index, rank):
         tokens, padding = token_relevance(item, explanation.relevance[index])
         score = float(explanation.scores[index])
+        if self.bag:
+            tokens[item.features < 0] = 0.0
         if not (np.isfinite(score) and np.all(np.isfinite(tokens)) and np.isfinite(padding)):
             return None
         target = int(explanation.targets[index])
@@ -228,6 +230,7 @@ class TextRunner:
                   "label": self.labels[target] if self.labels and target < len(self.labels) else None,
                   "score": score, "relevance_sum": total, "padding_relevance": padding,
                   "padding_share": abs(padding) / magnitude if magnitude > 0 else 0.0,
+                  "absorbed": score - total,
                   "truncated": bool(item.truncated), "method": str(self.explainer.method),
                   "text_sha256": digest(line.text.encode("utf-8", "surrogateescape"))}
         if rank is not None:
@@ -272,12 +275,15 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
         if "free size" in str(error) and not max_len:
             raise LrpToolError(f"{error}; for a text model give --max-len") from None
         raise
-    name, length = token_input(graph)
-    if name not in graph.token_inputs():
-        raise LrpToolError(f"{model}: the input {name!r} is not read by an embedding (Gather on a table, Keras "
-                           "Embedding); explain-text explains models that take token ids")
-    chosen = make_tokenizer(tokenizer, model)
-    if chosen.largest_id() < 0 or pad >= min(n.params["weight"].shape[0] for n in graph.nodes if n.op == "Embedding"):
+    name, length, bag = token_input(graph)
+    chosen = make_tokenizer(tokenizer, model, unknown=-1 if bag else None)
+    if bag and chosen.kind == "bytes":
+        raise LrpToolError(f"{model}: the input {name!r} takes {length} features, not token ids: a bag-of-words model "
+                           "needs the vocabulary that maps words to features (--tokenizer vocab.json)")
+    if bag and chosen.largest_id() >= length:
+        raise LrpToolError(f"{chosen.source}: the vocabulary maps a word to feature {chosen.largest_id()}; the model "
+                           f"has {length} features")
+    if not bag and pad >= min(n.params["weight"].shape[0] for n in graph.nodes if n.op == "Embedding"):
         raise LrpToolError(f"--pad {pad}: beyond the model's embedding table; give an id the model knows")
     explainer = Explainer(graph, method, primitives="numpy" if low_memory else "onnxruntime",
                           forward_backend="lrptool" if low_memory else "auto", providers=providers)
