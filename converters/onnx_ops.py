@@ -7,6 +7,8 @@ or convention cost, and adds IR nodes through the read context. ``Unsupported`` 
 
 import numpy as np
 
+from lrptool.errors import FreeSizeError
+
 from .builder import Registry, Unsupported  # noqa: F401  (Unsupported: what converters raise)
 
 CONVERTERS = Registry("ONNX operator")
@@ -64,8 +66,14 @@ def resolve_pads(a, spatial, kernel, strides, dilations):
         raise Unsupported(f"auto_pad {auto_pad!r}")
     begins, ends = [], []
     for size, k, s, d in zip(spatial, kernel, strides, dilations):
-        out = -(-size // s)
-        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        if size is None:
+            if s != 1:
+                # the padding then depends on the size: (size mod stride)
+                raise FreeSizeError(f"auto_pad {auto_pad} with stride {s} on a free size")
+            total = (k - 1) * d
+        else:
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
         small, large = total // 2, total - total // 2
         begins.append(small if auto_pad == "SAME_UPPER" else large)
         ends.append(large if auto_pad == "SAME_UPPER" else small)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto
 
-from lrptool.errors import BatchAxisError, GraphError, LrpToolError, UnsupportedModelError
+from lrptool.errors import BatchAxisError, FreeSizeError, GraphError, LrpToolError, UnsupportedModelError
 from lrptool.limits import check_shape
 
 from . import onnx_recurrent, onnx_shape_ops  # noqa: F401  (registers the recurrent and data-movement converters)
@@ -146,11 +146,20 @@ class ReadContext(GraphBuilder):
     def fail_batch(self, message):
         raise BatchAxisError(f"node {self.current_name!r} ({self.current.op_type}): {message}")
 
+    def fail_free(self, axis, message):
+        """A node that needs the length of free axis ``axis``: the batch axis or a free spatial size."""
+        if axis == 0:
+            self.fail_batch(message)
+        raise FreeSizeError(f"node {self.current_name!r} ({self.current.op_type}): {message}")
+
 
 def shape_constant(ctx, node, attrs):
     shape = ctx.shape(node.input[0])
+    start, end = attrs.get("start", 0), attrs.get("end", len(shape))
+    free = [axis for axis, d in list(enumerate(shape))[start:end] if axis and d is None]
+    if free:
+        ctx.fail_free(free[0], f"reads the free sizes of {tuple(shape)}")
     values = np.array([BATCH_MARKER if d is None else d for d in shape], dtype=np.int64)
-    start, end = attrs.get("start", 0), attrs.get("end", len(values))
     return values[start:end]
 
 
@@ -168,9 +177,9 @@ def graph_inputs(ctx, bind):
         if free and ctx.input_size and len(free) == len(ctx.input_size):
             sizes = iter(ctx.input_size)
             shape = [next(sizes) if i in free else d for i, d in enumerate(shape)]
-        if None in shape[1:] or 0 in shape[1:]:
-            raise GraphError(f"{ctx.source}: input {name!r} has shape {shape} with a free size beyond the batch "
-                             "axis; lrptool needs fixed sizes except for the batch (give them with --input-size)")
+        if 0 in shape[1:] or shape[1:2] == [None]:
+            raise GraphError(f"{ctx.source}: input {name!r} has shape {shape}; lrptool needs a fixed channel count "
+                             "and no size 0 (give the sizes with --input-size)")
         check_shape(shape, 4, f"{ctx.source}: input {name!r} of shape {shape}")
         if shape and shape[0] not in (None, 0):
             ctx.declared_batch = shape[0]
@@ -216,6 +225,10 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
         except GraphError as error:
             if isinstance(error, BatchAxisError):
                 raise
+            if isinstance(error, FreeSizeError):
+                where = "" if str(error).startswith("node ") else f"{ctx.where()}: "
+                raise FreeSizeError(f"{source}: {where}{error}; this node needs a fixed input size: give it with "
+                                    "--input-size (e.g. 224x224)") from None
             raise GraphError(f"{source}: {error}; the model's shapes do not fit together (a damaged file?)") from None
         if problem is not None:
             if problem is not DOWNSTREAM:

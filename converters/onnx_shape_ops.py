@@ -40,7 +40,7 @@ def convert_split(ctx, node, a):
     if split is None:
         size, parts = shape[axis], int(a.get("num_outputs", len(outputs)))
         if size is None:
-            ctx.fail_batch("splits the batch axis")
+            ctx.fail_free(axis, "splits along a free axis")
         if parts < 1:
             raise ctx.invalid(f"num_outputs {parts} must be at least 1")
         chunk = -(-size // parts)
@@ -99,6 +99,8 @@ def reshape_target(ctx, shape, target, allowzero):
         out.append(d)
     if not out:
         raise Unsupported(f"reshape {shape} into a scalar")
+    if None in shape[1:]:
+        ctx.fail_free(shape.index(None, 1), f"reshapes {shape}")
     if shape[0] is None:
         # math.prod: exact for any size, where an int64 product of hostile dims wraps around
         known = math.prod(shape[1:])
@@ -214,6 +216,8 @@ def convert_resize(ctx, node, a):
             scales = [float(s) for s in np.asarray(scale_values).reshape(-1)]
         elif sizes is not None:
             sizes = ints(np.asarray(sizes).reshape(-1))
+            if None in shape[2:]:
+                ctx.fail_free(shape.index(None, 2), f"resizes to the fixed sizes {brief(sizes)}")
             scales = [1.0 if d is None else size / d if d else float("nan") for size, d in zip(sizes, shape)]
         else:
             raise Unsupported("scales or sizes must be constants")

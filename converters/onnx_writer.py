@@ -188,8 +188,13 @@ def export_softmax(b, node):
     b.node("Reshape", [node.inputs[0], b.ints(f"{node.name}.flat_shape", [0] * axes[0] + [-1])], [flat],
            f"{node.name}/flatten")
     b.node(node.op, [flat], [normalised], node.name, axis=-1)
-    back = [0 if d is None else d for d in shape]
-    b.node("Reshape", [normalised, b.ints(f"{node.name}.shape", back)], node.outputs, f"{node.name}/restore")
+    if None in shape[1:]:
+        # free sizes: the input's own shape, at run time
+        back = b.unique(f"{node.name}/shape")
+        b.node("Shape", [node.inputs[0]], [back], f"{node.name}/shape")
+    else:
+        back = b.ints(f"{node.name}.shape", [0 if d is None else d for d in shape])
+    b.node("Reshape", [normalised, back], node.outputs, f"{node.name}/restore")
 
 
 @exporter("MaxPool", "AveragePool")
@@ -314,7 +319,8 @@ def export_embedding(b, node):
 
 
 def value_info(name, shape, element=TensorProto.FLOAT):
-    dims = ["batch" if d is None else int(d) for d in shape]
+    """The ONNX type of a tensor: the free batch axis is named ``batch``; free sizes stay unnamed."""
+    dims = [("batch" if axis == 0 else None) if d is None else int(d) for axis, d in enumerate(shape)]
     return helper.make_tensor_value_info(name, element, dims)
 
 

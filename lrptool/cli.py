@@ -146,8 +146,11 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
 @click.option("--low-memory", is_flag=True,
               help="Run the eager walk in NumPy/Numba instead of the compiled explainer: less memory, slower.")
 @click.option("--provider", "providers", help="onnxruntime execution providers, e.g. cuda or cuda,cpu (default cpu).")
+@click.option("--native-size", is_flag=True,
+              help="Explain each picture at its own size (a model whose input size is free, e.g. fully convolutional).")
 def explain(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method, rule_spec, target, labels, formats, cmap, clip, channels_mode, map_back, preprocess_preset, config,
-            size, resize, channels, scale, mean, std, mean_file, batch_size, jobs, resume, jsonl, low_memory, providers):
+            size, resize, channels, scale, mean, std, mean_file, batch_size, jobs, resume, jsonl, low_memory, providers,
+            native_size):
     """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
     stdin, each optionally followed by TAB and a class index). Writes heatmaps, overlays and raw
     relevance into a mirror of the input tree and one JSON line per image to stdout; messages go
@@ -171,7 +174,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     specs = method_list(method, rule_spec)
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
-                                        std, mean_file)
+                                        std, mean_file, native_size)
     require_runnable(graph, model)
     explainers = [(spec, Explainer(graph, spec, bounds=preprocessing.bounds(),
                                    primitives="numpy" if low_memory else "onnxruntime",

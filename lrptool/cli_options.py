@@ -246,7 +246,7 @@ def say_notes():
 
 
 def build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean, std,
-                        mean_file=None):
+                        mean_file=None, native_size=False):
     import os
 
     from .images import preprocessing_for
@@ -275,4 +275,4 @@ def build_preprocessing(model, graph, preprocess_preset, config, size, resize, c
         config = preprocessing_file_beside(model)
     return preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
                              channels=channels, scale=scale, mean=parse_floats(mean, "--mean"),
-                             std=parse_floats(std, "--std", positive=True))
+                             std=parse_floats(std, "--std", positive=True), native=native_size or None)

@@ -33,3 +33,8 @@ class GraphError(LrpToolError):
 
 class BatchAxisError(GraphError):
     """A node reads or changes the batch axis, so the graph cannot run with a free batch size."""
+
+
+class FreeSizeError(GraphError):
+    """A node needs a fixed size where the model leaves one free (a Flatten before a Dense on a
+    fully convolutional input, a reshape into fixed sizes): the input size must be given."""

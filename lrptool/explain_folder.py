@@ -246,6 +246,13 @@ class FolderExplainer:
         for item, picture, problem in batch:
             if picture is None:
                 self.fail(item, problem)
+        # pictures at their own sizes (--native-size) are explained in groups of equal size
+        sizes = {}
+        for entry in good:
+            sizes.setdefault(entry[2].shape, []).append(entry)
+        return [future for group in sizes.values() for future in self.explain_group(group, pool)]
+
+    def explain_group(self, good, pool):
         if not good:
             return []
         x = np.stack([tensor for _, _, tensor in good])

@@ -1,13 +1,14 @@
 """The lrptool graph IR.
 
 A ``Graph`` holds named inputs (with shapes, first entry ``None`` when the batch size is
-free), nodes in topological order and named outputs. Every node is an operator from the
+free; a ``None`` after the channel axis is a free spatial size, which ``at_sizes`` fixes), nodes in topological order and named outputs. Every node is an operator from the
 closed set in ``lrptool.ops`` with that operator's fixed attribute schema; parameter arrays
 (weights, biases, constants) belong to the nodes of the graph. Building a graph checks it:
 unknown operators or attributes, tensors used before they are made, and shapes that do not
 fit are refused with the node named.
 """
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,7 +95,7 @@ class Graph:
         shapes = dict(self.inputs)
         for input_name, shape in self.inputs.items():
             if any(d is not None and (not isinstance(d, (int, np.integer)) or d < 0) for d in shape) \
-                    or None in shape[1:]:
+                    or None in shape[1:2]:
                 raise GraphError(f"input {input_name!r}: bad shape {shape}")
         seen = set()
         for node in self.nodes:
@@ -122,6 +123,27 @@ class Graph:
 
     def parameter_count(self):
         return sum(node.parameter_count() for node in self.nodes)
+
+    def free_sizes(self):
+        """Whether some input leaves a size after the channel axis free (a fully convolutional model)."""
+        return any(None in shape[2:] for shape in self.inputs.values())
+
+    def at_sizes(self, sizes):
+        """This graph with its free spatial sizes fixed: ``sizes`` maps an input name to one sample's
+        shape (without the batch axis), or is one such shape for a single-input graph. Nodes are copied
+        (parameters shared), shapes inferred anew."""
+        if not isinstance(sizes, dict):
+            if len(self.inputs) != 1:
+                raise GraphError(f"the graph has {len(self.inputs)} inputs; give one shape per input name")
+            sizes = {next(iter(self.inputs)): sizes}
+        inputs = {}
+        for name, shape in self.inputs.items():
+            given = tuple(int(d) for d in sizes.get(name, shape[1:]))
+            if len(given) != len(shape) - 1 or any(d is not None and d != g for d, g in zip(shape[1:], given)):
+                raise GraphError(f"input {name!r} of shape {shape} cannot take one sample of shape {given}")
+            inputs[name] = shape[:1] + given
+        nodes = [copy.copy(node) for node in self.nodes]
+        return Graph(inputs, nodes, self.outputs, self.name)
 
     def token_inputs(self):
         """Inputs that hold token ids: read by Embedding nodes and nothing else. They are fed as

@@ -32,6 +32,7 @@ class Preprocessing:
     scale: float = 1.0                 # pixel (0–255) multiplier
     mean: list = field(default_factory=lambda: [0.0])
     std: list = field(default_factory=lambda: [1.0])
+    native: bool = False               # each picture at its own size (models with a free input size)
 
     def channel_count(self):
         return 1 if self.channels == "gray" else 3
@@ -54,6 +55,9 @@ class Preprocessing:
 
     def summary(self):
         """One line: what a picture goes through before the model sees it."""
+        if self.native:
+            return (f"each picture at its own size, {self.channels}, x = (pixel · {self.scale:g} − {self.mean}) / "
+                    f"{self.std}")
         height, width = self.size
         crop = f"shorter side {self.shorter or round(min(height, width) * 256 / 224)}, centre crop" \
             if self.resize == "shorter-crop" else "resized"
@@ -91,14 +95,23 @@ def preprocessing_for(model_shape, preset=None, config=None, **overrides):
     if len(model_shape) != 4:
         raise LrpToolError(f"the model's input has shape {model_shape}; images need (N, C, H, W)")
     _, channels, height, width = model_shape
-    if base.size is None:
+    free = height is None or width is None
+    if base.native:
+        if not free:
+            raise LrpToolError(f"--native-size: the model takes {height}x{width} inputs only; it needs a model whose "
+                               "input size is free (a fully convolutional one)")
+        base = replace(base, size=None)
+    elif base.size is None and free:
+        raise LrpToolError("the model leaves its input size free: give --size HxW (or, to explain, --native-size: "
+                           "each picture at its own size)")
+    elif base.size is None:
         base = replace(base, size=(height, width))
     if base.channels is None:
         base = replace(base, channels="gray" if channels == 1 else "rgb")
     if base.channel_count() != channels:
         raise LrpToolError(f"the model takes {channels} channels but the preprocessing makes {base.channel_count()} "
                            f"({base.channels})")
-    if tuple(base.size) != (height, width):
+    if not free and tuple(base.size) != (height, width):
         raise LrpToolError(f"the model takes {height}x{width} inputs but the preprocessing makes "
                            f"{base.size[0]}x{base.size[1]}")
     base.per_channel(base.mean), base.per_channel(base.std)
@@ -262,6 +275,8 @@ class Geometry:
 
 def geometry_for(size, preprocessing):
     """The ``Geometry`` of a picture of ``size`` (width, height) under ``preprocessing``."""
+    if preprocessing.native:
+        return Geometry(tuple(size), tuple(size), (0, 0) + tuple(size))
     height, width = preprocessing.size
     if preprocessing.resize == "resize":
         return Geometry(tuple(size), (width, height), (0, 0, width, height))

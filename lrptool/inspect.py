@@ -2,7 +2,8 @@
 
 
 def format_shape(shape):
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+    """``(N, 3, ?, ?)``: N the free batch axis, ? a free size."""
+    return "(" + ", ".join(("N" if axis == 0 else "?") if d is None else str(d) for axis, d in enumerate(shape)) + ")"
 
 
 def describe_attrs(node):

@@ -78,13 +78,28 @@ class Explainer:
     (``lrp.recurrent``): ``recurrent_epsilon`` is their ε, ``recurrent_bias`` ``"absorb"`` (biases and
     stabilisers keep their share) or ``"spread"`` (that share is spread over the inputs, so relevance
     is conserved exactly). They have no compiled form: a graph with one is explained eagerly.
+
+    A graph with free spatial sizes (a fully convolutional model read without an input size) is
+    explained at each batch's own size: the graph is fixed to that size (``Graph.at_sizes``) and
+    prepared — canonized, and compiled where the options ask for it — once per size; the last
+    ``SIZES_KEPT`` sizes stay prepared.
     """
+
+    SIZES_KEPT = 8
 
     def __init__(self, graph, method="epsilon-plus-flat", bounds=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
                  maxpool="winner", dtype=np.float32, start=None, samples=32, noise=0.1, steps=64, seed=0,
                  forward_backend="auto", primitives="onnxruntime", quiet=False, compiled="auto", providers=None,
                  report=False, recurrent_epsilon=1e-3, recurrent_bias="absorb"):
+        settings = {k: v for k, v in locals().items() if k not in ("self", "graph", "__class__")}
         self.original = graph
+        self.method = method
+        self.by_size = None
+        if graph.free_sizes():
+            # prepared per size on first use; what the rules and notes need is known only then
+            self.graph, self.settings, self.by_size = graph, settings, {}
+            self.rules, self.compiled, self.prepared, self.dtype = {}, None, False, np.dtype(dtype)
+            return
         self.graph, self.canonization = canonize(graph)
         if self.canonization["softmax_removed"] and not quiet:
             print("lrptool: the output softmax is left out: logits are explained", file=sys.stderr)
@@ -143,6 +158,20 @@ class Explainer:
         """How many outputs a sample has (the range of class indices), or None where it is free."""
         return self.graph.output_size()
 
+    def at_size(self, x):
+        """The Explainer of the free-size graph fixed to the size of batch ``x`` (made on first use)."""
+        sizes = tuple(x.shape[1:])
+        explainer = self.by_size.pop(sizes, None)
+        if explainer is None:
+            # notes (the softmax left out) are said for the first size only
+            settings = dict(self.settings, quiet=self.settings["quiet"] or self.prepared)
+            explainer = Explainer(self.original.at_sizes(sizes), **settings)
+            self.prepared = True
+            while len(self.by_size) >= self.SIZES_KEPT:
+                self.by_size.pop(next(iter(self.by_size)))
+        self.by_size[sizes] = explainer  # the most recently used last
+        return explainer
+
     def seed_for(self, outputs, targets):
         flat = outputs.reshape(outputs.shape[0], -1)
         seed = np.zeros_like(flat)
@@ -187,6 +216,8 @@ class Explainer:
         """The conservation report of an LRP method for ``x`` from the eager walk, whichever path explains:
         Σ R per node and what each node absorbed."""
         x = self.input_array(x)
+        if self.by_size is not None:
+            return self.at_size(x).conservation(x, target)
         values = self.walk.forward(x)
         outputs = np.array(values[self.output])
         targets = select_targets(outputs, target)
@@ -202,6 +233,8 @@ class Explainer:
 
     def explain(self, x, target="pred", layers=False):
         x = self.input_array(x)
+        if self.by_size is not None:
+            return self.at_size(x).explain(x, target, layers)
         if self.compiled is not None and not layers:
             return self.explain_compiled(x, target)
         input_name = next(iter(self.graph.inputs))

@@ -62,6 +62,9 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     onnxruntime's ``add_external_initializers``: no serialised copy of the weights)."""
     from converters.onnx_writer import graph_to_onnx
 
+    if graph.free_sizes():
+        raise LrpToolError("the model leaves its input size free; the compiled explainer is made for one size: "
+                           "give it (--input-size, or Graph.at_sizes)")
     canonical, _ = canonize(graph)
     if len(canonical.inputs) != 1 or len(canonical.outputs) != 1:
         raise LrpToolError(f"the model has {len(canonical.inputs)} inputs and {len(canonical.outputs)} outputs; "

@@ -1,6 +1,8 @@
 """The operator registry: every IR operator is one small class with a fixed attribute schema.
 
-Shapes are tuples whose first entry is ``None`` when the batch size is free. An operator
+Shapes are tuples whose first entry is ``None`` when the batch size is free; a later ``None`` is a
+free spatial size (a fully convolutional model's height or width), which each operator either
+carries through or refuses with ``size_fail``. An operator
 declares:
 
 * ``attributes`` — name → default (``REQUIRED`` when the attribute has no default);
@@ -12,7 +14,7 @@ declares:
 
 import numpy as np
 
-from ..errors import BatchAxisError, GraphError
+from ..errors import BatchAxisError, FreeSizeError, GraphError
 
 REQUIRED = object()
 
@@ -52,6 +54,17 @@ def batch_fail(node, message):
     raise BatchAxisError(f"node {node.name!r} ({node.op}): {message}")
 
 
+def size_fail(node, message):
+    raise FreeSizeError(f"node {node.name!r} ({node.op}): {message}")
+
+
+def free_fail(node, axis, message):
+    """A node that cannot work on free axis ``axis``: the batch axis (0) or a free spatial size."""
+    if axis == 0:
+        batch_fail(node, message)
+    size_fail(node, f"{message}, which is free")
+
+
 def normalize_axis(node, axis, rank):
     if not -rank <= axis < rank:
         fail(node, f"axis {axis} out of range for a rank-{rank} input")
@@ -66,7 +79,7 @@ def broadcast_shapes(node, *shapes):
         dims = [s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0]
         if any(d is None for d in dims):
             if any(d is not None and d != 1 for d in dims):
-                batch_fail(node, f"cannot broadcast {shapes} with a free batch size")
+                free_fail(node, i, f"cannot broadcast {shapes} along a free axis")
             out.append(None)
             continue
         sizes = {d for d in dims if d != 1}
@@ -81,7 +94,10 @@ def element_count(shape):
 
 
 def spatial_output_size(size, kernel, stride, dilation, pad_begin, pad_end, ceil_mode=False):
-    """Output length of a sliding window; ceil mode drops a last window starting in the end padding."""
+    """Output length of a sliding window; ceil mode drops a last window starting in the end padding.
+    A free size (None) gives a free size."""
+    if size is None:
+        return None
     span = dilation * (kernel - 1) + 1
     extent = size + pad_begin + pad_end - span
     if extent < 0:
@@ -97,5 +113,7 @@ def spatial_output_size(size, kernel, stride, dilation, pad_begin, pad_end, ceil
 def check_channels(node, shape, channels, what):
     if len(shape) < 2:
         fail(node, f"input of shape {shape} has no channel axis")
+    if shape[1] is None:
+        size_fail(node, "the channel count is free")
     if shape[1] != channels:
         fail(node, f"input has {shape[1]} channels but {what} has {channels}")

@@ -2,12 +2,19 @@
 
 import numpy as np
 
-from .base import REQUIRED, Operator, batch_fail, element_count, fail, normalize_axis, register
+from .base import REQUIRED, Operator, batch_fail, element_count, fail, free_fail, normalize_axis, register
 
 
 def check_not_batch(node, axes, shape, what):
     if 0 in axes and shape[0] is None:
         batch_fail(node, f"{what} the batch axis")
+
+
+def check_not_free(node, axes, shape, what):
+    """Refuse work along a free axis (the batch axis or a free spatial size) that needs its length."""
+    for axis in sorted(axes):
+        if shape[axis] is None:
+            free_fail(node, axis, f"{what} axis {axis}")
 
 
 @register
@@ -22,7 +29,8 @@ class Concat(Operator):
         for s in shapes[1:]:
             if len(s) != rank or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis):
                 fail(node, f"inputs of shapes {shapes} do not concatenate along axis {axis}")
-        return [shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1:]]
+        total = None if any(s[axis] is None for s in shapes) else sum(s[axis] for s in shapes)
+        return [shapes[0][:axis] + (total,) + shapes[0][axis + 1:]]
 
     def run(self, node, inputs, params):
         return [np.concatenate(inputs, axis=node.attrs["axis"])]
@@ -38,7 +46,7 @@ class Split(Operator):
     def infer(self, node, shapes):
         (shape,) = shapes
         axis = normalize_axis(node, node.attrs["axis"], len(shape))
-        check_not_batch(node, [axis], shape, "splits along")
+        check_not_free(node, [axis], shape, "splits along")
         split = node.attrs["split"]
         if sum(split) != shape[axis] or min(split) < 0:
             fail(node, f"split sizes {split} do not add up to {shape[axis]}")
@@ -74,7 +82,7 @@ class Slice(Operator):
         for dim, sl in zip(shape, index):
             if dim is None:
                 if sl != slice(None):
-                    batch_fail(node, "slices the batch axis")
+                    free_fail(node, len(out), f"slices axis {len(out)}")
                 out.append(None)
             else:
                 out.append(len(range(*sl.indices(dim))))
@@ -97,6 +105,7 @@ class Flatten(Operator):
             fail(node, f"axis {axis} out of range for shape {shape}")
         if shape[0] is None and axis != 1:
             batch_fail(node, f"flattening at axis {axis} mixes the batch axis")
+        check_not_free(node, [i for i in range(1, len(shape)) if shape[i] is None], shape, "flattens")
         head = None if shape[0] is None else element_count(shape[:axis])
         return [(head, element_count(shape[axis:]))]
 
@@ -119,6 +128,7 @@ class Reshape(Operator):
             fail(node, f"target shape {target} must be explicit (only the batch entry may be free)")
         if (target[:1] == (None,)) != (shape[:1] == (None,)):
             batch_fail(node, f"reshape {shape} → {target} changes the batch axis")
+        check_not_free(node, [i for i in range(1, len(shape)) if shape[i] is None], shape, "reshapes")
         if element_count([d for d in shape if d is not None]) != element_count([d for d in target if d is not None]):
             fail(node, f"cannot reshape {shape} into {target}")
         return [target]
@@ -153,7 +163,7 @@ class Squeeze(Operator):
     def infer(self, node, shapes):
         (shape,) = shapes
         axes = {normalize_axis(node, a, len(shape)) for a in node.attrs["axes"]}
-        check_not_batch(node, axes, shape, "squeezes")
+        check_not_free(node, axes, shape, "squeezes")
         if any(shape[a] != 1 for a in axes):
             fail(node, f"cannot squeeze axes {sorted(axes)} of shape {shape}")
         return [tuple(d for i, d in enumerate(shape) if i not in axes)]
@@ -218,7 +228,7 @@ class Upsample(Operator):
         scales = tuple(node.attrs["scales"])
         if len(scales) != len(shape) - 2 or min(scales) < 1:
             fail(node, f"scales {scales} must give one integer factor >= 1 per spatial axis of {shape}")
-        return [shape[:2] + tuple(d * s for d, s in zip(shape[2:], scales))]
+        return [shape[:2] + tuple(None if d is None else d * s for d, s in zip(shape[2:], scales))]
 
     def run(self, node, inputs, params):
         y = inputs[0]

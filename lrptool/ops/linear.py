@@ -8,7 +8,7 @@ Pads are ``(begin_1, ..., begin_k, end_1, ..., end_k)`` over the spatial axes, a
 import numpy as np
 
 from .. import kernels
-from .base import Operator, REQUIRED, batch_fail, check_channels, fail, register, spatial_output_size
+from .base import Operator, REQUIRED, batch_fail, check_channels, fail, free_fail, register, spatial_output_size
 
 
 def channel_view(vector, rank):
@@ -61,7 +61,7 @@ class Conv(Operator):
                                 a["pads"][i], a["pads"][rank + i])
             for i in range(rank)
         )
-        if min(spatial) < 1:
+        if min(d for d in spatial + (1,) if d is not None) < 1:
             fail(node, f"input {shape} is too small for kernel {w.shape[2:]}")
         return [(shape[0], w.shape[0]) + spatial]
 
@@ -101,11 +101,12 @@ class ConvTranspose(Operator):
         if b is not None and b.shape != (out_channels,):
             fail(node, f"bias shape {b.shape} does not match {out_channels} output channels")
         spatial = tuple(
+            None if shape[2 + i] is None else
             a["strides"][i] * (shape[2 + i] - 1) + a["output_padding"][i]
             + (w.shape[2 + i] - 1) * a["dilations"][i] + 1 - a["pads"][i] - a["pads"][rank + i]
             for i in range(rank)
         )
-        if min(spatial) < 1:
+        if min(d for d in spatial + (1,) if d is not None) < 1:
             fail(node, f"output size {spatial} is empty")
         return [(shape[0], out_channels) + spatial]
 
@@ -137,6 +138,8 @@ class Dense(Operator):
             fail(node, f"weight must be (out, in), got {w.shape}")
         if len(shape) < 2:
             batch_fail(node, f"input of shape {shape} has no feature axis besides the batch axis")
+        if shape[-1] is None:
+            free_fail(node, len(shape) - 1, "its input's feature axis is free")
         if shape[-1] != w.shape[1]:
             fail(node, f"input has {shape[-1]} features but the weight {w.shape} expects {w.shape[1]}")
         b = node.params.get("bias")

@@ -29,7 +29,7 @@ class WindowPool(Operator):
                                 a["pads"][i], a["pads"][rank + i], a["ceil_mode"])
             for i in range(rank)
         )
-        if min(spatial) < 1:
+        if min(d for d in spatial + (1,) if d is not None) < 1:
             fail(node, f"input {shape} is too small for window {a['kernel_shape']}")
         return [shape[:2] + spatial]
 
