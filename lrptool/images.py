@@ -51,7 +51,10 @@ class Preprocessing:
 
     def describe(self):
         """The settings as JSON-ready values (for the run's JSON lines)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not self.native:
+            del settings["native"]  # said only where it is in effect
+        return settings
 
     def summary(self):
         """One line: what a picture goes through before the model sees it."""

@@ -188,7 +188,7 @@ def test_explain_native_size_explains_each_picture_at_its_own_size(tmp_path):
         assert relevance.shape == x.shape[1:]
         np.testing.assert_allclose(relevance, reference.relevance[0], rtol=1e-4,
                                    atol=1e-6 * np.abs(reference.relevance).max())
-        assert record["target"] == int(reference.targets[0])
+        assert record["target"] == int(reference.targets[0]) and record["preprocessing"]["native"] is True
 
 
 def test_native_size_and_free_sizes_say_what_to_give(tmp_path):
