@@ -44,13 +44,28 @@ fuzz: $(STAMP)
 		tests/test_fuzz_onnx.py tests/test_fuzz_caffe.py tests/test_fuzz_keras.py tests/test_fuzz_cli.py
 	@echo "fuzz: counts per outcome in fuzz-report.json"
 
+DEMO_METHODS ?= epsilon-plus-flat,epsilon-gamma-box,gradient
+SQUEEZENET := sample_models/squeezenet/SqueezeNet_deploy.prototxt --weights sample_models/squeezenet/squeezenet_dc.caffemodel
+
+# the sample models on real pictures: SqueezeNet (Caffe, and its ONNX conversion) on four photos, the face-expression
+# model (Keras) on three faces, the MNIST CNN on four digits, the word CNN on four sentences; one page links them all
 demo: $(STAMP)
 	$(BIN)/lrptool inspect sample_models/mnist/mnist.onnx --preset epsilon-plus-flat
-	$(BIN)/lrptool explain sample_models/mnist/mnist.onnx sample_models/mnist/images -o $(DEMO_OUT) \
-		--format png,overlay,npy --labels sample_models/mnist/labels.txt --jsonl $(DEMO_OUT)/explanations.jsonl
-	@echo "demo: heatmaps and overlays are in $(DEMO_OUT)/ (one JSON line per image in $(DEMO_OUT)/explanations.jsonl)"
+	$(BIN)/lrptool explain sample_models/mnist/mnist.onnx sample_models/mnist/images -o $(DEMO_OUT)/mnist \
+		--format png,overlay,npy,html --labels sample_models/mnist/labels.txt --jsonl $(DEMO_OUT)/mnist/explanations.jsonl
 	$(BIN)/lrptool explain-text sample_models/text/sentiment.onnx sample_models/text/texts.txt -o $(DEMO_OUT)/text \
 		--tokenizer words --labels sample_models/text/labels.txt --format jsonl,html,ansi
+	$(BIN)/lrptool explain $(SQUEEZENET) sample_models/photos -o $(DEMO_OUT)/squeezenet-caffe --labels imagenet \
+		--preset $(DEMO_METHODS) --format png,overlay,npy,grid,html --cmap black-firered --jsonl $(DEMO_OUT)/squeezenet-caffe/explanations.jsonl
+	$(BIN)/lrptool convert $(SQUEEZENET) -o $(DEMO_OUT)/squeezenet.onnx
+	$(BIN)/lrptool explain $(DEMO_OUT)/squeezenet.onnx sample_models/photos -o $(DEMO_OUT)/squeezenet-onnx --labels imagenet \
+		--config sample_models/squeezenet/SqueezeNet_deploy.json --preset $(DEMO_METHODS) --format overlay,grid,html \
+		--cmap black-firered --jsonl $(DEMO_OUT)/squeezenet-onnx/explanations.jsonl
+	$(BIN)/lrptool explain sample_models/fer/emotion_model.hdf5 sample_models/faces -o $(DEMO_OUT)/faces \
+		--labels sample_models/fer/labels.txt --preset $(DEMO_METHODS) --target top-2 --format overlay,grid,html \
+		--jsonl $(DEMO_OUT)/faces/explanations.jsonl
+	@echo "demo: every run's pictures and JSON lines are in $(DEMO_OUT)/; open this page:"
+	@$(BIN)/lrptool report $(DEMO_OUT) --title "lrptool demo"
 
 bench: reference-deps
 	$(BIN)/python benchmarks/bench_forward.py

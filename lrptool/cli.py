@@ -179,7 +179,8 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     explainers = [(spec, Explainer(graph, spec, bounds=preprocessing.bounds(),
                                    primitives="numpy" if low_memory else "onnxruntime",
                                    forward_backend="lrptool" if low_memory else "auto",
-                                   providers=provider_list(providers))) for spec in specs]
+                                   providers=provider_list(providers), quiet=index > 0))
+                  for index, spec in enumerate(specs)]
     explainer = explainers[0][1]
     check_target_range(fixed_target, top_k, explainer.output_size())
     check_labels(labels, label_names, explainer.output_size())
@@ -433,15 +434,25 @@ def method_list(method, rule_spec):
 def report(outdir, title, cmap):
     """Write OUTDIR/index.html for a folder `lrptool explain` wrote, from the records in its manifest
     (.lrptool-manifest.jsonl). Original pictures are linked by their paths relative to OUTDIR, as
-    recorded: run this from the folder the explain run ran in."""
+    recorded: run this from the folder the explain run ran in. A folder whose sub-folders hold runs
+    gets a page linking theirs. Prints the page's path."""
     import os
 
     from .manifest import NAME, Manifest
-    from .report import entries_of, write_page
+    from .report import entries_of, run_folders, write_index, write_page
 
     manifest = Manifest(outdir)
     if not os.path.isfile(manifest.path):
-        raise LrpToolError(f"{outdir}: no {NAME} here; give a folder `lrptool explain` wrote")
+        folders = run_folders(outdir) if os.path.isdir(outdir) else []
+        if not folders:
+            raise LrpToolError(f"{outdir}: no {NAME} here or in its sub-folders; give a folder `lrptool explain` "
+                               "wrote")
+        try:
+            path = write_index(outdir, folders, title or f"{os.path.basename(os.path.abspath(outdir))}: lrptool runs")
+        except OSError as error:
+            raise LrpToolError(f"{outdir}: cannot write index.html ({error.strerror or error})") from None
+        click.echo(os.path.abspath(path))
+        return
     entries = entries_of(manifest.load())
     if not entries:
         raise LrpToolError(f"{manifest.path}: no finished image recorded")
@@ -453,7 +464,7 @@ def report(outdir, title, cmap):
                           colormap=cmap)
     except OSError as error:
         raise LrpToolError(f"{outdir}: cannot write index.html ({error.strerror or error})") from None
-    click.echo(path)
+    click.echo(os.path.abspath(path))
 
 
 def provider_list(text):

@@ -374,7 +374,10 @@ class FolderExplainer:
         onto_original = self.map_back is not False and original is not None
         shown = original if onto_original else seen
         geometry = geometry_for(original.size, self.preprocessing) if onto_original else None
-        pictures, titles = [shown], ["input"]
+        first = runs[0][1]
+        # one class for every column: the input's title names it
+        pictures = [shown]
+        titles = ["input" if self.top_k else "input\n" + self.column_title(None, None, first, index)]
         for (method, rank), explanation in runs:
             pictures.append(heatmap_image(explanation.relevance[index], self.colormap, self.clip, self.channels,
                                           geometry))

@@ -119,6 +119,36 @@ def entries_of(manifest):
              "record": record} for key, (files, record) in manifest.entries.items()]
 
 
+def run_folders(outdir):
+    """The sub-folders of ``outdir`` that hold an explain run (a manifest), sorted by name."""
+    from .manifest import NAME
+
+    return sorted(name for name in os.listdir(outdir) if not os.path.islink(os.path.join(outdir, name))
+                  and any(os.path.isfile(os.path.join(outdir, name, page)) for page in (NAME, "index.html")))
+
+
+def render_index(outdir, folders, title):
+    """A page linking the reports of several runs, each with its image count and first grid or overlay."""
+    from .manifest import Manifest
+
+    items = []
+    for name in folders:
+        entries = entries_of(Manifest(os.path.join(outdir, name)).load())   # none: a page of another kind
+        stems = {entry["stem"] for entry in entries}
+        pictures = [f for entry in entries for f in entry["files"] if file_kind(f) in ("grid", "overlay", "heatmap")]
+        preview = sorted(pictures, key=lambda f: file_kind(f) != "grid")[:1]
+        image = f'<img src="{html.escape(page_link(name + "/" + preview[0]))}" alt="">' if preview else ""
+        items.append(f'<li><a href="{html.escape(page_link(name))}/index.html">{html.escape(name)}</a> '
+                     + (f'<span class="muted">{len(stems)} image(s)</span>' if stems else "") + f'<br>{image}</li>')
+    return INDEX.format(title=html.escape(title), items="\n".join(items), generated=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def write_index(outdir, folders, title):
+    path = os.path.join(outdir, "index.html")
+    write_atomically(path, render_index(outdir, folders, title).encode("utf-8"), root=outdir)
+    return path
+
+
 def write_page(outdir, entries, **options):
     path = os.path.join(outdir, "index.html")
     write_atomically(path, render_page(entries, outdir, **options).encode("utf-8"), root=outdir)
@@ -160,6 +190,22 @@ button {{ padding: 2px 10px; }}
 <table id="rows"><thead></thead><tbody></tbody></table>
 <script id="data" type="application/json">{data}</script>
 <script>{script}</script>
+</body></html>
+"""
+
+INDEX = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
+h1 {{ font-size: 1.4em; }} .muted {{ color: #666; font-size: .9em; }}
+ul {{ list-style: none; padding: 0; }} li {{ margin: 0 0 1.5em; }}
+li img {{ max-height: 180px; margin-top: .3em; border: 1px solid #ddd; }}
+</style></head>
+<body><h1>{title}</h1>
+<ul>
+{items}
+</ul>
+<p class="muted">written {generated}</p>
 </body></html>
 """
 

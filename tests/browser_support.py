@@ -79,10 +79,13 @@ class Page:
         return [entry["message"] for entry in self.driver.get_log("browser") if entry.get("level") == "SEVERE"]
 
     def screenshot(self, path):
-        """A PNG of the whole page (the window grown to its height)."""
-        height = int(self.run("return Math.max(document.body.scrollHeight, 400)"))
-        self.driver.set_window_size(1280, min(height + 40, 6000))
+        """A PNG of the whole page: the viewport is set to the page's full width and height first."""
+        width, height = self.run("var e = document.documentElement; return [e.scrollWidth, e.scrollHeight];")
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": max(1280, int(width)), "height": min(max(400, int(height)), 8000), "deviceScaleFactor": 1,
+            "mobile": False})
         self.driver.save_screenshot(str(path))
+        self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         return path
 
 

@@ -172,3 +172,13 @@ def test_evaluate_report_renders_with_its_sequences(tmp_path):
                           ".map(function (tr) { return tr.children[1].textContent; })")
         assert ranked == [row["method"] for row in summary["aopc"]["morf"]]
         assert page.console_errors() == []
+
+
+def test_report_links_the_runs_of_a_folder(explained):
+    root, out, records = explained
+    result = run("report", root, "--title", "all runs")
+    assert result.returncode == 0, result.stderr
+    page = (root / "index.html").read_text()
+    assert result.stdout.strip() == str(root / "index.html")
+    assert '<a href="out/index.html">out</a>' in page and f"{PICTURES} image(s)" in page
+    assert 'src="out/p0.png.grid.png"' in page

@@ -73,3 +73,31 @@ def test_every_shipped_file_has_its_licence(path):
     assert (SAMPLES / path).is_file()
     notice = (ROOT / "NOTICE").read_text()
     assert f"sample_models/{path.split('/')[0]}/" in notice
+
+
+def test_demo_report_of_squeezenet_on_the_photos(tmp_path):
+    """The demo's page for SqueezeNet: two presets and the gradient on the four photos, seen in Chromium
+    (the screenshot is left in the test's folder)."""
+    from browser_support import browser
+
+    out = tmp_path / "squeezenet"
+    result = subprocess.run([sys.executable, "-m", "lrptool.cli", "explain", str(SQUEEZENET), "--weights",
+                             str(SQUEEZENET_WEIGHTS), str(SAMPLES / "photos"), "-o", str(out), "--labels", "imagenet",
+                             "--preset", "epsilon-plus-flat,epsilon-gamma-box,gradient", "--format",
+                             "png,overlay,grid,html", "--cmap", "black-firered"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    labels = {json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line)["label"]
+              for line in result.stdout.splitlines()}
+    assert labels == {"chelsea.jpg": "Egyptian cat", "coffee.jpg": "espresso", "camera.png": "tripod",
+                      "coins.png": "rubber eraser, rubber, pencil eraser"}
+    with browser() as page:
+        page.open(out / "index.html")
+        assert page.wait_for("return Array.from(document.images).every(function (i) { return i.complete; })", 30)
+        page.screenshot(tmp_path / "demo-report.png")
+        assert page.run("return document.querySelectorAll('#rows tbody tr').length") == 4
+        widths = page.run("return Array.from(document.images).map(function (i) { return i.naturalWidth; })")
+        assert len(widths) == 4 * (1 + 3 * 2) and all(widths)
+        headers = page.run("return Array.from(document.querySelectorAll('#rows th')).map(function (th) "
+                           "{ return th.textContent; })")
+        assert headers[2:5] == ["epsilon-plus-flat", "epsilon-gamma-box", "gradient"]
+        assert page.console_errors() == []
