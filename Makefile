@@ -1,5 +1,5 @@
 # make test  — create .venv, install lrptool with its test extras, run the tests
-# make demo  — install and run lrptool on the bundled sample model
+# make demo  — install and run lrptool on the bundled sample models; prints the path of the report page
 # make bench — install and run the benchmarks
 # make fuzz  — the long fuzz run: 10,000 mutants per model format, counts per outcome
 # make reference-deps — add torch and zennit, which the Zennit cross-check tests and benchmarks use
@@ -47,8 +47,9 @@ fuzz: $(STAMP)
 DEMO_METHODS ?= epsilon-plus-flat,epsilon-gamma-box,gradient
 SQUEEZENET := sample_models/squeezenet/SqueezeNet_deploy.prototxt --weights sample_models/squeezenet/squeezenet_dc.caffemodel
 
-# the sample models on real pictures: SqueezeNet (Caffe, and its ONNX conversion) on four photos, the face-expression
-# model (Keras) on three faces, the MNIST CNN on four digits, the word CNN on four sentences; one page links them all
+# the sample models on real pictures: SqueezeNet (Caffe with two presets and the gradient; its ONNX conversion with
+# the default preset) on four photos, the face-expression model (Keras) on three faces, the MNIST CNN on four digits,
+# the word CNN on four sentences; one page links them all
 demo: $(STAMP)
 	$(BIN)/lrptool inspect sample_models/mnist/mnist.onnx --preset epsilon-plus-flat
 	$(BIN)/lrptool explain sample_models/mnist/mnist.onnx sample_models/mnist/images -o $(DEMO_OUT)/mnist \
@@ -59,7 +60,7 @@ demo: $(STAMP)
 		--preset $(DEMO_METHODS) --format png,overlay,npy,grid,html --cmap black-firered --jsonl $(DEMO_OUT)/squeezenet-caffe/explanations.jsonl
 	$(BIN)/lrptool convert $(SQUEEZENET) -o $(DEMO_OUT)/squeezenet.onnx
 	$(BIN)/lrptool explain $(DEMO_OUT)/squeezenet.onnx sample_models/photos -o $(DEMO_OUT)/squeezenet-onnx --labels imagenet \
-		--config sample_models/squeezenet/SqueezeNet_deploy.json --preset $(DEMO_METHODS) --format overlay,grid,html \
+		--config sample_models/squeezenet/SqueezeNet_deploy.json --format png,overlay,grid,html \
 		--cmap black-firered --jsonl $(DEMO_OUT)/squeezenet-onnx/explanations.jsonl
 	$(BIN)/lrptool explain sample_models/fer/emotion_model.hdf5 sample_models/faces -o $(DEMO_OUT)/faces \
 		--labels sample_models/fer/labels.txt --preset $(DEMO_METHODS) --target top-2 --format overlay,grid,html \

@@ -182,3 +182,40 @@ def test_report_links_the_runs_of_a_folder(explained):
     assert result.stdout.strip() == str(root / "index.html")
     assert '<a href="out/index.html">out</a>' in page and f"{PICTURES} image(s)" in page
     assert 'src="out/p0.png.grid.png"' in page
+
+
+def test_the_page_is_rewritten_whole_as_the_run_goes(tmp_path, monkeypatch):
+    import io
+
+    import lrptool.explain_folder as explain_folder
+    import lrptool.report as report
+    from converters import load_model
+    from lrptool.images import preprocessing_for
+    from lrptool.lrp import Explainer
+
+    model = bias_free_mnist(tmp_path / "m.onnx")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(9)
+    for index in range(5):
+        Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8), "L").save(images / f"d{index}.png")
+    pages = []
+    written = report.write_page
+
+    def spy(outdir, entries, **options):
+        path = written(outdir, entries, **options)
+        with open(path, encoding="utf-8") as handle:
+            pages.append((len({entry["stem"] for entry in entries}), options["running"], handle.read()))
+        return path
+    monkeypatch.setattr(report, "write_page", spy)
+    monkeypatch.setattr(explain_folder, "PAGE_INTERVAL", 0.0)
+    graph = load_model(str(model))
+    runner = explain_folder.FolderExplainer(Explainer(graph, "zero"), preprocessing_for((1, 1, 28, 28), "mnist"),
+                                            str(tmp_path / "out"), ("png", "html"), batch_size=2, jsonl=io.StringIO())
+    runner.run([(str(path), None) for path in sorted(images.iterdir())])
+    counts = [count for count, running, _ in pages]
+    assert counts == sorted(counts) and counts[-1] == 5 and len(pages) >= 3
+    assert all(running for _, running, _ in pages[:-1]) and not pages[-1][1]
+    assert "run in progress — 1 image(s) so far" in pages[0][2]
+    assert pages[-1][2] == (tmp_path / "out" / "index.html").read_text()
+    assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".lrptool-part-")]
