@@ -312,6 +312,51 @@ def export_recurrent(b, node):
         b.node("Transpose", [inner], [out], f"{node.name}/batch_first{k}", perm=[2, 0, 1, 3] if k == 0 else [1, 0, 2])
 
 
+@exporter("Gelu")
+def export_gelu(b, node):
+    """Written out in elementary operators (ONNX's Gelu arrives in opset 20; lrptool writes opset 19)."""
+    from lrptool.ops.normalization import SQRT_2_OVER_PI
+
+    x, name = node.inputs[0], node.name
+    steps = []
+
+    def step(op, inputs):
+        out = b.unique(f"{name}/{op.lower()}")
+        b.node(op, inputs, [out], f"{name}/{op.lower()}")
+        steps.append(out)
+        return out
+    if node.attrs["approximate"] == "tanh":
+        cubic = step("Mul", [step("Mul", [step("Mul", [x, x]), x]), b.constant(f"{name}.k", np.array(0.044715))])
+        inner = step("Mul", [step("Add", [x, cubic]), b.constant(f"{name}.c", np.array(SQRT_2_OVER_PI))])
+        core = step("Tanh", [inner])
+    else:
+        core = step("Erf", [step("Mul", [x, b.constant(f"{name}.c", np.array(1 / np.sqrt(2.0)))])])
+    half = step("Mul", [step("Add", [core, b.constant(f"{name}.one", np.array(1.0))]),
+                        b.constant(f"{name}.half", np.array(0.5))])
+    b.node("Mul", [x, half], node.outputs, name)
+
+
+@exporter("LayerNorm")
+def export_layer_norm(b, node):
+    """(x − mean)/√(var + ε)·scale + bias in elementary operators: the axes need not be the trailing ones
+    that ONNX's LayerNormalization takes."""
+    x, name = node.inputs[0], node.name
+    axes = b.ints(f"{name}.axes", sorted(a % b.rank(node) for a in node.attrs["axes"]))
+
+    def step(op, inputs, **attrs):
+        out = b.unique(f"{name}/{op.lower()}")
+        b.node(op, inputs, [out], f"{name}/{op.lower()}", **attrs)
+        return out
+    centred = step("Sub", [x, step("ReduceMean", [x, axes], keepdims=1)])
+    variance = step("ReduceMean", [step("Mul", [centred, centred]), axes], keepdims=1)
+    spread = step("Sqrt", [step("Add", [variance, b.constant(f"{name}.epsilon", np.array(node.attrs["epsilon"]))])])
+    scaled = step("Mul", [step("Div", [centred, spread]), b.constant(f"{name}.scale", node.params["scale"])])
+    if "bias" in node.params:
+        b.node("Add", [scaled, b.constant(f"{name}.bias", node.params["bias"])], node.outputs, name)
+    else:
+        b.node("Identity", [scaled], node.outputs, name)
+
+
 @exporter("Embedding")
 def export_embedding(b, node):
     b.node("Gather", [b.constant(f"{node.name}.weight", node.params["weight"]), node.inputs[0]], node.outputs,

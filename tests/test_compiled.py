@@ -19,7 +19,7 @@ from lrptool.lrp.compile import CompiledSession, compile_explainer
 from lrptool.lrp.reverse import REVERSE
 from lrptool.ops.base import OPERATORS
 from test_architectures import build_conv1d, build_mobilenet, build_resnet, build_vgg
-from text_support import text_zoo
+from text_support import normalisation_zoo, text_zoo
 
 BUILDERS = {"vgg": build_vgg, "resnet": build_resnet, "mobilenet": build_mobilenet, "conv1d": build_conv1d}
 COMPILED_METHODS = [m for m in PRESET_NAMES + GRADIENT_METHODS if m not in ("random", "smoothgrad")]
@@ -122,7 +122,7 @@ def operator_zoo():
 
 
 def softmax_graph():
-    """Softmax and LogSoftmax inside a network: gradients only (relevance is refused there)."""
+    """Softmax and LogSoftmax inside a network (relevance is refused at the LogSoftmax: gradients only)."""
     rng = np.random.default_rng(24)
     nodes = [Node("d1", "Dense", ["x"], ["a"], {}, {"weight": rng.normal(size=(6, 5))}),
              Node("sm", "Softmax", ["a"], ["s"], {"axes": (1,)}),
@@ -159,7 +159,7 @@ def finite_difference_gradient(graph, x, targets, step=1e-6):
 
 def test_every_operator_has_its_reverse_entry_exporter_and_compiled_form():
     zoo_ops = {n.op for n in operator_zoo().nodes} | {n.op for n in softmax_graph().nodes}
-    zoo_ops |= {n.op for n in text_zoo().nodes}  # tests/test_text.py holds the text operators' comparisons
+    zoo_ops |= {n.op for n in text_zoo().nodes} | {n.op for n in normalisation_zoo().nodes}  # see tests/test_text.py
     # lrptool's own operators (plug-ins loaded by other tests bring their own, eager-only)
     registered = {op for op, definition in OPERATORS.items() if type(definition).__module__.startswith("lrptool.ops")}
     assert registered <= set(REVERSE), registered - set(REVERSE)
@@ -172,7 +172,8 @@ def test_every_operator_has_its_reverse_entry_exporter_and_compiled_form():
     assert recurrent == {"LSTM", "GRU", "RNN"}
     assert registered - recurrent <= zoo_ops | {"Conv"}, registered - recurrent - zoo_ops
     assert {REVERSE[op].kind for op in registered} <= {"rule", "pass", "move", "winner", "split", "gate", "constant",
-                                                        "refuse", "recurrent", "embedding"}
+                                                        "refuse", "recurrent", "embedding",
+                                                        "normalise"}
     # an operator that takes a rule has both primitives and exactly one rule-map category
     from lrptool.lrp.presets import CATEGORIES
     from lrptool.lrp.reverse import RULE_OPERATORS
@@ -329,7 +330,7 @@ def test_inspect_and_compile_refuse_an_unroutable_node_with_the_same_line(tmp_pa
     from lrptool import cli
 
     weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
-    nodes = [helper.make_node("Softmax", ["x"], ["s"], axis=1), helper.make_node("MatMul", ["s", "w"], ["y"])]
+    nodes = [helper.make_node("LogSoftmax", ["x"], ["s"], axis=1), helper.make_node("MatMul", ["s", "w"], ["y"])]
     graph = helper.make_graph(nodes, "inner", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializer=[weight])
     path = tmp_path / "inner_softmax.onnx"
@@ -342,7 +343,7 @@ def test_inspect_and_compile_refuse_an_unroutable_node_with_the_same_line(tmp_pa
         assert done.value.code == 2
         (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         lines.append(line)
-    assert lines[0] == lines[1] and "softmax inside the network" in lines[0]
+    assert lines[0] == lines[1] and "log-softmax inside the network" in lines[0]
     assert not (tmp_path / "e.onnx").exists()
 
 

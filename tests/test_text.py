@@ -19,7 +19,7 @@ from lrptool.executor import run_graph
 from lrptool.graph import Graph, Node
 from lrptool.lrp import Explainer
 from lrptool.text import Tokenizer, make_tokenizer, place, token_relevance
-from text_support import onnx_text_cnn, text_zoo
+from text_support import normalisation_zoo, onnx_text_cnn, text_zoo
 
 COMMAND = [sys.executable, "-m", "lrptool.cli"]
 EPSILON = 1e-6
@@ -84,6 +84,59 @@ def test_text_zoo_compiled_equals_eager_and_gradient_is_gradient_times_embedding
                      - run_graph(rest, down, dtype=np.float64)["y"][0, exact.targets[0]]) / 2e-6
             numeric[t] += slope * vectors[0, t, d]
     np.testing.assert_allclose(exact.relevance[0], numeric, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["epsilon", "zero", "gradient"])
+def test_gelu_layer_norm_and_inner_softmax_compiled_equal_eager(method):
+    graph = normalisation_zoo()
+    x = np.random.default_rng(9).normal(size=(5, 5))
+    exact = Explainer(graph, method, dtype=np.float64, compiled=False, quiet=True).explain(x)
+    result = Explainer(graph, method, compiled=True, quiet=True).explain(x, target=exact.targets)
+    np.testing.assert_allclose(result.outputs, exact.outputs, rtol=1e-4, atol=1e-5)
+    assert relative_error(result.relevance, exact.relevance) <= 1e-5
+
+
+def test_gelu_and_layer_norm_gradients_against_finite_differences():
+    graph = normalisation_zoo()
+    x = np.random.default_rng(10).normal(size=(2, 5))
+    exact = Explainer(graph, "gradient", dtype=np.float64, compiled=False, quiet=True).explain(x)
+    numeric = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += 1e-6
+        down[index] -= 1e-6
+        row = index[0]
+        numeric[index] = (run_graph(graph, up, dtype=np.float64)["y"][row, exact.targets[row]]
+                          - run_graph(graph, down, dtype=np.float64)["y"][row, exact.targets[row]]) / 2e-6
+    np.testing.assert_allclose(exact.relevance, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_norm_relevance_by_hand_and_conservation():
+    """σ held constant: R_i = x_i (s_i − mean s), s_j = γ_j R_j / (σ y_j); without bias Σ R_in = Σ R_out."""
+    rng = np.random.default_rng(11)
+    scale = rng.normal(size=4) + 2
+    graph = Graph({"x": (None, 4)}, [Node("ln", "LayerNorm", ["x"], ["y"], {"axes": (1,), "epsilon": 0.0},
+                                          {"scale": scale})], ["y"])
+    x = rng.normal(size=(1, 4))
+    result = Explainer(graph, "epsilon", dtype=np.float64, stabiliser=1e-12, quiet=True, compiled=False).explain(x)
+    y = result.outputs[0]
+    sigma = x[0].std()
+    share = np.zeros(4)
+    share[result.targets[0]] = scale[result.targets[0]] * y[result.targets[0]] / (sigma * y[result.targets[0]])
+    np.testing.assert_allclose(result.relevance[0], x[0] * (share - share.mean()), rtol=1e-9)
+    assert result.relevance.sum() == pytest.approx(result.scores[0], rel=1e-9)
+
+
+def test_inner_softmax_follows_attn_lrp_by_hand():
+    rng = np.random.default_rng(12)
+    weight = rng.normal(size=(2, 3))
+    graph = Graph({"x": (None, 3)}, [Node("sm", "Softmax", ["x"], ["s"], {"axes": (1,)}),
+                                     Node("out", "Dense", ["s"], ["y"], {}, {"weight": weight})], ["y"])
+    x = rng.normal(size=(1, 3))
+    result = Explainer(graph, "zero", dtype=np.float64, quiet=True, compiled=False).explain(x)
+    s = np.exp(x[0]) / np.exp(x[0]).sum()
+    incoming = s * weight[result.targets[0]]            # the dense layer's LRP-0 relevance: s_j w_j
+    np.testing.assert_allclose(result.relevance[0], x[0] * (incoming - s * incoming.sum()), rtol=1e-9)
 
 
 def test_epsilon_conserves_the_score_without_biases():

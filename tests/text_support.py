@@ -52,3 +52,20 @@ def text_zoo(seed=0):
              Node("flat", "Flatten", ["p"], ["f"], {"axis": 1}),
              Node("dense", "Dense", ["f"], ["y"], {}, {"weight": rng.normal(size=(3, 5)), "bias": rng.normal(size=3)})]
     return Graph({"ids": (None, 7)}, nodes, ["y"])
+
+
+def normalisation_zoo(seed=0):
+    """GELU (both forms), LayerNorm over a middle and the last axis, a softmax inside the network."""
+    rng = np.random.default_rng(seed)
+    nodes = [Node("dense", "Dense", ["x"], ["h"], {}, {"weight": rng.normal(size=(6, 5)), "bias": rng.normal(size=6)}),
+             Node("gelu_tanh", "Gelu", ["h"], ["gh"], {"approximate": "tanh"}),
+             Node("norm_last", "LayerNorm", ["gh"], ["l"], {"axes": (1,), "epsilon": 1e-5},
+                  {"scale": rng.normal(size=6), "bias": rng.normal(size=6) * 0.1}),
+             Node("gelu", "Gelu", ["l"], ["gl"]),
+             Node("rows", "Reshape", ["gl"], ["r"], {"shape": (None, 3, 2)}),
+             Node("norm_middle", "LayerNorm", ["r"], ["lm"], {"axes": (1,), "epsilon": 1e-3},
+                  {"scale": rng.normal(size=(3, 1)) + 1.0}),
+             Node("flat", "Flatten", ["lm"], ["f"], {"axis": 1}),
+             Node("softmax", "Softmax", ["f"], ["s"], {"axes": (1,)}),
+             Node("out", "Dense", ["s"], ["y"], {}, {"weight": rng.normal(size=(3, 6))})]
+    return Graph({"x": (None, 5)}, nodes, ["y"])

@@ -103,7 +103,7 @@ class ReverseWalk:
             entry = reverse_of(node)
             if "inputs" in entry.reads:
                 needed.update(node.inputs[:1] if entry.kind == "rule" else node.inputs)
-            if entry.kind == "rule" and self.rules[node.name].needs_output:
+            if (entry.kind == "rule" and self.rules[node.name].needs_output) or "outputs" in entry.reads:
                 needed.update(node.outputs)
         return needed
 

@@ -64,6 +64,12 @@ class NumpyOps:
     def unbroadcast(self, x, shape):
         return routing.unbroadcast(x, shape)
 
+    def offset(self, x, value):
+        return x + np.asarray(value, dtype=x.dtype)
+
+    def constant(self, array):
+        return np.asarray(array, dtype=self.dtype)
+
     def reduce_sum(self, x, axes, keepdims=True):
         return np.sum(x, axis=tuple(a % x.ndim for a in axes), keepdims=keepdims)
 

@@ -215,6 +215,12 @@ class OnnxOps:
         name = self.emit.node("ReduceSum", [name, self.emit.ints(axes)], {"keepdims": 1})
         return Sym(name, tuple(1 if i in axes else d for i, d in enumerate(have)), x.nonnegative)
 
+    def offset(self, x, value):
+        return Sym(self.emit.node("Add", [self.name(x), self.emit.scalar(value)]), x.shape, x.nonnegative and value >= 0)
+
+    def constant(self, array):
+        return Sym(self.emit.constant(np.asarray(array, dtype=np.float32)), np.shape(array), bool(np.all(array >= 0)))
+
     def reduce_sum(self, x, axes, keepdims=True):
         axes = sorted(a % len(x.shape) for a in axes)
         name = self.emit.node("ReduceSum", [self.name(x), self.emit.ints(axes)], {"keepdims": int(keepdims)})
@@ -398,6 +404,8 @@ class OnnxOps:
             return where(inside, gn)
         if op == "Abs":
             return Sym(times(emit.node("Sign", [xn])), g.shape)
+        if op == "Gelu":
+            return Sym(times(self.gelu_slope(xn, a["approximate"])), g.shape)
         if op == "ThresholdedRelu":
             return where(emit.node("Greater", [xn, emit.scalar(a["alpha"])]), gn)
         if op == "Pow":
@@ -407,6 +415,26 @@ class OnnxOps:
             power = emit.node("Pow", [xn, emit.scalar(exponent - 1)])
             return Sym(times(emit.node("Mul", [power, emit.scalar(exponent)])), g.shape)
         raise LrpToolError(f"node {node.name!r} ({op}): no compiled derivative")
+
+    def gelu_slope(self, xn, approximate):
+        """The derivative of GELU at ``xn`` (see routing.gelu_derivative), as ONNX nodes."""
+        from ..ops.normalization import SQRT_2_OVER_PI
+
+        emit = self.emit
+        half, one = emit.scalar(0.5), emit.scalar(1.0)
+        square = emit.node("Mul", [xn, xn])
+        if approximate == "tanh":
+            cubic = emit.node("Mul", [emit.node("Mul", [square, xn]), emit.scalar(0.044715)])
+            t = emit.node("Tanh", [emit.node("Mul", [emit.node("Add", [xn, cubic]), emit.scalar(SQRT_2_OVER_PI)])])
+            inner = emit.node("Add", [one, emit.node("Mul", [square, emit.scalar(3 * 0.044715)])])
+            slope = emit.node("Mul", [emit.node("Mul", [emit.node("Sub", [one, emit.node("Mul", [t, t])]), inner]),
+                                      emit.scalar(SQRT_2_OVER_PI)])
+            return emit.node("Mul", [half, emit.node("Add", [emit.node("Add", [one, t]), emit.node("Mul", [xn, slope])])])
+        cdf = emit.node("Mul", [half, emit.node("Add", [one, emit.node("Erf", [emit.node("Mul", [xn, emit.scalar(
+            1 / np.sqrt(2.0))])])])])
+        density = emit.node("Mul", [emit.node("Exp", [emit.node("Mul", [square, emit.scalar(-0.5)])]),
+                                    emit.scalar(1 / np.sqrt(2 * np.pi))])
+        return emit.node("Add", [cdf, emit.node("Mul", [xn, density])])
 
     def softmax_vjp(self, node, y, g):
         emit = self.emit

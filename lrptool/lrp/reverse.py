@@ -11,7 +11,8 @@ Each entry is written once against a tensor backend (``walk.ops``): ``NumpyOps``
 * ``split`` — Add/Sum/Sub: in proportion to each input's contribution (stabilised, no bias);
 * ``gate`` — Mul/Div: all to the signal, none to the gate or constant;
 * ``constant`` — no inputs: absorbs nothing, passes nothing;
-* ``refuse`` — no relevance routing (a softmax inside the network): refused before anything runs;
+* ``normalise`` — LayerNorm (σ held constant) and Softmax inside the network (AttnLRP);
+* ``refuse`` — no relevance routing (a log-softmax inside the network): refused before anything runs;
 * ``recurrent`` — LSTM, GRU, RNN: signal-take-all through time (``lrp.recurrent``), eager only;
 * ``embedding`` — token embeddings: a token receives the sum of its vector's relevance.
 """
@@ -116,6 +117,41 @@ def embedding_gradient(walk, node, inputs, outputs, incoming):
     return [walk.ops.reduce_sum(walk.ops.mul(incoming[0], outputs[0]), [-1], keepdims=False)]
 
 
+def layer_norm_parts(ops, node, x):
+    """(x − mean, √(var + ε)) over the node's axes, as the forward pass computes them."""
+    axes = node.attrs["axes"]
+    centred = ops.sub(x, ops.reduce_mean(x, axes))
+    return centred, ops.square_root(ops.offset(ops.reduce_mean(ops.mul(centred, centred), axes), node.attrs["epsilon"]))
+
+
+def layer_norm_relevance(walk, node, inputs, outputs, incoming):
+    """The scale σ held constant (Ali et al. 2022): y is then affine in x, y_j = Σ_i x_i (δ_ij − 1/n) γ_j/σ + β_j,
+    and the ε rule on it gives R_i = x_i (s_i − mean(s)) with s_j = γ_j R_j / (σ (y_j + ε·sign y_j));
+    the bias β keeps its share."""
+    ops, x = walk.ops, inputs[0]
+    _, spread = layer_norm_parts(ops, node, x)
+    share = ops.div(ops.mul(incoming[0], ops.constant(node.params["scale"])),
+                    ops.mul(spread, ops.stabilise(outputs[0], walk.stabiliser)))
+    return [ops.mul(x, ops.sub(share, ops.reduce_mean(share, node.attrs["axes"])))]
+
+
+def layer_norm_gradient(walk, node, inputs, outputs, incoming):
+    ops, axes = walk.ops, node.attrs["axes"]
+    centred, spread = layer_norm_parts(ops, node, inputs[0])
+    normalised = ops.div(centred, spread)
+    scaled = ops.mul(incoming[0], ops.constant(node.params["scale"]))
+    inner = ops.add(ops.reduce_mean(scaled, axes), ops.mul(normalised, ops.reduce_mean(ops.mul(scaled, normalised), axes)))
+    return [ops.div(ops.sub(scaled, inner), spread)]
+
+
+def softmax_relevance(walk, node, inputs, outputs, incoming):
+    """AttnLRP (Achtibat et al. 2024): the first-order Taylor decomposition of the softmax at its input,
+    R_i = x_i (R_i − s_i Σ_j R_j) over the normalised axes."""
+    ops, relevance = walk.ops, incoming[0]
+    total = ops.reduce_sum(relevance, node.attrs["axes"])
+    return [ops.mul(inputs[0], ops.sub(relevance, ops.mul(outputs[0], total)))]
+
+
 def nothing(walk, node, inputs, outputs, incoming):
     return []
 
@@ -204,7 +240,7 @@ def div_gradient(walk, node, inputs, outputs, incoming):
 
 # -- the table ---------------------------------------------------------------------------------
 
-INNER_SOFTMAX = "a softmax inside the network has no relevance routing"
+INNER_LOG_SOFTMAX = "a log-softmax inside the network has no relevance routing"
 
 
 def linear(eager, emitting):
@@ -233,8 +269,12 @@ REVERSE = {
     "Sub": Reverse("split", "split in proportion", proportional([1.0, -1.0]), sub_gradient, ("inputs",)),
     "Mul": Reverse("gate", "all to the signal", gate_relevance, mul_gradient),
     "Div": Reverse("gate", "all to the signal", gate_relevance, div_gradient),
-    "Softmax": Reverse("refuse", INNER_SOFTMAX, refused, softmax_gradient),
-    "LogSoftmax": Reverse("refuse", INNER_SOFTMAX, refused, softmax_gradient),
+    "Softmax": Reverse("normalise", "x ⊙ (R − s ⊙ ΣR) (AttnLRP)", softmax_relevance, softmax_gradient,
+                       ("inputs", "outputs")),
+    "LogSoftmax": Reverse("refuse", INNER_LOG_SOFTMAX, refused, softmax_gradient),
+    "LayerNorm": Reverse("normalise", "σ held constant, ε rule on the centring (Ali et al. 2022)",
+                         layer_norm_relevance, layer_norm_gradient, ("inputs", "outputs")),
+    "Gelu": ACTIVATION,
     "Constant": Reverse("constant", "absorbs its share", nothing, nothing),
     **{op: Reverse("recurrent", "signal-take-all through time (gates take none, ε rule on the sums)",
                    recurrent_relevance, recurrent_gradient, ("inputs",)) for op in ("LSTM", "GRU", "RNN")},

@@ -112,10 +112,22 @@ def activation_derivative(node, x, y):
         return np.sign(x)
     if op == "ThresholdedRelu":
         return (x > a["alpha"]).astype(x.dtype)
+    if op == "Gelu":
+        return gelu_derivative(x, a["approximate"])
     if op == "Pow":
         exponent = a["exponent"]
         return exponent * np.power(x, exponent - 1) if exponent != 1 else one
     raise AssertionError(op)
+
+
+def gelu_derivative(x, approximate):
+    """d/dx of x·Φ(x): Φ(x) + x·φ(x); of the tanh form: 0.5(1 + t) + 0.5·x·(1 − t²)·c·(1 + 3·0.044715·x²)."""
+    from ..ops.normalization import SQRT_2_OVER_PI, erf_array
+
+    if approximate == "tanh":
+        t = np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+    return 0.5 * (1 + erf_array(x / np.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
 
 
 def max_winners_elementwise(inputs, relevance):
