@@ -21,6 +21,10 @@ def shortened(text, limit):
     return text if len(text) <= limit else f"{text[:limit * 2 // 3]} … {text[-limit // 3:]}"
 
 
+#: ONNX's integer element types (INT8 … UINT64).
+INTEGER_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}
+
+
 def fold_constant_node(ctx, node, attrs):
     """Evaluate a node whose inputs are all constants with ONNX's reference evaluator."""
     if node.op_type == "Constant":
@@ -37,6 +41,13 @@ def fold_constant_node(ctx, node, attrs):
                            (np.float32 if name.startswith("value_float") else None))]
     feeds = {name: ctx.const(name) for name in node.input if name}
     check_fold_size(ctx, node, attrs, feeds)
+    if node.op_type == "Cast" and int(attrs.get("to", 0)) in INTEGER_TYPES:
+        from .onnx_reader import BATCH_MARKER
+
+        value = np.asarray(feeds.get(node.input[0]))
+        if value.dtype.kind in "iu" and np.any(value == BATCH_MARKER):
+            # shape arithmetic on the free batch size (jax2tf casts it to int32 and back): the marker stays
+            return [value.astype(np.int64)]
     if node.op_type == "Reshape" and ctx.opset < 5:
         # opset 1 takes the target shape as an attribute, which the reference evaluator lacks
         if "shape" not in attrs:

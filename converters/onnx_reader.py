@@ -20,6 +20,7 @@ from lrptool.limits import check_shape
 from . import onnx_recurrent, onnx_shape_ops  # noqa: F401  (registers the recurrent and data-movement converters)
 from .builder import GraphBuilder, Unsupported
 from .onnx_ml import ML_DOMAIN, ML_OPS
+from .onnx_patterns import FUSED
 from .onnx_checks import (ATTRIBUTE_KINDS, DAMAGED, attribute_values, check_against_schema, check_structure,
                           default_opset, load_onnx_proto, node_label, read_initializers, refuse, tensor_shape)
 from .onnx_folding import fold_constant_node, shortened
@@ -215,7 +216,7 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
                 and any(node.input):
             ctx.dropped_outputs.update(node.output)  # a Cast of a dropped label, say
             continue
-        if node.domain not in ("", "ai.onnx") and not (node.domain == ML_DOMAIN and node.op_type in ML_OPS):
+        if node.domain not in ("", "ai.onnx", FUSED) and not (node.domain == ML_DOMAIN and node.op_type in ML_OPS):
             unsupported.append((ctx.current_name, f"{node.domain}.{node.op_type}", "custom operator domain"))
             broken.update(node.output)
             continue
@@ -249,7 +250,8 @@ def convert_node(ctx, node, broken):
     where = ctx.where()
     try:
         attrs, kinds = attribute_values(ctx, node, where)
-        check_against_schema(ctx, node, kinds, where)
+        if node.domain != FUSED:
+            check_against_schema(ctx, node, kinds, where)
         if any(ctx.resolve(t) in broken for t in node.input if t):
             return "" if node.op_type not in CONVERTERS else DOWNSTREAM
         subgraphs = [name for name, kind in kinds.items()
@@ -329,6 +331,21 @@ def read_onnx(model_or_path, bind=None, input_size=None):
         raise
 
 
+def fused_operators(model):
+    """The model with GELU, layer normalisation, softmax and one-hot embeddings that an exporter wrote out in
+    elementary nodes put back as single nodes (converters.onnx_patterns); the model as it is when none is
+    found, when its weights live in external files, or when finding them fails."""
+    from .onnx_patterns import fuse
+
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return model
+    try:
+        fused, _ = fuse(model)
+    except Exception:  # noqa: BLE001 - the model is then read node by node, and what is unsupported named
+        return model
+    return fused
+
+
 def read_checked(model_or_path, bind, input_size):
     if isinstance(model_or_path, onnx.ModelProto):
         model, source, folder = model_or_path, "<model>", None
@@ -338,6 +355,7 @@ def read_checked(model_or_path, bind, input_size):
         folder = os.path.dirname(os.path.abspath(source))
     check_structure(model, source)
     opset = default_opset(model, source)
+    model = fused_operators(model)
     initializers = read_initializers(model, source, folder)
     bind = dict(bind or {})
     options = dict(bind=bind, input_size=input_size, opset=opset, folder=folder, initializers=initializers)

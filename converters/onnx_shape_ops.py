@@ -67,8 +67,9 @@ def convert_slice(ctx, node, a):
         raise ctx.invalid(f"starts {brief(starts)}, ends {brief(ends)}, axes {brief(axes)} and steps {brief(steps)} "
                           "differ in length")
     axes = tuple(axis_index(ctx, ax, rank, "slice axis") for ax in axes)
+    # a slice of the whole free batch axis is no slice (jax2tf writes its end as 10⁹: no batch is that large)
     kept = [(s, e, ax, st) for s, e, ax, st in zip(starts, ends, axes, steps)
-            if not (shape[ax] is None and s == 0 and st == 1 and e >= 2 ** 31 - 1)]
+            if not (shape[ax] is None and s == 0 and st == 1 and e >= 10 ** 9)]
     ctx.add("Slice", node.input[:1], node.output[0],
             dict(starts=tuple(k[0] for k in kept), ends=tuple(k[1] for k in kept),
                  axes=tuple(k[2] for k in kept), steps=tuple(k[3] for k in kept)))
@@ -294,3 +295,32 @@ def convert_cast(ctx, node, a):
     if ctx.resolve(node.input[0]) in ctx.model_inputs():
         raise Unsupported("a cast of a graph input (lrptool takes floats, or int64 token ids read by an embedding)")
     ctx.set_alias(node.output[0], node.input[0])
+
+
+@converter("Gelu")
+def convert_gelu(ctx, node, a):
+    """ONNX Gelu (opset 20) and the GELU that converters.onnx_patterns finds in elementary nodes."""
+    approximate = a.get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
+    if approximate not in ("none", "tanh"):
+        raise ctx.invalid(f"approximate {approximate!r}: none or tanh")
+    ctx.add("Gelu", node.input[:1], node.output[0], dict(approximate=approximate))
+
+
+@converter("LayerNormalization", "LayerNorm")
+def convert_layer_norm(ctx, node, a):
+    """ONNX LayerNormalization (over the axes from ``axis`` on) and the fused LayerNorm (any axes)."""
+    if any(name for name in node.output[1:]):
+        raise Unsupported("the Mean and InvStdDev outputs")
+    rank = len(ctx.shape(node.input[0]))
+    if node.op_type == "LayerNorm":
+        axes = tuple(axis_index(ctx, ax, rank) for ax in a.get("axes", []))
+    else:
+        axes = tuple(range(axis_index(ctx, a.get("axis", -1), rank), rank))
+    scale = ctx.require_const(node, 1, "scale")
+    bias = ctx.optional_const(node, 2, "bias")
+    params = {"scale": np.asarray(scale, dtype=np.float64)}
+    if bias is not None:
+        params["bias"] = np.asarray(bias, dtype=np.float64)
+    ctx.add("LayerNorm", node.input[:1], node.output[0], dict(axes=axes, epsilon=float(a.get("epsilon", 1e-5))),
+            params)

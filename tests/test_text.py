@@ -19,7 +19,7 @@ from lrptool.executor import run_graph
 from lrptool.graph import Graph, Node
 from lrptool.lrp import Explainer
 from lrptool.text import Tokenizer, make_tokenizer, place, token_relevance
-from text_support import normalisation_zoo, onnx_text_cnn, text_zoo
+from text_support import normalisation_zoo, onnx_decomposed_transformer_block, onnx_text_cnn, text_zoo
 
 COMMAND = [sys.executable, "-m", "lrptool.cli"]
 EPSILON = 1e-6
@@ -401,3 +401,98 @@ def test_keras_embedding_conv1d_global_max_pooling_dense(tmp_path):
     np.testing.assert_allclose(exact.scores, logits[np.arange(3), exact.targets], rtol=1e-6)
     compiled = Explainer(graph, "epsilon", quiet=True, compiled=True).explain(ids, target=exact.targets)
     assert relative_error(compiled.relevance, exact.relevance) <= 1e-5
+
+
+# -- operators written out in elementary nodes ----------------------------------------------------------
+
+@pytest.mark.parametrize("layer_norm, gelu", [("decomposed", "erf"), ("decomposed", "tanh"), ("onnx", "erf")])
+def test_decomposed_gelu_layer_norm_and_softmax_are_read_as_one_node_each(layer_norm, gelu):
+    model = onnx_decomposed_transformer_block(layer_norm=layer_norm, gelu=gelu)
+    graph = read_onnx(model)
+    ops = [n.op for n in graph.nodes]
+    assert ops.count("Gelu") == 1 and ops.count("LayerNorm") == 1 and ops.count("Softmax") == 1, ops
+    assert not {"Mul", "Div", "Sub", "Pow"} & set(ops), ops
+    assert graph.nodes[ops.index("Gelu")].attrs["approximate"] == ("tanh" if gelu == "tanh" else "none")
+    x = np.random.default_rng(13).normal(size=(4, 6, 8)).astype(np.float32)
+    expected = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run_graph(graph, x)[graph.outputs[0]], expected, rtol=1e-4, atol=1e-5)
+    exact = Explainer(graph, "epsilon", dtype=np.float64, compiled=False, quiet=True).explain(x)
+    result = Explainer(graph, "epsilon", compiled=True, quiet=True).explain(x, target=exact.targets)
+    assert relative_error(result.relevance, exact.relevance) <= 1e-5
+
+
+def test_a_chain_that_only_looks_like_gelu_is_left_as_it_is():
+    from onnx import TensorProto, helper, numpy_helper
+
+    # x · tanh(x): a Tanh among Muls, but not GELU — read node by node, and its product refused for relevance
+    nodes = [helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("Mul", ["x", "t"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "mish_like", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    graph = read_onnx(model)
+    assert [n.op for n in graph.nodes] == ["Tanh", "Mul"]
+    x = np.linspace(-2, 2, 8).reshape(2, 4)
+    np.testing.assert_allclose(run_graph(graph, x, dtype=np.float64)["y"], x * np.tanh(x))
+
+
+# -- Magika: a real byte-level CNN ----------------------------------------------------------------------
+
+def magika_inputs(texts):
+    return np.stack([place(Tokenizer("bytes").encode(t), 2048, 256, "head-tail").ids for t in texts])
+
+
+MAGIKA_TEXTS = ['#!/usr/bin/env python3\nimport os\nprint("hello")\n', "<html><body><p>Hi</p></body></html>",
+                '{"a": 1, "b": [1, 2, 3]}', "SELECT name FROM users WHERE id = 1;"]
+
+
+@pytest.fixture(scope="module")
+def magika():
+    from conftest import shared_models
+
+    folder = shared_models() / "text" / "magika"
+    config = json.loads((folder / "config.min.json").read_text())
+    return folder / "model.onnx", config["target_labels_space"], read_onnx(str(folder / "model.onnx"))
+
+
+def test_magika_loads_with_its_decomposed_operators_fused_and_matches_onnxruntime(magika):
+    path, labels, graph = magika
+    ops = [n.op for n in graph.nodes]
+    assert ops[0] == "Embedding" and ops.count("Gelu") == 2 and ops.count("LayerNorm") == 2
+    assert ops[-1] == "Softmax" and "GlobalMaxPool" in ops
+    ids = magika_inputs(MAGIKA_TEXTS)
+    expected = onnxruntime.InferenceSession(str(path)).run(None, {"bytes": ids.astype(np.int32)})[0]
+    ours = run_graph(graph, ids)[graph.outputs[0]]
+    np.testing.assert_allclose(ours, expected, atol=2e-4)
+    assert [labels[i] for i in expected.argmax(axis=1)] == ["python", "html", "json", "sql"]
+    assert [labels[i] for i in ours.argmax(axis=1)] == ["python", "html", "json", "sql"]
+
+
+def test_magika_compiled_explanation_equals_the_eager_walk(magika):
+    _, _, graph = magika
+    ids = magika_inputs(MAGIKA_TEXTS[:2])
+    exact = Explainer(graph, "epsilon", dtype=np.float64, compiled=False, quiet=True).explain(ids)
+    result = Explainer(graph, "epsilon", compiled=True, quiet=True).explain(ids, target=exact.targets)
+    single = Explainer(graph, "epsilon", compiled=False, quiet=True, primitives="numpy",
+                       forward_backend="lrptool").explain(ids, target=exact.targets)
+    # float32 against float64 over 2048 positions: the eager walk in float32 is as far off as the compiled one
+    floor = relative_error(single.relevance, exact.relevance)
+    assert relative_error(result.relevance, exact.relevance) <= max(1e-5, 2 * floor)
+    assert relative_error(result.relevance, exact.relevance) <= 1e-4
+
+
+def test_magika_byte_heatmaps_in_the_cli(tmp_path, magika):
+    path, labels, _ = magika
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    (tmp_path / "texts.txt").write_text("\n".join(MAGIKA_TEXTS[1:]) + "\n")
+    result = run("explain-text", path, tmp_path / "texts.txt", "-o", tmp_path / "out", "--tokenizer", "bytes",
+                 "--pad", "256", "--layout", "head-tail", "--labels", tmp_path / "labels.txt")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "explanations.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in records] == ["html", "json", "sql"]
+    for record in records:
+        assert len(record["relevance"]) == len(record["text"].encode())
+        # every position is a byte of the text (twice: head and tail) or padding
+        assert record["relevance_sum"] == pytest.approx(sum(record["relevance"]) + record["padding_relevance"],
+                                                        rel=1e-6, abs=1e-6)
+    top = {r["label"]: r["tokens"][int(np.argmax(r["relevance"]))] for r in records}
+    assert top["html"] in "<>" and top["json"] in '{}"' and top["sql"] == ";"

@@ -69,3 +69,43 @@ def normalisation_zoo(seed=0):
              Node("softmax", "Softmax", ["f"], ["s"], {"axes": (1,)}),
              Node("out", "Dense", ["s"], ["y"], {}, {"weight": rng.normal(size=(3, 6))})]
     return Graph({"x": (None, 5)}, nodes, ["y"])
+
+
+def onnx_decomposed_transformer_block(seed=0, opset=17, layer_norm="decomposed", gelu="erf"):
+    """x (N, 6, 8) → MatMul → GELU written out (erf form as PyTorch exports it, or the tanh form) → LayerNorm
+    over the last axis written out (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add) or as ONNX's
+    LayerNormalization → a softmax over positions written out (ReduceMax/Sub/Exp/ReduceSum/Div) →
+    flattened → Gemm."""
+    rng = np.random.default_rng(seed)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    inits = {"w1": f32(rng.normal(size=(8, 8)) * 0.5), "gamma": f32(rng.normal(size=8) + 1), "beta": f32(rng.normal(size=8) * 0.1),
+             "w2": f32(rng.normal(size=(3, 48))), "half": f32(0.5), "one": f32(1.0), "two": f32(2.0),
+             "root2": f32(np.sqrt(2.0)), "eps": f32(1e-5), "k": f32(0.044715), "c": f32(np.sqrt(2 / np.pi)),
+             "three": f32(3.0), "shape": np.array([0, -1], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"])]
+    if gelu == "erf":
+        nodes += [helper.make_node("Div", ["h", "root2"], ["g1"]), helper.make_node("Erf", ["g1"], ["g2"]),
+                  helper.make_node("Add", ["g2", "one"], ["g3"]), helper.make_node("Mul", ["h", "g3"], ["g4"]),
+                  helper.make_node("Mul", ["g4", "half"], ["g"])]
+    else:
+        nodes += [helper.make_node("Pow", ["h", "three"], ["t1"]), helper.make_node("Mul", ["t1", "k"], ["t2"]),
+                  helper.make_node("Add", ["h", "t2"], ["t3"]), helper.make_node("Mul", ["t3", "c"], ["t4"]),
+                  helper.make_node("Tanh", ["t4"], ["t5"]), helper.make_node("Add", ["t5", "one"], ["t6"]),
+                  helper.make_node("Mul", ["half", "h"], ["t7"]), helper.make_node("Mul", ["t7", "t6"], ["g"])]
+    if layer_norm == "decomposed":
+        nodes += [helper.make_node("ReduceMean", ["g"], ["m"], axes=[-1]), helper.make_node("Sub", ["g", "m"], ["d"]),
+                  helper.make_node("Pow", ["d", "two"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["v"], axes=[-1]),
+                  helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+                  helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "gamma"], ["ng"]),
+                  helper.make_node("Add", ["ng", "beta"], ["l"])]
+    else:
+        nodes.append(helper.make_node("LayerNormalization", ["g", "gamma", "beta"], ["l"], axis=-1, epsilon=1e-5))
+    nodes += [helper.make_node("ReduceMax", ["l"], ["mx"], axes=[1]), helper.make_node("Sub", ["l", "mx"], ["sh"]),
+              helper.make_node("Exp", ["sh"], ["ex"]), helper.make_node("ReduceSum", ["ex", "one_axis"], ["sm"]),
+              helper.make_node("Div", ["ex", "sm"], ["p"]), helper.make_node("Reshape", ["p", "shape"], ["f"]),
+              helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    inits["one_axis"] = np.array([1], np.int64)
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
