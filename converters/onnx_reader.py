@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 import onnx
-from onnx import AttributeProto
+from onnx import AttributeProto, numpy_helper
 
 from lrptool.errors import BatchAxisError, FreeSizeError, GraphError, LrpToolError, UnsupportedModelError
 from lrptool.limits import check_shape
@@ -207,34 +207,7 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
         raise BatchAxisError(f"{source}: the model declares no fixed batch size")
     for name, shape in inputs.items():
         ctx.add_input(name, shape)
-    unsupported = []
-    broken = set()
-    for index, node in enumerate(model.graph.node):
-        ctx.current = node
-        ctx.current_name = ctx.node_names.free(node_label(node, index))
-        if all(ctx.resolve(t) in ctx.dropped_outputs for t in node.input if t) \
-                and any(node.input):
-            ctx.dropped_outputs.update(node.output)  # a Cast of a dropped label, say
-            continue
-        if node.domain not in ("", "ai.onnx", FUSED) and not (node.domain == ML_DOMAIN and node.op_type in ML_OPS):
-            unsupported.append((ctx.current_name, f"{node.domain}.{node.op_type}", "custom operator domain"))
-            broken.update(node.output)
-            continue
-        try:
-            with reading_at(ctx.where()):
-                problem = convert_node(ctx, node, broken)
-        except GraphError as error:
-            if isinstance(error, BatchAxisError):
-                raise
-            if isinstance(error, FreeSizeError):
-                where = "" if str(error).startswith("node ") else f"{ctx.where()}: "
-                raise FreeSizeError(f"{source}: {where}{error}; this node needs a fixed input size: give it with "
-                                    "--input-size (e.g. 224x224)") from None
-            raise GraphError(f"{source}: {error}; the model's shapes do not fit together (a damaged file?)") from None
-        if problem is not None:
-            if problem is not DOWNSTREAM:
-                unsupported.append((ctx.current_name, node.op_type, shortened(problem, 300)))
-            broken.update(node.output)
+    unsupported = convert_nodes(ctx, model.graph.node, [o.name for o in model.graph.output], set())
     if unsupported:
         raise UnsupportedModelError(source, unsupported)
     outputs = finish_outputs(ctx, [o.name for o in model.graph.output if o.name not in ctx.dropped_outputs])
@@ -243,6 +216,94 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
 
 #: ``convert_node``'s answer for a supported node that reads an unsupported node's output.
 DOWNSTREAM = object()
+
+
+def graph_references(graph):
+    """Every value name the nodes of ``graph`` (and of their subgraphs) read."""
+    names = set()
+    for node in graph.node:
+        names.update(t for t in node.input if t)
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == AttributeProto.GRAPH else list(attribute.graphs)):
+                names |= graph_references(sub)
+    return names
+
+
+def live_nodes(nodes, outputs):
+    """Indices of the nodes some of ``outputs`` depend on."""
+    needed, live = set(outputs), set()
+    for index in range(len(nodes) - 1, -1, -1):
+        node = nodes[index]
+        if needed.intersection(node.output):
+            live.add(index)
+            needed.update(t for t in node.input if t)
+            for attribute in node.attribute:
+                if attribute.type == AttributeProto.GRAPH:
+                    needed |= graph_references(attribute.g)
+    return live
+
+
+def convert_nodes(ctx, nodes, outputs, broken, prefix=""):
+    """Convert ``nodes`` in order; returns [(node, op type, why)] for the unsupported ones. A node no
+    output depends on (a second output left out, a state no one reads) may fail without harm: its
+    failure is not reported."""
+    live = live_nodes(nodes, outputs)
+    ctx.needed = getattr(ctx, "needed", set()) | set(outputs)
+    unsupported = []
+    for index, node in enumerate(nodes):
+        ctx.current = node
+        ctx.current_name = ctx.node_names.free(prefix + node_label(node, index))
+        if all(ctx.resolve(t) in ctx.dropped_outputs for t in node.input if t) \
+                and any(node.input):
+            ctx.dropped_outputs.update(node.output)  # a Cast of a dropped label, say
+            continue
+        if node.domain not in ("", "ai.onnx", FUSED) and not (node.domain == ML_DOMAIN and node.op_type in ML_OPS):
+            if index in live:
+                unsupported.append((ctx.current_name, f"{node.domain}.{node.op_type}", "custom operator domain"))
+            broken.update(node.output)
+            continue
+        try:
+            with reading_at(ctx.where()):
+                problem = convert_node(ctx, node, broken)
+        except GraphError as error:
+            if index not in live:
+                problem = DOWNSTREAM
+            elif isinstance(error, BatchAxisError):
+                raise
+            elif isinstance(error, FreeSizeError):
+                where = "" if str(error).startswith("node ") else f"{ctx.where()}: "
+                raise FreeSizeError(f"{ctx.source}: {where}{error}; this node needs a fixed input size: give it with "
+                                    "--input-size (e.g. 224x224)") from None
+            else:
+                raise GraphError(f"{ctx.source}: {error}; the model's shapes do not fit together (a damaged file?)") \
+                    from None
+        if problem is not None:
+            if problem is not DOWNSTREAM and index in live:
+                unsupported.append((ctx.current_name, node.op_type, shortened(problem, 300)))
+            broken.update(node.output)
+    return unsupported
+
+
+def inline_branch(ctx, node, attrs, broken):
+    """An If whose condition is a constant (often once its inputs are bound): the taken branch's nodes
+    in its place."""
+    condition = np.asarray(ctx.const(node.input[0]))
+    if condition.size != 1:
+        raise ctx.invalid(f"the condition has {condition.size} values, not one")
+    key = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
+    branch = next(a.g for a in node.attribute if a.name == key)
+    for tensor in branch.initializer:
+        ctx.consts[tensor.name] = numpy_helper.to_array(tensor)
+    wanted = [inner.name for inner, outer in zip(branch.output, node.output) if outer in ctx.needed]
+    outer_name, outer_node = ctx.current_name, ctx.current
+    problems = convert_nodes(ctx, branch.node, wanted, broken, prefix=f"{outer_name}/{key}/")
+    ctx.current_name, ctx.current = outer_name, outer_node
+    if problems:
+        shown = "; ".join(f"{name} ({op}: {why})" if why else f"{name} ({op})" for name, op, why in problems[:3])
+        raise Unsupported(f"in its {key}: {shown}")
+    for inner, outer in zip(branch.output, node.output):
+        if outer:
+            ctx.set_alias(outer, inner.name)
 
 
 def convert_node(ctx, node, broken):
@@ -256,6 +317,11 @@ def convert_node(ctx, node, broken):
             return "" if node.op_type not in CONVERTERS else DOWNSTREAM
         subgraphs = [name for name, kind in kinds.items()
                      if kind in (AttributeProto.GRAPH, AttributeProto.GRAPHS)]
+        if node.op_type == "If" and ctx.const(node.input[0]) is not None:
+            inline_branch(ctx, node, attrs, broken)
+            return None
+        if node.op_type == "If":
+            raise Unsupported("an If on a computed condition (bind the inputs it depends on to constants)")
         if subgraphs:
             raise Unsupported("subgraphs (control flow)")
         unusable = [name for name, kind in kinds.items() if kind not in ATTRIBUTE_KINDS or kind in (

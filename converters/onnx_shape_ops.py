@@ -194,9 +194,10 @@ def convert_pad(ctx, node, a):
             pads = tuple(full)
     if len(pads) != 2 * rank:
         raise ctx.invalid(f"pads {brief(pads)} should have {2 * rank} entries for a rank-{rank} input")
-    if mode != "constant":
-        raise Unsupported(f"mode {mode!r} (only constant padding is supported)")
-    ctx.add("Pad", node.input[:1], node.output[0], dict(pads=pads, value=value))
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode not in ("constant", "reflect", "edge"):
+        raise Unsupported(f"mode {mode!r} (constant, reflect and edge padding are supported)")
+    ctx.add("Pad", node.input[:1], node.output[0], dict(pads=pads, value=value, mode=mode))
 
 
 @converter("Upsample", "Resize")
@@ -271,10 +272,38 @@ def convert_reduce_max(ctx, node, a):
     ctx.add("Flatten", [pooled], node.output[0], dict(axis=1))
 
 
+def gather_positions(ctx, node, a, indices):
+    """A computed tensor indexed by constant positions (one time step, one layer's state): slices."""
+    shape = ctx.shape(node.input[0])
+    axis = axis_index(ctx, a.get("axis", 0), len(shape))
+    size = shape[axis]
+    if size is None:
+        ctx.fail_batch("picks positions of the batch axis")
+    if indices.dtype.kind not in "iu" or indices.ndim > 1:
+        raise Unsupported(f"Gather of a computed tensor at positions of shape {indices.shape} along axis {axis}")
+    positions = [int(i) for i in indices.reshape(-1)]
+    if any(not -size <= i < size for i in positions):
+        raise ctx.invalid(f"indices {brief(positions)} are out of range for {size} entries")
+    parts = []
+    for k, position in enumerate(positions):
+        position %= size
+        last = k == len(positions) - 1 and indices.ndim == 1 and len(positions) == 1
+        name = node.output[0] if last else ctx.temp(f"position{k}")
+        ctx.add("Slice", node.input[:1], name, dict(starts=(position,), ends=(position + 1,), axes=(axis,),
+                                                    steps=(1,)), suffix=None if last else f"position{k}")
+        parts.append(name)
+    if indices.ndim == 0:
+        return ctx.add("Squeeze", [parts[0]], node.output[0], dict(axes=(axis,)))
+    if len(parts) > 1:
+        ctx.add("Concat", parts, node.output[0], dict(axis=axis))
+
+
 @converter("Gather")
 def convert_gather(ctx, node, a):
     """A constant table indexed by a computed tensor of token ids: an embedding lookup."""
     table = ctx.input_const(node, 0)
+    if table is None and ctx.input_const(node, 1) is not None:
+        return gather_positions(ctx, node, a, np.asarray(ctx.input_const(node, 1)))
     if table is None:
         raise Unsupported("Gather from a computed tensor (lrptool reads Gather as an embedding lookup: a constant "
                           "table indexed by token ids)")

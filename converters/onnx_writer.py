@@ -149,7 +149,7 @@ def export_per_channel(b, node):
 
 
 @exporter("Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "Elu", "Selu", "HardSigmoid", "GlobalAveragePool",
-          "GlobalMaxPool", "Add", "Sub", "Mul", "Div", "Sum", "Transpose", "Concat", "Flatten", "Abs", "Max",
+          "GlobalMaxPool", "Add", "Sub", "Mul", "Div", "Sum", "Transpose", "Concat", "Flatten", "Abs", "Max", "Sqrt",
           "ThresholdedRelu")
 def export_same(b, node):
     b.node(node.op, node.inputs, node.outputs, node.name, **{k: (list(v) if isinstance(v, tuple) else v)
@@ -253,7 +253,7 @@ def export_squeeze(b, node):
 def export_pad(b, node):
     inputs = [node.inputs[0], b.ints(f"{node.name}.pads", node.attrs["pads"]),
               b.constant(f"{node.name}.value", node.attrs["value"])]
-    b.node("Pad", inputs, node.outputs, node.name, mode="constant")
+    b.node("Pad", inputs, node.outputs, node.name, mode=node.attrs["mode"])
 
 
 @exporter("Upsample")

@@ -285,6 +285,8 @@ class OnnxOps:
         if op == "Slice":
             return [self.unslice(node, g, shapes[0])]
         if op == "Pad":
+            if a["mode"] != "constant":
+                raise LrpToolError(f"node {node.name!r} ({op}): {a['mode']} padding has no compiled form")
             return [self.unpad(node, g, shapes[0])]
         if op == "Upsample":
             shape = shapes[0]
@@ -408,6 +410,10 @@ class OnnxOps:
             return Sym(times(self.gelu_slope(xn, a["approximate"])), g.shape)
         if op == "ThresholdedRelu":
             return where(emit.node("Greater", [xn, emit.scalar(a["alpha"])]), gn)
+        if op == "Sqrt":
+            yn = self.name(y)
+            slope = emit.node("Div", [emit.scalar(0.5), yn])
+            return where(emit.node("Greater", [yn, zero]), times(slope))
         if op == "Pow":
             exponent = a["exponent"]
             if exponent == 1:

@@ -257,7 +257,7 @@ REVERSE = {
     **{op: linear(L.PerChannelAdapter, E.PerChannelEmitter) for op in ("BatchNorm", "Scale", "Bias")},
     **{op: linear(L.MeanAdapter, E.MeanEmitter) for op in ("AveragePool", "GlobalAveragePool", "ReduceMean")},
     **{op: ACTIVATION for op in ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid",
-                                 "HardSwish", "Clip", "Abs", "Pow", "ThresholdedRelu")},
+                                 "HardSwish", "Clip", "Abs", "Pow", "ThresholdedRelu", "Sqrt")},
     "LRN": Reverse("pass", "pass", passes, lrn_gradient),
     **{op: MOVEMENT for op in ("Concat", "Split", "Slice", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
                                "Pad", "Upsample")},

@@ -39,13 +39,18 @@ def move_back(node, x_shapes, grads):
     if op == "Split":
         return [np.concatenate(grads, axis=a["axis"])]
     if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
-        return [g.reshape((g.shape[0],) + tuple(x_shapes[0][1:]))]
+        # (the input's own first size: a graph with a fixed batch may squeeze axis 0 away)
+        first = g.shape[0] if x_shapes[0][0] is None else x_shapes[0][0]
+        return [g.reshape((first,) + tuple(x_shapes[0][1:]))]
     if op == "Transpose":
         return [np.transpose(g, np.argsort(a["perm"]))]
     if op == "Slice":
-        full = np.zeros((g.shape[0],) + tuple(x_shapes[0][1:]), dtype=g.dtype)
+        first = g.shape[0] if x_shapes[0][0] is None else x_shapes[0][0]
+        full = np.zeros((first,) + tuple(x_shapes[0][1:]), dtype=g.dtype)
         full[node.operator.slices(node, full.ndim)] = g
         return [full]
+    if op == "Pad" and a["mode"] != "constant":
+        return [unpad_mirrored(g, a["pads"], a["mode"], x_shapes[0])]
     if op == "Pad":
         pads, rank = a["pads"], g.ndim
         crop = tuple(slice(max(pads[i], 0), g.shape[i] - max(pads[rank + i], 0)) for i in range(rank))
@@ -59,6 +64,22 @@ def move_back(node, x_shapes, grads):
                 g = g.reshape(shape).sum(axis=axis + 1)
         return [g]
     raise AssertionError(op)
+
+
+def unpad_mirrored(g, pads, mode, shape):
+    """The adjoint of reflect/edge padding: each padded position's value goes back to the position it
+    was copied from."""
+    rank = g.ndim
+    for axis in range(rank):
+        before, after = pads[axis], pads[rank + axis]
+        if not (before or after):
+            continue
+        size = g.shape[axis] - before - after
+        source = np.pad(np.arange(size), (before, after), mode=mode)
+        back = np.zeros(g.shape[:axis] + (size,) + g.shape[axis + 1:], dtype=g.dtype)
+        np.add.at(back, (slice(None),) * axis + (source,), g)
+        g = back
+    return g
 
 
 # -- max pooling --------------------------------------------------------------------------------
@@ -114,6 +135,8 @@ def activation_derivative(node, x, y):
         return (x > a["alpha"]).astype(x.dtype)
     if op == "Gelu":
         return gelu_derivative(x, a["approximate"])
+    if op == "Sqrt":
+        return 0.5 / np.where(y > 0, y, np.inf)   # the derivative at 0 is taken as 0, not infinity
     if op == "Pow":
         exponent = a["exponent"]
         return exponent * np.power(x, exponent - 1) if exponent != 1 else one

@@ -119,6 +119,14 @@ class Abs(Elementwise):
 
 
 @register
+class Sqrt(Elementwise):
+    """√x (the magnitude of a spectrum, √(re² + im²), in audio front ends)."""
+
+    def apply(self, x, attrs, params):
+        return np.sqrt(x)
+
+
+@register
 class Pow(Elementwise):
     """x raised to a constant exponent (Caffe's Power after its affine part, ONNX Pow by a scalar)."""
 

@@ -190,9 +190,10 @@ class Unsqueeze(Operator):
 
 @register
 class Pad(Operator):
-    """Constant padding; ``pads`` = (begin per axis…, end per axis…) over all axes, negative crops."""
+    """Padding; ``pads`` = (begin per axis…, end per axis…) over all axes, negative crops. ``mode``:
+    constant (``value``), reflect (mirrored without the edge) or edge (the edge repeated)."""
 
-    attributes = {"pads": REQUIRED, "value": 0.0}
+    attributes = {"pads": REQUIRED, "value": 0.0, "mode": "constant"}
 
     def infer(self, node, shapes):
         (shape,) = shapes
@@ -202,6 +203,15 @@ class Pad(Operator):
             fail(node, f"pads {pads} do not match a rank-{rank} input")
         if shape[0] is None and (pads[0] or pads[rank]):
             batch_fail(node, "pads the batch axis")
+        mode = node.attrs["mode"]
+        if mode not in ("constant", "reflect", "edge"):
+            fail(node, f"mode {mode!r}: constant, reflect or edge")
+        if mode != "constant":
+            if any(p < 0 for p in pads):
+                fail(node, f"{mode} padding with negative pads {pads}")
+            if mode == "reflect" and any(d is not None and (pads[i] >= d or pads[rank + i] >= d)
+                                         for i, d in enumerate(shape) if pads[i] or pads[rank + i]):
+                fail(node, f"reflect pads {pads} reach past the edge of shape {shape}")
         out = tuple(None if d is None else d + pads[i] + pads[rank + i] for i, d in enumerate(shape))
         if any(d is not None and d < 0 for d in out):
             fail(node, f"pads {pads} crop shape {shape} below zero")
@@ -212,6 +222,8 @@ class Pad(Operator):
         pads = node.attrs["pads"]
         rank = x.ndim
         grow = [(max(pads[i], 0), max(pads[rank + i], 0)) for i in range(rank)]
+        if node.attrs["mode"] != "constant":
+            return [np.pad(x, grow, mode=node.attrs["mode"])]
         y = np.pad(x, grow, mode="constant", constant_values=np.asarray(node.attrs["value"], x.dtype))
         crop = tuple(slice(max(-pads[i], 0), y.shape[i] - max(-pads[rank + i], 0)) for i in range(rank))
         return [y[crop]]
