@@ -496,3 +496,42 @@ def test_magika_byte_heatmaps_in_the_cli(tmp_path, magika):
                                                         rel=1e-6, abs=1e-6)
     top = {r["label"]: r["tokens"][int(np.argmax(r["relevance"]))] for r in records}
     assert top["html"] in "<>" and top["json"] in '{}"' and top["sql"] == ";"
+
+
+# -- the page in a browser --------------------------------------------------------------------------------
+
+def test_the_word_page_renders_in_headless_chromium(tmp_path):
+    """index.html of the bundled sentiment model in a real browser: one span per word, the most positive word
+    pure red (it holds its text's largest |R|), the most negative blue in proportion, hover values in the
+    title; a screenshot is taken and shows the red (it is left in the test's folder)."""
+    from browser_support import browser
+    from PIL import Image
+
+    out = tmp_path / "out"
+    result = run("explain-text", os.path.join(SAMPLE, "sentiment.onnx"), os.path.join(SAMPLE, "texts.txt"), "-o", out,
+                 "--tokenizer", "words", "--labels", os.path.join(SAMPLE, "labels.txt"))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
+    first = records[0]
+    values = np.array(first["relevance"])
+    scale = np.abs(values).max()
+    assert values.max() == scale          # the sentence's largest |R| is positive: its colour is pure red
+    with browser() as page:
+        page.open(out / "index.html")
+        assert page.console_errors() == []
+        assert page.run("return document.querySelectorAll('span.t').length") == \
+            sum(len(r["tokens"]) for r in records)
+        spans = page.run("""return Array.from(document.querySelectorAll('#text-0 span.t')).map(s =>
+            [s.textContent, Number(s.dataset.r), getComputedStyle(s).backgroundColor, s.title]);""")
+        assert [s[0] for s in spans] == first["tokens"]
+        best, worst = max(spans, key=lambda s: s[1]), min(spans, key=lambda s: s[1])
+        assert best[0] == first["tokens"][int(np.argmax(values))] and best[2] == "rgb(255, 0, 0)"
+        level = 1 + values.min() / scale     # blue–white–red: a negative value keeps blue, loses red and green
+        shade = int(round(255 * level))
+        assert worst[0] == first["tokens"][int(np.argmin(values))]
+        assert worst[2] == f"rgb({shade}, {shade}, 255)"
+        assert best[3].startswith(f"{best[0]}: R = ")
+        shot = page.screenshot(tmp_path / "index.png")
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    red = (pixels[:, 0] == 255) & (pixels[:, 1] == 0) & (pixels[:, 2] == 0)
+    assert red.sum() > 50                # the most positive word's background, as drawn
