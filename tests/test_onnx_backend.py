@@ -36,7 +36,6 @@ UNSUPPORTED = {
     "test_Conv3d_no_bias": "3-D convolution", "test_Conv3d_stride": "3-D convolution",
     "test_Conv3d_stride_padding": "3-D convolution",
     # operators outside the set
-    "test_Embedding": "Gather on data", "test_Embedding_sparse": "Gather on data",
     "test_PoissonNLLLLoss_no_reduce": "Exp", "test_Softmin": "Neg", "test_Softplus": "Softplus",
     "test_operator_basic": "Neg", "test_operator_params": "Neg", "test_operator_exp": "Exp",
     "test_operator_min": "Min", "test_operator_pow": "Pow",
