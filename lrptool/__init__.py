@@ -19,3 +19,12 @@ def explain_text(graph, texts, tokenizer="bytes", method="epsilon", **options):
     from .text import explain_text as explain_texts
 
     return explain_texts(graph, texts, tokenizer=tokenizer, method=method, **options)
+
+
+def __getattr__(name):
+    # ``lrptool.explain_folder`` is the module of that name, callable as the Python form of
+    # ``lrptool explain`` (lrptool.api.explain_folder); imported on first use, as the CLI does
+    if name == "explain_folder":
+        import importlib
+        return importlib.import_module(".explain_folder", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,7 @@ from . import __version__
 from .cli_options import (NOTES, build_preprocessing, check_labels, check_target_range, combined_rule_spec,
                           model_options, open_model, parse_target, preprocessing_options, read_labels, require_runnable,
                           say_notes)
+from .cluster import cluster_options
 from .errors import LrpToolError
 
 
@@ -148,16 +149,21 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
 @click.option("--provider", "providers", help="onnxruntime execution providers, e.g. cuda or cuda,cpu (default cpu).")
 @click.option("--native-size", is_flag=True,
               help="Explain each picture at its own size (a model whose input size is free, e.g. fully convolutional).")
+@click.option("--shard", help="K/N: explain only the K-th of N shares of the sorted inputs (N independent runs "
+              "cover them exactly once).")
+@cluster_options
 def explain(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method, rule_spec, target, labels, formats, cmap, clip, channels_mode, map_back, preprocess_preset, config,
             size, resize, channels, scale, mean, std, mean_file, batch_size, jobs, resume, jsonl, low_memory, providers,
-            native_size):
+            native_size, shard, cluster_spec, scheduler, scheduler_file, chunk_size):
     """Explain the predictions of MODEL for image files, folders (recursively) or '-' (paths on
     stdin, each optionally followed by TAB and a class index). Writes heatmaps, overlays and raw
     relevance into a mirror of the input tree and one JSON line per image to stdout; messages go
     to stderr. Exit status 1 when some image failed."""
     import os
 
+    from .cluster import chosen, run_folder
     from .explain_folder import FORMATS, FolderExplainer
+    from .shards import parse_shard
     from .heatmaps import COLORMAPS
     from .images import walk_inputs
     from .lrp import Explainer
@@ -170,6 +176,8 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     if cmap not in COLORMAPS:
         raise LrpToolError(f"--cmap {cmap!r}: choose from {', '.join(sorted(COLORMAPS))}")
     fixed_target, top_k = parse_target(target)
+    shard = parse_shard(shard)
+    chosen(cluster_spec, scheduler, scheduler_file)
     label_names = read_labels(labels) if labels else None
     specs = method_list(method, rule_spec)
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
@@ -202,7 +210,8 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
                                  page={"title": f"{os.path.basename(model)}: lrptool explain",
                                        "settings": {"model": model, "method": ", ".join(specs), "target": target,
                                                     "preprocessing": preprocessing.summary()}})
-        failures = runner.run(items)
+        failures = run_folder(runner, items, shard, cluster_spec, scheduler, scheduler_file, chunk_size,
+                              say=lambda message: click.echo(f"lrptool: {message}", err=True))
     finally:
         if stream:
             stream.close()

@@ -148,8 +148,30 @@ class FolderExplainer:
         return records
 
     # -- the run -----------------------------------------------------------------------------
-    def run(self, items):
+    def run(self, items, shard=None):
+        """Explain ``items`` ((path, target) pairs); ``shard=(K, N)``: only the K-th of N shares of
+        the sorted list (``lrptool.shards``). Returns the failures."""
+        items = self.pending(items, shard)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True)
+        try:
+            self.process(items, bar)
+            self.write_page(final=True)
+        finally:
+            self.manifest.close()
+            if bar is not None:
+                bar.close()
+        return self.failures
+
+    def pending(self, items, shard=None):
+        """The Items still to explain: mirrored, this shard's share, and with ``resume`` not yet
+        finished (the records of finished ones are written out where the stream lacks them)."""
         items = mirrored_items(items)
+        if shard is not None:
+            from .shards import shard_share
+            items = shard_share(items, *shard)
         os.makedirs(self.outdir, exist_ok=True)
         if self.resume:
             remove_stale_parts(self.outdir)
@@ -168,10 +190,10 @@ class FolderExplainer:
             if self.resumed:
                 self.report(f"resuming: {self.resumed} image(s) already explained")
             items = remaining
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True)
+        return items
+
+    def process(self, items, bar=None):
+        """Decode, explain and write ``items`` in batches, committing each finished image."""
         batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         pool = ThreadPoolExecutor(self.jobs)
         pending_writes = []
@@ -187,7 +209,6 @@ class FolderExplainer:
                 if bar is not None:
                     bar.update(len(batches[index]))
             self.flush(pending_writes, keep=0)
-            self.write_page(final=True)
         except BaseException:
             # finish (or drop) what is being written so that nothing is half-left, then stop
             for future in pending_writes:
@@ -196,10 +217,6 @@ class FolderExplainer:
             raise
         finally:
             pool.shutdown(wait=True)
-            self.manifest.close()
-            if bar is not None:
-                bar.close()
-        return self.failures
 
     def decode(self, batch):
         decoded = []
@@ -416,13 +433,17 @@ class FolderExplainer:
                 reason = getattr(error, "strerror", None) or str(error)
                 self.fail(future.item, f"cannot write its outputs: {reason}")
                 continue
-            for (method, rank), files, record in done:
-                self.manifest.append(item.stem, rank, files, record, method)
-                self.written += len(files)
-                self.emit(record)
-            self.explained += 1
-            self.write_page()
+            self.commit(item, done)
         return futures
+
+    def commit(self, item, done):
+        """Record one image whose files are written: its manifest lines, then its JSON lines."""
+        for (method, rank), files, record in done:
+            self.manifest.append(item.stem, rank, files, record, method)
+            self.written += len(files)
+            self.emit(record)
+        self.explained += 1
+        self.write_page()
 
     def write_page(self, final=False):
         """Rewrite index.html (with the html format): at most every PAGE_INTERVAL seconds during the
@@ -444,3 +465,15 @@ class FolderExplainer:
     def fail(self, item, problem):
         self.failures.append((item.path, problem))
         self.report(f"skipped {item.path}: {problem}")
+
+
+class CallableModule(type(sys)):
+    """``lrptool.explain_folder(model, inputs, outdir, …)`` is the Python form of ``lrptool explain``
+    (see ``lrptool.api.explain_folder``), while ``lrptool.explain_folder`` stays this module."""
+
+    def __call__(self, *args, **kwargs):
+        from .api import explain_folder
+        return explain_folder(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = CallableModule

@@ -1,15 +1,20 @@
 """Files written whole or not at all, and only inside the output folder.
 
-Every file goes to a temporary name in its own folder (``.lrptool-part-PID-RANDOM``), created with
-the permissions the umask allows, and is renamed when complete. The PID in the name tells a later
-``--resume`` which parts a dead run left behind and which belong to a run still going.
+Every file goes to a temporary name in its own folder (``.lrptool-part-PID-HOST-RANDOM``), created
+with the permissions the umask allows, and is renamed when complete. The PID and host in the name
+tell a later ``--resume`` which parts a dead run left behind and which belong to a run still going;
+on a shared filesystem, only the host that wrote a part can tell whether its writer is alive.
 """
 
 import errno
+import hashlib
 import os
 import secrets
+import socket
 
 TEMP_PREFIX = ".lrptool-part-"
+#: This machine in temporary names: eight hex digits of its host name.
+HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 
 
 class OutsideOutputError(OSError):
@@ -42,7 +47,7 @@ def write_atomically(path, payload, make_folders=True, root=None):
         safe_folder(root, folder)
     elif make_folders:
         os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+    temporary = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{HOST}-{secrets.token_hex(6)}")
     # os.open with 0o666 lets the umask decide the permissions, as any other program's output
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
@@ -64,6 +69,12 @@ def part_owner(name):
     return int(pid) if pid.isdigit() else None
 
 
+def part_host(name):
+    """The host tag in a temporary file's name, or None for names without one."""
+    fields = name[len(TEMP_PREFIX):].split("-")
+    return fields[1] if len(fields) == 3 else None
+
+
 def process_alive(pid):
     try:
         os.kill(pid, 0)
@@ -74,16 +85,18 @@ def process_alive(pid):
     return True
 
 
-def remove_stale_parts(folder):
-    """Delete temporary files that a killed run left under ``folder``; parts of a run that is still
-    going (its PID alive) are left alone. Returns how many were removed."""
+def remove_stale_parts(folder, recursive=True):
+    """Delete temporary files that a killed run left under ``folder`` (``recursive=False``: in
+    ``folder`` itself); parts of a run that is still going (its PID alive) and parts written on
+    another host (whose processes this one cannot see) are left alone. Returns how many were removed."""
     removed = 0
-    for parent, _, files in os.walk(folder):
+    walk = os.walk(folder) if recursive else [(folder, None, entries(folder))]
+    for parent, _, files in walk:
         for name in files:
             if not name.startswith(TEMP_PREFIX):
                 continue
-            owner = part_owner(name)
-            if owner is not None and (owner == os.getpid() or process_alive(owner)):
+            owner, host = part_owner(name), part_host(name)
+            if host not in (None, HOST) or (owner is not None and (owner == os.getpid() or process_alive(owner))):
                 continue
             try:
                 os.unlink(os.path.join(parent, name))
@@ -91,6 +104,13 @@ def remove_stale_parts(folder):
             except FileNotFoundError:
                 pass
     return removed
+
+
+def entries(folder):
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 def regular_file_problem(path):

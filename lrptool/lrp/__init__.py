@@ -92,6 +92,8 @@ class Explainer:
                  forward_backend="auto", primitives="onnxruntime", quiet=False, compiled="auto", providers=None,
                  report=False, recurrent_epsilon=1e-3, recurrent_bias="absorb"):
         settings = {k: v for k, v in locals().items() if k not in ("self", "graph", "__class__")}
+        # Explainer(self.original, **self.settings) builds it again (also in another process: lrptool.cluster_worker)
+        self.settings = settings
         self.original = graph
         self.method = method
         self.by_size = None

@@ -1,0 +1,305 @@
+"""``lrptool explain`` (and ``evaluate``) on a Dask cluster: the client side.
+
+``--cluster local:N`` starts a ``distributed.LocalCluster`` of N worker processes;
+``--scheduler tcp://HOST:PORT`` or ``--scheduler-file FILE`` joins a running one (started by hand,
+by ``dask-jobqueue`` on SLURM/PBS, on Kubernetes, …). The client sends chunks of image paths
+(``--chunk-size``) as tasks, at most a bounded window of them at a time (``as_completed``), so that
+neither it nor the scheduler holds more than a window of work; the workers (``lrptool.cluster_worker``)
+write the files into ``-o``, which every worker must see at the same path.
+
+The client alone appends to the manifest and writes the JSON lines, chunk by chunk in the order the
+chunks finish (in input order within a chunk), so ``--resume`` behaves as in one process. A worker
+that dies takes nothing with it: its chunk was not recorded, Dask runs it again elsewhere, and
+files are renamed into place whole, so a half-done chunk leaves only temporary parts, which are
+removed at the end. A chunk whose workers keep dying is split into single images; an image that
+still kills its worker is reported once as failed.
+"""
+
+import contextlib
+import logging
+import os
+import secrets
+import sys
+import time
+from collections import deque
+
+import click
+
+from .errors import LrpToolError
+
+DEFAULT_CHUNK_BATCHES = 4
+
+
+def cluster_options(function):
+    """The options that put a command on a Dask cluster."""
+    options = [
+        click.option("--cluster", "cluster_spec", metavar="local:N",
+                     help="Run on a Dask LocalCluster of N worker processes on this machine "
+                          "(pip install 'lrptool[dask]')."),
+        click.option("--scheduler", metavar="tcp://HOST:PORT", help="Run on the Dask cluster of this scheduler."),
+        click.option("--scheduler-file", type=click.Path(dir_okay=False),
+                     help="Run on the Dask cluster described by this scheduler file."),
+        click.option("--chunk-size", type=click.IntRange(1),
+                     help=f"Images per cluster task (default {DEFAULT_CHUNK_BATCHES} batches)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def require_dask(option):
+    try:
+        import distributed
+    except ImportError:
+        raise LrpToolError(f"{option} needs Dask's distributed scheduler, which is not installed: "
+                           "pip install 'lrptool[dask]'") from None
+    return distributed
+
+
+def parse_local(text):
+    """``local:N`` → N (worker processes, N ≥ 1)."""
+    kind, _, count = text.strip().partition(":")
+    if kind == "local" and count.isdigit() and int(count) >= 1:
+        return int(count)
+    raise LrpToolError(f"--cluster {text!r}: give local:N, N worker processes on this machine (e.g. local:4); "
+                       "for other machines start a Dask scheduler and give --scheduler or --scheduler-file")
+
+
+def chosen(cluster_spec=None, scheduler=None, scheduler_file=None):
+    """The one cluster option given, or None; two of them are a mistake."""
+    given = [name for name, value in (("--cluster", cluster_spec), ("--scheduler", scheduler),
+                                      ("--scheduler-file", scheduler_file)) if value]
+    if len(given) > 1:
+        raise LrpToolError(f"{' and '.join(given)}: give only one of them")
+    if given:
+        require_dask(given[0])
+    return given[0] if given else None
+
+
+@contextlib.contextmanager
+def connected(cluster_spec=None, scheduler=None, scheduler_file=None, wait=60):
+    """A ``distributed.Client`` for the cluster options (None when none is given), closed at the end
+    together with a LocalCluster it started."""
+    option = chosen(cluster_spec, scheduler, scheduler_file)
+    if option is None:
+        yield None
+        return
+    distributed = require_dask(option)
+    workers = parse_local(cluster_spec) if cluster_spec else None
+    # Dask reports worker restarts and lost connections as log lines; the run reports what matters
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    local = client = None
+    try:
+        if workers:
+            local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                             dashboard_address=None, silence_logs=logging.ERROR)
+            client = distributed.Client(local)
+        else:
+            where = scheduler or scheduler_file
+            try:
+                client = (distributed.Client(scheduler, timeout=wait) if scheduler
+                          else distributed.Client(scheduler_file=scheduler_file, timeout=wait))
+            except (OSError, TimeoutError, ValueError) as error:
+                raise LrpToolError(f"{option} {where}: cannot reach the Dask scheduler ({error}); "
+                                   "is it running, and is the address right?") from None
+            try:
+                client.wait_for_workers(1, timeout=wait)
+            except TimeoutError:
+                raise LrpToolError(f"{option} {where}: no worker joined the scheduler within {wait} s") from None
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        if local is not None:
+            local.close()
+
+
+def worker_count(client):
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def check_output_shared(client, outdir):
+    """Refuse ``outdir`` unless every worker sees it at the same path and can write it."""
+    from .cluster_worker import probe_output
+    from .files import write_atomically
+
+    absolute = os.path.abspath(outdir)
+    marker = os.path.join(absolute, f".lrptool-probe-{secrets.token_hex(6)}")
+    write_atomically(marker, b"lrptool", make_folders=False)
+    try:
+        answers = client.run(probe_output, absolute, marker)
+    finally:
+        os.unlink(marker)
+    problems = {worker: problem for worker, problem in answers.items() if problem}
+    if problems:
+        worker, problem = sorted(problems.items())[0]
+        others = f" (and {len(problems) - 1} more worker(s))" if len(problems) > 1 else ""
+        raise LrpToolError(f"-o {outdir}: {absolute} {problem} on worker {worker}{others}; the output folder must "
+                           "be one every worker can write at the same path (a shared filesystem)")
+
+
+def run_folder(runner, items, shard=None, cluster_spec=None, scheduler=None, scheduler_file=None, chunk_size=None,
+               say=None):
+    """``runner.run(items, shard)`` (a FolderExplainer), in this process or on the cluster the options
+    name; with a cluster, ``say`` gets the per-worker throughput at the end."""
+    if chosen(cluster_spec, scheduler, scheduler_file) is None:
+        return runner.run(items, shard)
+    with connected(cluster_spec, scheduler, scheduler_file) as client:
+        distributed_run = ClusterExplain(runner, client, chunk_size)
+        failures = distributed_run.run(items, shard)
+    for line in distributed_run.throughput.lines():
+        (say or print)(line)
+    return failures
+
+
+class Throughput:
+    """Images and busy seconds per worker."""
+
+    def __init__(self):
+        self.workers = {}
+        self.started = time.perf_counter()
+
+    def add(self, worker, images, seconds):
+        count, busy = self.workers.get(worker, (0, 0.0))
+        self.workers[worker] = (count + images, busy + seconds)
+
+    def lines(self, limit=8):
+        """One line per worker (or min/median/max beyond ``limit`` workers), and the total rate."""
+        wall = time.perf_counter() - self.started
+        rates = {w: (n, s, n / s if s > 0 else 0.0) for w, (n, s) in self.workers.items()}
+        total = sum(n for n, _, _ in rates.values())
+        if len(rates) <= limit:
+            lines = [f"worker {w}: {n} image(s) in {s:.1f} s busy, {r:.1f} images/s"
+                     for w, (n, s, r) in sorted(rates.items())]
+        else:
+            ordered = sorted(rates.items(), key=lambda entry: entry[1][2])
+            middle = ordered[len(ordered) // 2][1][2]
+            slowest, fastest = ordered[0], ordered[-1]
+            lines = [f"{len(rates)} workers: images/s per worker min {slowest[1][2]:.1f} ({slowest[0]}), "
+                     f"median {middle:.1f}, max {fastest[1][2]:.1f}"]
+        lines.append(f"{total} image(s) in {wall:.1f} s: {total / wall if wall > 0 else 0.0:.1f} images/s "
+                     f"on {len(rates)} worker(s)")
+        return lines
+
+
+class ClusterExplain:
+    """Runs a FolderExplainer's work on a Dask cluster: the same outputs, manifest and JSON lines as
+    ``FolderExplainer.run``, written by the workers and recorded by the client."""
+
+    def __init__(self, runner, client, chunk_size=None, window=None, say=None):
+        self.runner = runner
+        self.client = client
+        self.chunk_size = chunk_size or DEFAULT_CHUNK_BATCHES * runner.batch_size
+        self.window = window
+        self.say = say or (lambda message: None)
+        self.throughput = Throughput()
+        self.notes_said = set()
+
+    def run(self, items, shard=None):
+        import distributed
+
+        from .cluster_worker import PreparedExplainer, recipe
+
+        runner = self.runner
+        items = runner.pending(items, shard)
+        bar = None
+        try:
+            if not items:
+                return runner.failures
+            check_output_shared(self.client, runner.outdir)
+            if runner.progress:
+                from tqdm import tqdm
+                bar = tqdm(total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True)
+            name = f"lrptool-explain-{secrets.token_hex(6)}"
+            plugin = PreparedExplainer(name, recipe(runner, os.path.abspath(runner.outdir)))
+            register = getattr(self.client, "register_plugin", None) or self.client.register_worker_plugin
+            register(plugin, name=name)
+            try:
+                self.stream(items, name, bar, distributed)
+                runner.write_page(final=True)
+            finally:
+                self.clean_up(items)
+                with contextlib.suppress(Exception):
+                    self.client.unregister_worker_plugin(name)
+        finally:
+            runner.manifest.close()
+            if bar is not None:
+                bar.close()
+        return runner.failures
+
+    def stream(self, items, name, bar, distributed):
+        from .cluster_worker import explain_chunk
+
+        runner = self.runner
+        window = self.window or 2 * worker_count(self.client)
+        waiting = deque(items[i:i + self.chunk_size] for i in range(0, len(items), self.chunk_size))
+        running = {}
+        finished = distributed.as_completed()
+
+        def submit(chunk):
+            shipped = [type(item)(os.path.abspath(item.path), item.target, item.stem) for item in chunk]
+            future = self.client.submit(explain_chunk, name, shipped, pure=False)
+            running[future] = chunk
+            finished.add(future)
+
+        try:
+            while waiting and len(running) < window:
+                submit(waiting.popleft())
+            for future in finished:
+                chunk = running.pop(future)
+                try:
+                    result = future.result()
+                except distributed.KilledWorker:
+                    if len(chunk) > 1:  # find the image that kills its worker: each one alone
+                        waiting.extendleft([item] for item in reversed(chunk))
+                    else:
+                        runner.fail(chunk[0], "its worker died every time it was explained (out of memory? a crash "
+                                              "in a decoder?); the other images go on")
+                        if bar is not None:
+                            bar.update(1)
+                except LrpToolError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - a worker's failure ends the run in one line
+                    raise LrpToolError(f"a worker failed on the chunk starting at {chunk[0].path}: "
+                                       f"{type(error).__name__}: {error}") from None
+                else:
+                    self.record(chunk, result)
+                    if bar is not None:
+                        bar.update(len(chunk))
+                while waiting and len(running) < window:
+                    submit(waiting.popleft())
+        except BaseException:
+            # Ctrl-C or an error: no new work; what is not recorded is redone by --resume
+            with contextlib.suppress(Exception):
+                self.client.cancel(list(running))
+            raise
+
+    def record(self, chunk, result):
+        """Commit a finished chunk on the client: manifest lines, JSON lines, failures, notes."""
+        runner = self.runner
+        for index, done in result["done"]:
+            item = chunk[index]
+            for (method, rank), _, record in done:
+                # the worker saw absolute paths; the records name them as the user gave them
+                record["path"] = item.path
+                record["files"] = list(runner.output_paths(item, rank, method).values())
+            runner.commit(item, done)
+        for index, problem in result["failed"]:
+            runner.fail(chunk[index], problem)
+        for kind, message in result["notes"]:
+            if kind not in self.notes_said:
+                self.notes_said.add(kind)
+                runner.report(message)
+        self.throughput.add(result["worker"], result["images"], result["seconds"])
+
+    def clean_up(self, items):
+        """Remove the temporary parts that killed workers left in the folders this run wrote to."""
+        from .cluster_worker import clean_parts
+        from .files import remove_stale_parts
+
+        outdir = os.path.abspath(self.runner.outdir)
+        folders = sorted({os.path.dirname(os.path.join(outdir, item.stem)) for item in items})
+        for folder in folders:
+            remove_stale_parts(folder, recursive=False)
+        with contextlib.suppress(Exception):
+            self.client.run(clean_parts, folders)

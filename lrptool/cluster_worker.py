@@ -1,0 +1,133 @@
+"""The worker side of ``lrptool explain`` on a Dask cluster (``lrptool.cluster`` is the client side).
+
+A worker plugin carries the run's recipe (the model graph, the explainers' settings and the
+folder explainer's settings) to every worker — also to workers that join or restart later. Each
+worker process builds the explainer (the compiled one where it exists) on its first chunk and keeps
+it for every chunk after. A chunk's images are decoded, explained and written into the output
+folder exactly as in a single process; the worker hands back what the client records (manifest
+lines and JSON lines), so that only the client ever appends to the manifest and the JSON lines.
+"""
+
+import copy
+import os
+import pickle
+import threading
+import time
+
+import distributed
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from .explain_folder import FolderExplainer
+from .files import remove_stale_parts, write_atomically
+from .lrp import Explainer
+
+#: FolderExplainer attributes that stay with the client: its streams, records and counters.
+CLIENT_ONLY = {"explainer", "methods", "jsonl", "manifest", "report", "recorded", "failures", "explained", "written",
+               "resumed", "progress"}
+
+
+def recipe(runner, outdir):
+    """What a worker needs to build ``runner`` (a FolderExplainer) again, as bytes; outputs go to
+    ``outdir`` (absolute: a worker's working folder is not the client's)."""
+    state = {}
+    for name, value in vars(runner).items():
+        if name in CLIENT_ONLY:
+            continue
+        try:
+            pickle.dumps(value)
+        except Exception:  # noqa: BLE001 - what cannot travel (a lock, a stream) is the client's business
+            continue
+        state[name] = value
+    state["outdir"] = outdir
+    methods = [(name, explainer.original, explainer.settings) for name, explainer in runner.methods]
+    return pickle.dumps({"methods": methods, "state": state}, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class ChunkExplainer(FolderExplainer):
+    """A FolderExplainer on a worker: writes each image's files, and collects for the client the
+    records to commit, the failures and the notes instead of committing or printing them."""
+
+    @classmethod
+    def from_recipe(cls, payload):
+        recipe = pickle.loads(payload)
+        runner = cls.__new__(cls)
+        vars(runner).update(recipe["state"])
+        runner.methods = [(name, Explainer(graph, **dict(settings, quiet=True)))
+                          for name, graph, settings in recipe["methods"]]
+        runner.explainer = runner.methods[0][1]
+        runner.noted = set(runner.noted)
+        return runner
+
+    def chunk(self, items):
+        """Explain one chunk; returns {"done": [(index, done)], "failed": [(index, problem)], "notes"}."""
+        worker = copy.copy(self)   # per-chunk lists; the explainer and the notes said are shared
+        worker.positions = {id(item): index for index, item in enumerate(items)}
+        worker.done, worker.failed, worker.notes = [], [], []
+        worker.failures = []
+        said = set(self.noted)
+
+        def note(message):
+            kinds = self.noted - said
+            said.update(kinds)
+            worker.notes.append((min(kinds) if kinds else message, message))
+        worker.report = note
+        worker.process(items)
+        return {"done": worker.done, "failed": worker.failed, "notes": worker.notes}
+
+    def commit(self, item, done):
+        self.done.append((self.positions[id(item)], done))
+
+    def fail(self, item, problem):
+        self.failed.append((self.positions[id(item)], problem))
+
+
+class PreparedExplainer(WorkerPlugin):
+    """Holds a run's recipe on a worker and the explainer built from it (once per worker process)."""
+
+    idempotent = True
+
+    def __init__(self, name, payload):
+        self.name = name
+        self.payload = payload
+        self.runner = None
+        self.lock = threading.Lock()
+
+    def __getstate__(self):
+        return {"name": self.name, "payload": self.payload}
+
+    def __setstate__(self, state):
+        self.__init__(state["name"], state["payload"])
+
+    def prepared(self):
+        with self.lock:
+            if self.runner is None:
+                self.runner = ChunkExplainer.from_recipe(self.payload)
+            return self.runner
+
+
+def explain_chunk(name, items):
+    """The task: explain ``items`` (Items with absolute paths) with the run ``name``'s explainer."""
+    worker = distributed.get_worker()
+    runner = worker.plugins[name].prepared()
+    started = time.perf_counter()
+    result = runner.chunk(items)
+    result.update(worker=worker.address, seconds=time.perf_counter() - started, images=len(items))
+    return result
+
+
+def probe_output(outdir, marker):
+    """On a worker: None when ``outdir`` is the client's folder (``marker`` is visible) and writable."""
+    if not os.path.isfile(marker):
+        return "is not the client's folder there (no shared filesystem at that path?)"
+    probe = os.path.join(outdir, f".lrptool-probe-{os.getpid()}-{os.path.basename(marker)[-12:]}")
+    try:
+        write_atomically(probe, b"lrptool", make_folders=False)
+        os.unlink(probe)
+    except OSError as error:
+        return f"cannot be written there ({error.strerror or error})"
+    return None
+
+
+def clean_parts(folders):
+    """On a worker: remove the temporary files that dead processes of its host left in ``folders``."""
+    return sum(remove_stale_parts(folder, recursive=False) for folder in folders)
