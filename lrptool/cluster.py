@@ -71,6 +71,8 @@ def chosen(cluster_spec=None, scheduler=None, scheduler_file=None):
                                       ("--scheduler-file", scheduler_file)) if value]
     if len(given) > 1:
         raise LrpToolError(f"{' and '.join(given)}: give only one of them")
+    if cluster_spec:
+        parse_local(cluster_spec)
     if given:
         require_dask(given[0])
     return given[0] if given else None
@@ -228,46 +230,56 @@ class ClusterExplain:
         return runner.failures
 
     def stream(self, items, name, bar, distributed):
+        """Submit chunks, at most ``window`` at a time, and record each as it finishes. The images
+        of a chunk whose workers kept dying become suspects, run one at a time with nothing else in
+        flight: a suspect that still kills its worker is the culprit, and only it fails."""
         from .cluster_worker import explain_chunk
 
         runner = self.runner
         window = self.window or 2 * worker_count(self.client)
         waiting = deque(items[i:i + self.chunk_size] for i in range(0, len(items), self.chunk_size))
+        suspects = deque()
         running = {}
-        finished = distributed.as_completed()
+        finished = distributed.as_completed(with_results=True, raise_errors=False)
 
-        def submit(chunk):
+        def submit(chunk, alone=False):
             shipped = [type(item)(os.path.abspath(item.path), item.target, item.stem) for item in chunk]
             future = self.client.submit(explain_chunk, name, shipped, pure=False)
-            running[future] = chunk
+            running[future] = (chunk, alone)
             finished.add(future)
 
-        try:
+        def fill():
+            if suspects:
+                if not running:
+                    submit([suspects.popleft()], alone=True)
+                return
             while waiting and len(running) < window:
                 submit(waiting.popleft())
-            for future in finished:
-                chunk = running.pop(future)
-                try:
-                    result = future.result()
-                except distributed.KilledWorker:
-                    if len(chunk) > 1:  # find the image that kills its worker: each one alone
-                        waiting.extendleft([item] for item in reversed(chunk))
-                    else:
+
+        try:
+            fill()
+            for future, result in finished:
+                chunk, alone = running.pop(future)
+                if future.status == "error":
+                    result = result[1]      # (type, exception, traceback)
+                if isinstance(result, distributed.KilledWorker):
+                    if alone:
                         runner.fail(chunk[0], "its worker died every time it was explained (out of memory? a crash "
                                               "in a decoder?); the other images go on")
                         if bar is not None:
                             bar.update(1)
-                except LrpToolError:
-                    raise
-                except Exception as error:  # noqa: BLE001 - a worker's failure ends the run in one line
+                    else:
+                        suspects.extend(chunk)
+                elif isinstance(result, LrpToolError):
+                    raise result
+                elif isinstance(result, BaseException):
                     raise LrpToolError(f"a worker failed on the chunk starting at {chunk[0].path}: "
-                                       f"{type(error).__name__}: {error}") from None
+                                       f"{type(result).__name__}: {result}") from None
                 else:
                     self.record(chunk, result)
                     if bar is not None:
                         bar.update(len(chunk))
-                while waiting and len(running) < window:
-                    submit(waiting.popleft())
+                fill()
         except BaseException:
             # Ctrl-C or an error: no new work; what is not recorded is redone by --resume
             with contextlib.suppress(Exception):
