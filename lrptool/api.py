@@ -34,6 +34,7 @@ def explain_folder(model, inputs, outdir, method="epsilon-plus-flat", preprocess
     from .explain_folder import FolderExplainer
     from .images import Preprocessing, preprocessing_for, walk_inputs
     from .lrp import Explainer
+    from .records import open_records
 
     graph = load_model(model) if isinstance(model, (str, os.PathLike)) else model
     if not isinstance(preprocess, Preprocessing):
@@ -43,10 +44,11 @@ def explain_folder(model, inputs, outdir, method="epsilon-plus-flat", preprocess
     explainer = Explainer(graph, method, **options)
     items = walk_inputs([os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike))
                         else [os.fspath(i) for i in inputs])
-    stream = open(jsonl if jsonl else os.devnull, "a" if resume else "w", encoding="utf-8")
+    os.makedirs(outdir, exist_ok=True)
+    stream, recorded = open_records(os.fspath(jsonl), resume) if jsonl else (open(os.devnull, "w"), None)
     try:
         runner = FolderExplainer(explainer, preprocess, os.fspath(outdir), tuple(formats), colormap, target, top_k,
-                                 labels, batch_size, jobs, resume, stream, progress=progress,
+                                 labels, batch_size, jobs, resume, stream, progress=progress, recorded=recorded,
                                  report=lambda message: warnings.warn(message, stacklevel=3))
         throughput = []
         if client is None:
