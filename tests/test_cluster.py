@@ -305,3 +305,27 @@ def test_the_output_folder_must_be_the_clients_on_every_worker(tmp_path):
     (tmp_path / ".lrptool-probe-000000000000").write_bytes(b"lrptool")
     assert probe_output(str(tmp_path), str(tmp_path / ".lrptool-probe-000000000000")) is None
     assert os.listdir(tmp_path) == [".lrptool-probe-000000000000"]   # the worker's probe is gone again
+
+
+def test_the_slurm_example_makes_a_cluster_without_submitting(tmp_path, monkeypatch):
+    pytest.importorskip("dask_jobqueue", reason="the SLURM example needs dask-jobqueue")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "slurm_cluster", os.path.join(os.path.dirname(__file__), os.pardir, "examples", "slurm_cluster.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.chdir(tmp_path)
+    cluster = example.slurm_cluster(partition="cpu", account="lab", cores=8, processes=4, memory="16GB",
+                                    walltime="02:00:00", environment=["source /shared/venv/bin/activate"])
+    try:
+        from dask_jobqueue import SLURMCluster
+        assert isinstance(cluster, SLURMCluster)
+        script = cluster.job_script()
+        for line in ("#SBATCH -p cpu", "#SBATCH -A lab", "#SBATCH -n 1", "#SBATCH --cpus-per-task=8",
+                     "#SBATCH -t 02:00:00", "source /shared/venv/bin/activate", "--nworkers 4", "--nthreads 2"):
+            assert line in script, (line, script)
+        assert sys.executable in script and cluster.scheduler_address.startswith("tcp://")
+        assert not cluster.workers and not cluster.worker_spec     # nothing submitted
+    finally:
+        cluster.close()
