@@ -3,8 +3,9 @@
 They become the IR's LSTM, GRU and RNN nodes (ONNX semantics, batch-first), reading their input in
 Keras' own (N, T, C) order. Keras keeps the LSTM gates in the order i, f, c, o; ONNX (and the IR)
 in i, o, f, c, so the kernel, recurrent kernel and bias columns are regrouped once here. GRU gates
-z, r, h are in the same order in both. The CuDNN layout (``CuDNNLSTM``/``CuDNNGRU``, or an LSTM
-whose bias holds 8·units values) keeps separate input and recurrent biases; a GRU with
+z, r, h are in the same order in both. The CuDNN layout (``CuDNNLSTM``/``CuDNNGRU``, or a bias of
+2·gates·units values in one row) keeps separate input and recurrent biases and stores each gate's
+kernel block transposed (``from_cudnn``); a GRU with
 ``reset_after`` (the TensorFlow 2 default, and CuDNNGRU) is ONNX's ``linear_before_reset = 1``.
 """
 
@@ -30,6 +31,16 @@ def activation_name(value):
 def regroup(array, units, order, axis=-1):
     blocks = [np.take(array, np.arange(k * units, (k + 1) * units), axis=axis) for k in order]
     return np.concatenate(blocks, axis=axis)
+
+
+def from_cudnn(kernel, gates, recurrent=False):
+    """A kernel saved in the CuDNN layout, per gate block, in the layout of Keras' LSTM/GRU: the
+    recurrent blocks transposed, the input blocks transposed and refilled in column-major order (as
+    TensorFlow converts them when it loads CuDNN weights into an LSTM or GRU)."""
+    blocks = np.hsplit(kernel, gates)
+    if recurrent:
+        return np.hstack([block.T for block in blocks])
+    return np.hstack([block.T.reshape(block.shape, order="F") for block in blocks])
 
 
 def check_cell_settings(class_name, cfg):
@@ -62,6 +73,8 @@ def cell_parameters(class_name, cfg, arrays):
                        f"{units} units of {gates} gate(s)", WEIGHTS_ADVICE)
     bias = np.asarray(arrays[2]) if use_bias else np.zeros(gates * units, kernel.dtype)
     size = gates * units
+    if class_name.startswith("CuDNN") or bias.shape == (2 * size,):
+        kernel, recurrent = from_cudnn(kernel, gates), from_cudnn(recurrent, gates, recurrent=True)
     attrs = {}
     if bias.shape == (size,):
         input_bias, recurrent_bias = bias, np.zeros_like(bias)

@@ -368,8 +368,9 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
 @click.option("--max-len", type=click.IntRange(1), help="Tokens used per text (default: the model's input length; "
               "sets it where the model leaves it free).")
 @click.option("--pad", default=0, show_default=True, type=click.IntRange(0), help="Id that fills the input past a text.")
-@click.option("--layout", default="start", show_default=True, type=click.Choice(["start", "head-tail"]),
-              help="start: the text's first tokens; head-tail: first half from its start, second from its end.")
+@click.option("--layout", default="start", show_default=True, type=click.Choice(["start", "end", "head-tail"]),
+              help="start: the text's first tokens; end: its last tokens, padded at the start; head-tail: first "
+                   "half from its start, second from its end.")
 @click.option("--preset", "--method", "method", help="LRP preset or gradient method; default epsilon.")
 @click.option("--rules", "rule_spec", help="Rule map 'selector=rule,…' or a JSON file; overrides --preset.")
 @click.option("--target", default="pred", show_default=True, help="pred, a class index, or top-K.")

@@ -2,7 +2,8 @@
 
 A tokenizer turns a text into tokens, each with its id and the characters of the text it covers.
 A *layout* places the ids into the model's fixed-length input — ``start`` (the first tokens, padded
-at the end) or ``head-tail`` (the first half of the input holds the text's beginning padded at its
+at the end), ``end`` (the last tokens, padded at the start: Keras' ``pad_sequences`` default, what
+a next-character model like textgenrnn reads) or ``head-tail`` (the first half of the input holds the text's beginning padded at its
 end, the second half its end padded at its start: Magika's layout, where a short text appears
 twice). Every input position then belongs to one token or to padding, and a token's relevance is
 the sum over the positions that hold it; padding's relevance is reported on its own, never dropped.
@@ -17,7 +18,7 @@ import numpy as np
 
 from .errors import LrpToolError
 
-LAYOUTS = ("start", "head-tail")
+LAYOUTS = ("start", "end", "head-tail")
 UNKNOWN_TOKENS = ("<unk>", "[UNK]", "<UNK>", "<oov>", "<OOV>", "[unk]")
 WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -148,9 +149,13 @@ def vocabulary_beside(model):
     return None
 
 
+def is_marker(token):
+    return len(token) > 2 and token[0] + token[-1] in ("<>", "[]")
+
+
 def make_tokenizer(spec, model=None, unknown=None):
     """A Tokenizer from ``words``, ``chars``, ``bytes`` or a vocabulary file (its entries decide: single
-    characters → chars, else words). ``words``/``chars`` take the vocabulary beside the model."""
+    characters, with markers like ``<s>`` aside, → chars, else words). ``words``/``chars`` take the vocabulary beside the model."""
     if isinstance(spec, Tokenizer):
         return spec
     spec = spec or "bytes"
@@ -164,7 +169,8 @@ def make_tokenizer(spec, model=None, unknown=None):
         return Tokenizer(spec, read_vocabulary(path), unknown=unknown, source=path)
     if os.path.splitext(spec)[1].lower() in (".json", ".txt") or os.path.exists(spec):
         vocabulary = read_vocabulary(spec)
-        kind = "chars" if all(len(token) == 1 for token in vocabulary) else "words"
+        # single characters, apart from markers such as <s> or [UNK]: a character vocabulary
+        kind = "chars" if all(len(token) == 1 or is_marker(token) for token in vocabulary) else "words"
         return Tokenizer(kind, vocabulary, unknown=unknown, source=spec)
     raise LrpToolError(f"--tokenizer {spec!r}: choose words, chars, bytes or a vocabulary file (.json or .txt)")
 
@@ -205,6 +211,12 @@ def place(encoded, length, pad, layout="start", limit=None):
         used = min(count, length)
         ids[:used] = encoded.ids[:used]
         slots[:used] = np.arange(used)
+        return Placed(encoded, ids, slots, count > length)
+    if layout == "end":
+        used = min(count, length)
+        if used:
+            ids[length - used:] = encoded.ids[count - used:]
+            slots[length - used:] = np.arange(count - used, count)
         return Placed(encoded, ids, slots, count > length)
     if layout != "head-tail":
         raise LrpToolError(f"layout {layout!r}: choose {' or '.join(LAYOUTS)}")
@@ -278,7 +290,7 @@ def explain_text(graph, texts, tokenizer="bytes", method="epsilon", target="pred
     """Explain a model that reads token ids, for a list of texts: one ``TextExplanation`` per text.
 
     ``graph``: a Graph or a model path; ``tokenizer``: ``bytes``, ``words``, ``chars``, a vocabulary file
-    or a ``Tokenizer``; ``pad``: the id that fills the input past a text's end; ``layout``: ``start`` or
+    or a ``Tokenizer``; ``pad``: the id that fills the input past a text's end; ``layout``: ``start``, ``end`` or
     ``head-tail``; ``target``: ``pred``, a class index, or one per text. Further options go to
     ``lrptool.lrp.Explainer``."""
     from .lrp import Explainer

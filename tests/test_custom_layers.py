@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import shared_models
 from lrptool.errors import LrpToolError
 
 HERE = os.path.dirname(__file__)
@@ -87,3 +88,67 @@ def test_attention_matches_tensorflow_and_is_explained():
         numeric[index] = (run_graph(graph, up, dtype=np.float64)[out][index[0], 1]
                           - run_graph(graph, down, dtype=np.float64)[out][index[0], 1]) / 2e-6
     np.testing.assert_allclose(gradient.relevance, numeric, atol=1e-6, rtol=1e-5)
+
+
+# -- textgenrnn: a real Keras weights file with a custom layer ----------------------------------------
+
+EXAMPLE = os.path.join(HERE, "..", "examples", "textgenrnn")
+TEXTS = ["Thank yo", "What is goin", "The quick brown fox jumps over the lazy d", "I love this movi",
+         "Good mornin", "Explaining recurrent networks is f"]   # as in examples/textgenrnn/make_reference.py
+
+
+def textgenrnn():
+    from converters.keras_reader import read_keras
+    from lrptool.plugins import load_custom_layers
+
+    folder = shared_models() / "text" / "textgenrnn"
+    load_custom_layers(PLUGIN)
+    graph = read_keras(folder / "textgenrnn_weights.hdf5", model_config=os.path.join(EXAMPLE, "model.json"))
+    return folder, graph
+
+
+def test_textgenrnn_matches_tensorflow():
+    from lrptool.executor import run_graph
+
+    folder, graph = textgenrnn()
+    assert {"LSTM", "AttentionWeightedAverage", "Embedding"} <= {n.op for n in graph.nodes}
+    for ids, probs in ((folder / "reference" / "input_ids.npy", folder / "reference" / "output_probs.npy"),
+                       (os.path.join(EXAMPLE, "reference_input_ids.npy"), os.path.join(EXAMPLE, "reference_probs.npy"))):
+        ids, probs = np.load(ids), np.load(probs)
+        np.testing.assert_allclose(run_graph(graph, ids)[graph.outputs[0]], probs, atol=1e-5)
+
+
+def test_textgenrnn_character_heatmaps():
+    import json
+
+    import lrptool
+    from lrptool.text import fit_text, make_tokenizer
+
+    folder, graph = textgenrnn()
+    vocabulary = folder / "textgenrnn_vocab.json"
+    tokenizer = make_tokenizer(str(vocabulary))
+    assert tokenizer.kind == "chars"
+    # the text pipeline fits texts as textgenrnn does (left-padded): the ids TensorFlow was given
+    reference_ids = np.load(os.path.join(EXAMPLE, "reference_input_ids.npy"))
+    for text, ids in zip(TEXTS, reference_ids):
+        np.testing.assert_array_equal(fit_text(tokenizer, text, 40, False, 0, "end").ids, ids)
+    results = lrptool.explain_text(graph, TEXTS[:4], tokenizer=str(vocabulary), layout="end", quiet=True)
+    inverse = {v: k for k, v in json.loads(vocabulary.read_text(encoding="utf-8")).items()}
+    expected = json.loads((folder / "reference" / "reference.json").read_text(encoding="utf-8"))
+    for result, text, char in zip(results, TEXTS, expected["predicted_next_char"]):
+        assert inverse[result.target] == char
+        assert result.tokens == list(text) and np.all(np.isfinite(result.relevance))
+        if len(text) > 40:
+            assert result.truncated and result.relevance[0] == 0   # the first character did not fit
+
+
+def test_textgenrnn_from_the_command_line(tmp_path):
+    folder = shared_models() / "text" / "textgenrnn"
+    texts = tmp_path / "texts.txt"
+    texts.write_text("What is goin\nI love this movi\n", encoding="utf-8")
+    result = cli("explain-text", folder / "textgenrnn_weights.hdf5", texts, "-o", tmp_path / "out",
+                 "--model-config", os.path.join(EXAMPLE, "model.json"), "--custom-layers", PLUGIN,
+                 "--tokenizer", folder / "textgenrnn_vocab.json", "--layout", "end", "--format", "jsonl,html")
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "out" / "explanations.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and (tmp_path / "out" / "index.html").stat().st_size > 0

@@ -66,3 +66,38 @@ def test_a_product_of_two_directions_is_refused_by_name():
     graph, _, _ = load("bidirectional_gru_sequence_mul")
     with pytest.raises(LrpToolError, match="neither"):
         Explainer(graph, "epsilon", quiet=True)
+
+
+def to_cudnn(kernel, gates, recurrent=False):
+    """The inverse of reading a CuDNN-layout kernel (written here from TensorFlow's description: each
+    gate block of the input kernel transposed and refilled in column-major order)."""
+    blocks = np.hsplit(kernel, gates)
+    if recurrent:
+        return np.hstack([block.T for block in blocks])
+    return np.hstack([block.reshape(block.shape[::-1], order="F").T for block in blocks])
+
+
+def test_cudnn_weight_layout_gives_the_same_outputs(tmp_path):
+    """An LSTM whose weights are stored as CuDNNLSTM stores them (8·units biases, blocks transposed)."""
+    import shutil
+
+    import h5py
+
+    from converters.keras_recurrent import from_cudnn
+
+    rng = np.random.default_rng(5)
+    block = rng.normal(size=(4, 20))
+    np.testing.assert_array_equal(from_cudnn(to_cudnn(block, 4), 4), block)
+    path = tmp_path / "cudnn.h5"
+    shutil.copy(os.path.join(DATA, "lstm_stack.h5"), path)
+    with h5py.File(path, "r+") as handle:
+        cell = handle["model_weights/lstm/lstm/lstm_cell"]
+        kernel, recurrent, bias = (np.array(cell[k]) for k in ("kernel:0", "recurrent_kernel:0", "bias:0"))
+        cell["kernel:0"][...] = to_cudnn(kernel, 4)
+        cell["recurrent_kernel:0"][...] = to_cudnn(recurrent, 4, recurrent=True)
+        shift = rng.normal(size=bias.shape).astype(np.float32)
+        del cell["bias:0"]
+        cell["bias:0"] = np.concatenate([bias - shift, shift])   # input and recurrent biases, summing to the bias
+    graph = read_keras(str(path))
+    _, x, expected = load("lstm_stack")
+    np.testing.assert_allclose(run_graph(graph, x, dtype=np.float64)[graph.outputs[0]], expected, atol=1e-5)
