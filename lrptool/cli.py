@@ -24,18 +24,24 @@ def cli():
 @click.option("--preset", help="Show the rule each node gets under this LRP preset.")
 @click.option("--rules", "rule_spec", help="Rule map: 'selector=rule,…' (with an optional preset name among "
               "the items) or a JSON file; shows the rule each node gets.")
-def inspect(model, weights, model_config, random_weights, keras1_backend, model_input_size, preset, rule_spec):
+@click.option("--wide", is_flag=True, help="Print every name in full instead of fitting the terminal's width.")
+def inspect(model, weights, model_config, random_weights, keras1_backend, model_input_size, preset, rule_spec, wide):
     """Print the graph of MODEL: nodes, operators, shapes, parameter counts and totals.
 
     With --preset or --rules, print the graph the explainer walks (BatchNorm folded, output softmax
     removed) with each node's rule or relevance routing; nodes that relevance cannot cross are
-    refused here, before anything runs."""
-    from .inspect import graph_summary
+    refused here, before anything runs. Lines fit the terminal (or $COLUMNS, else 100 characters),
+    long names elided in the middle; --wide prints them whole."""
+    import shutil
+
+    from .inspect import graph_summary, wrapped
+
+    width = None if wide else shutil.get_terminal_size((100, 24)).columns
 
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size,
                        needs_weights=False)
     if not (preset or rule_spec):
-        click.echo(graph_summary(graph, source=model))
+        click.echo(graph_summary(graph, source=model, width=width))
         return
     from .lrp.canonize import canonize
     from .lrp.engine import check_routable, routing_description
@@ -46,11 +52,12 @@ def inspect(model, weights, model_config, random_weights, keras1_backend, model_
     rules = assign_rules(canonical, rule_map_from_spec(combined_rule_spec(preset, rule_spec)))
     producers = canonical.producers()
     routing = {node.name: routing_description(node, rules, producers) for node in canonical.nodes}
-    click.echo(graph_summary(canonical, source=model, routing=routing))
+    click.echo(graph_summary(canonical, source=model, routing=routing, width=width))
     if changes["folded"]:
-        click.echo(f"folded into the layer before them: {', '.join(changes['folded'])}")
+        click.echo("\n".join(wrapped(f"folded into the layer before them: {', '.join(changes['folded'])}", width)))
     if changes["softmax_removed"]:
-        click.echo(f"removed (logits are explained): {', '.join(changes['softmax_removed'])}")
+        click.echo("\n".join(wrapped(f"removed (logits are explained): {', '.join(changes['softmax_removed'])}",
+                                      width)))
 
 
 @cli.command()

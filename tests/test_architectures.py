@@ -310,7 +310,7 @@ def cli_results(case, folder):
     """``convert`` and ``inspect`` on the case's model, started together to halve the interpreter start-up cost."""
     if case.arch not in _CLI:
         out = folder / "out.onnx"
-        commands = {"convert": ["convert", case.path, "-o", out], "inspect": ["inspect", case.path]}
+        commands = {"convert": ["convert", case.path, "-o", out], "inspect": ["inspect", case.path, "--wide"]}
         running = {key: subprocess.Popen([sys.executable, "-m", "lrptool.cli", *map(str, args)],
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                    for key, args in commands.items()}
