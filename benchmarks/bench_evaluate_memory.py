@@ -104,8 +104,9 @@ def main():
         if not lines:
             raise SystemExit(f"evaluate failed:\n{result.stderr}")
         figures = json.loads(lines[-1])
-        print(f"lrptool {' '.join(command[:1] + ['SqueezeNet'] + command[4:5] + command[6:])}")
-        print("\n".join(line for line in result.stderr.splitlines() if "settings" in line or "report" in line))
+        print("lrptool evaluate SqueezeNet_deploy.prototxt --weights squeezenet_dc.caffemodel PHOTOS -o OUT "
+              + " ".join(command[6:]))
+        print("\n".join(line for line in result.stderr.splitlines() if "evaluate:" in line))
         print(f"{options.images} photos: {figures['seconds']:.1f} s, peak memory {figures['peak'] / 2**20:.0f} MiB "
               f"above the loaded model (exit {figures['exit']})")
 
