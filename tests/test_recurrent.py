@@ -332,3 +332,29 @@ def test_compiled_explainer_refuses_with_one_line_and_the_eager_walk_serves():
     result = exact.explain(x.astype(np.float64), target=0)
     dense_bias_free = np.sum(result.relevance, axis=(1, 2))
     np.testing.assert_allclose(dense_bias_free, result.scores, rtol=1e-9)
+
+
+def test_gru_one_step_by_hand():
+    """GRU, one unit, h₀ = 0: h = (1 − z)·n with n = tanh(w_h·x + b). The ε rule over the two summands
+    of h gives n's term R·(1 − z)n / (h + ε) (the other is z·h₀ = 0); tanh passes it; x takes
+    w_h·x / (a + ε) of it (the reset gate multiplies h₀ = 0)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w, b, x, eps = [0.5, -0.25, 0.75], [0.125, 0.25, -0.5], 2.0, 1e-3   # gates z, r, h
+    inits = [numpy_helper.from_array(np.asarray(w, np.float32).reshape(1, 3, 1), "W"),
+             numpy_helper.from_array(np.asarray([0.25, -0.5, 0.625], np.float32).reshape(1, 3, 1), "R"),
+             numpy_helper.from_array(np.asarray(b + [0, 0, 0], np.float32).reshape(1, 6), "B")]
+    node = helper.make_node("GRU", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=1)
+    graph = helper.make_graph([node], "gru", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 1])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1, 1, 1]),
+                               helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, 1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    z = 1 / (1 + np.exp(-(w[0] * x + b[0])))
+    a = w[2] * x + b[2]                       # 1.0
+    n = np.tanh(a)
+    h = (1 - z) * n
+    expected = w[2] * x / (a + eps) * ((1 - z) * n / (h + eps) * h)
+    ours, score = lrp_on_final_state(model, [x], eps)
+    assert score == pytest.approx(h, rel=1e-12)
+    assert ours[0] == pytest.approx(expected, rel=1e-12)
