@@ -250,8 +250,10 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
               help="Images held and scored at once; memory grows with it, not with the image count.")
 @click.option("--provider", "providers", help="onnxruntime execution providers, e.g. cuda or cuda,cpu (default cpu).")
+@cluster_options
 def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size, method_list, target, patch, steps, order, replacement, seed, preprocess_preset,
-             config, size, resize, channels, scale, mean, std, mean_file, batch_size, providers):
+             config, size, resize, channels, scale, mean, std, mean_file, batch_size, providers, cluster_spec, scheduler,
+             scheduler_file, chunk_size):
     """Compare explanation methods by region perturbation (Samek et al. 2017): AOPC per method with its
     standard error, raw and relative to the unperturbed score, ranked, and the perturbation curves.
     By default regions of 9x9 pixels at 224x224 (scaled to the input) are replaced by uniform noise
@@ -271,6 +273,8 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     if unknown:
         raise LrpToolError(f"--methods: unknown {', '.join(unknown)}; see `lrptool methods`")
     target, _ = parse_target(target, top=False)
+    from .cluster import chosen, connected, evaluate_on_cluster
+    on_cluster = chosen(cluster_spec, scheduler, scheduler_file)
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std, mean_file)
@@ -325,11 +329,18 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
 
     snapshots = {"images": range(SEQUENCE_IMAGES), "steps": sequence_steps(steps)}
     try:
-        with np.errstate(all="ignore"):
-            tally, table, dropped = evaluate_methods(graph, tensors(), methods_wanted, target, patch, steps, orders,
-                                                     replacement, preprocessing.bounds(), seed, batch_size,
-                                                     {"providers": provider_list(providers)},
-                                                     progress=bar.update if bar else None, snapshots=snapshots)
+        if on_cluster:
+            with connected(cluster_spec, scheduler, scheduler_file) as client:
+                tally, table, dropped, failures[0] = evaluate_on_cluster(
+                    client, graph, [path for path, _ in items], preprocessing, methods_wanted, target, patch, steps,
+                    orders, replacement, seed, batch_size, {"providers": provider_list(providers)}, chunk_size,
+                    snapshots, bar.update if bar else None, say, paths)
+        else:
+            with np.errstate(all="ignore"):
+                tally, table, dropped = evaluate_methods(graph, tensors(), methods_wanted, target, patch, steps,
+                                                         orders, replacement, preprocessing.bounds(), seed, batch_size,
+                                                         {"providers": provider_list(providers)},
+                                                         progress=bar.update if bar else None, snapshots=snapshots)
     finally:
         if bar:
             bar.close()

@@ -116,6 +116,140 @@ def connected(cluster_spec=None, scheduler=None, scheduler_file=None, wait=60):
             local.close()
 
 
+@contextlib.contextmanager
+def prepared_on_workers(client, kind, build, payload):
+    """Register a run's recipe with every worker (also those that join or restart later) for the
+    time of the run; yields the name tasks find it by."""
+    from .cluster_worker import Prepared
+
+    name = f"lrptool-{kind}-{secrets.token_hex(6)}"
+    register = getattr(client, "register_plugin", None) or client.register_worker_plugin
+    register(Prepared(name, build, payload), name=name)
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            client.unregister_worker_plugin(name)
+
+
+def in_order(client, function, calls, window, distributed, done=None):
+    """``function(*call)`` on the cluster for each call, at most ``window`` at a time, yielding the
+    results in the order of ``calls`` (a finished task waits for those before it, so that at most
+    ``window`` results are held). ``done(result)`` sees each result as it arrives. A task that
+    fails, or whose workers keep dying, ends the run with one line."""
+    calls = iter(enumerate(calls))
+    waiting, held, next_index = {}, {}, 0
+    finished = distributed.as_completed(with_results=True, raise_errors=False)
+
+    def fill():
+        while len(waiting) + len(held) < window:
+            entry = next(calls, None)
+            if entry is None:
+                return
+            index, call = entry
+            future = client.submit(function, *call, pure=False)
+            waiting[future] = (index, call)
+            finished.add(future)
+
+    try:
+        fill()
+        for future, result in finished:
+            index, call = waiting.pop(future)
+            if future.status == "error":
+                error = result[1]
+                if isinstance(error, LrpToolError):
+                    raise error
+                if isinstance(error, distributed.KilledWorker):
+                    raise LrpToolError(f"the workers died every time they took the chunk starting at "
+                                       f"{call[1][0] if len(call) > 1 and call[1] else '?'} (out of memory?)")
+                raise LrpToolError(f"a worker failed: {type(error).__name__}: {error}") from None
+            if done is not None:
+                done(result)
+            held[index] = result
+            while next_index in held:
+                yield held.pop(next_index)
+                next_index += 1
+            fill()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel(list(waiting))
+        raise
+
+
+def evaluate_on_cluster(client, graph, paths, preprocessing, methods, target, patch, steps, orders, replacement, seed,
+                        batch_size, explainer_options, chunk_size=None, snapshots=None, progress=None, say=print,
+                        readable=None):
+    """``lrptool.evaluate.evaluate_methods`` over image files on the cluster, with the same result:
+    the workers first check which pictures decode (the images are numbered among those), then
+    score chunks of them; the client merges the per-image curves in input order, ``batch_size``
+    images at a time as one process does. Unreadable pictures are reported through ``say``; the
+    readable paths are appended to ``readable``. Returns (tally, summary, dropped, unreadable count)."""
+    import pickle
+
+    import distributed
+    import numpy as np
+
+    from .cluster_worker import build_evaluation, evaluate_chunk, readable_chunk
+    from .evaluate import Curves, Tally, without_non_finite
+
+    chunk_size = chunk_size or DEFAULT_CHUNK_BATCHES * batch_size
+    window = 2 * worker_count(client)
+    chunks = [paths[i:i + chunk_size] for i in range(0, len(paths), chunk_size)]
+    good, unreadable = [] if readable is None else readable, 0
+    for chunk, problems in zip(chunks, in_order(client, readable_chunk, [(preprocessing, c) for c in chunks],
+                                                window, distributed)):
+        for path, problem in zip(chunk, problems):
+            if problem is None:
+                good.append(path)
+            else:
+                unreadable += 1
+                say(f"lrptool: skipped {path}: {problem}")
+                if progress:
+                    progress(1)
+    settings = dict(methods=list(methods), bounds=preprocessing.bounds(), seed=seed,
+                    explainer_options=explainer_options, target=target, patch=patch, steps=steps, orders=orders,
+                    replacement=replacement, batch_size=batch_size,
+                    snapshots={key: snapshots[key] for key in ("images", "steps")} if snapshots else None)
+    payload = pickle.dumps({"graph": graph, "preprocessing": preprocessing, "settings": settings},
+                           protocol=pickle.HIGHEST_PROTOCOL)
+    throughput = Throughput()
+    tally, dropped, merged = Tally(), [], 0
+    held = {"scores": {}, "finite": []}
+
+    def merge(count):
+        nonlocal merged
+        scores = {run: curve[:, :count] for run, curve in held["scores"].items()}
+        finite = held["finite"][:count]
+        held["scores"] = {run: curve[:, count:] for run, curve in held["scores"].items()}
+        held["finite"] = held["finite"][count:]
+        curves, left_out = without_non_finite(Curves(scores), {"all": np.where(finite, 0.0, np.nan)[:, None]})
+        tally.add(curves)
+        dropped.extend(merged + i for i in left_out)
+        merged += count
+
+    def arrived(result):
+        throughput.add(result["worker"], result["images"], result["seconds"])
+        if progress:
+            progress(result["images"])
+
+    with prepared_on_workers(client, "evaluate", build_evaluation, payload) as name:
+        calls = [(name, good[i:i + chunk_size], i) for i in range(0, len(good), chunk_size)]
+        for result in in_order(client, evaluate_chunk, calls, window, distributed, done=arrived):
+            for run, curve in result["scores"].items():
+                before = held["scores"].get(run)
+                held["scores"][run] = curve if before is None else np.concatenate([before, curve], axis=1)
+            held["finite"] = np.concatenate([held["finite"], result["finite"]]).astype(bool)
+            if snapshots is not None:
+                snapshots.update(result["snapshots"])
+            while len(held["finite"]) >= batch_size:
+                merge(batch_size)
+        if len(held["finite"]):
+            merge(len(held["finite"]))
+    for line in throughput.lines():
+        say(f"lrptool: {line}")
+    return tally, tally.summary() if tally.images else {}, dropped, unreadable
+
+
 def worker_count(client):
     return max(1, len(client.scheduler_info().get("workers", {})))
 
@@ -200,7 +334,7 @@ class ClusterExplain:
     def run(self, items, shard=None):
         import distributed
 
-        from .cluster_worker import PreparedExplainer, recipe
+        from .cluster_worker import build_explainer, recipe
 
         runner = self.runner
         items = runner.pending(items, shard)
@@ -212,17 +346,13 @@ class ClusterExplain:
             if runner.progress:
                 from tqdm import tqdm
                 bar = tqdm(total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True)
-            name = f"lrptool-explain-{secrets.token_hex(6)}"
-            plugin = PreparedExplainer(name, recipe(runner, os.path.abspath(runner.outdir)))
-            register = getattr(self.client, "register_plugin", None) or self.client.register_worker_plugin
-            register(plugin, name=name)
             try:
-                self.stream(items, name, bar, distributed)
+                with prepared_on_workers(self.client, "explain", build_explainer,
+                                         recipe(runner, os.path.abspath(runner.outdir))) as name:
+                    self.stream(items, name, bar, distributed)
                 runner.write_page(final=True)
             finally:
                 self.clean_up(items)
-                with contextlib.suppress(Exception):
-                    self.client.unregister_worker_plugin(name)
         finally:
             runner.manifest.close()
             if bar is not None:

@@ -1,4 +1,5 @@
-"""The worker side of ``lrptool explain`` on a Dask cluster (``lrptool.cluster`` is the client side).
+"""The worker side of ``lrptool explain`` and ``evaluate`` on a Dask cluster (``lrptool.cluster`` is
+the client side).
 
 A worker plugin carries the run's recipe (the model graph, the explainers' settings and the
 folder explainer's settings) to every worker — also to workers that join or restart later. Each
@@ -15,10 +16,13 @@ import threading
 import time
 
 import distributed
+import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from .errors import LrpToolError
 from .explain_folder import FolderExplainer
 from .files import remove_stale_parts, write_atomically
+from .images import ImageError, load_picture, to_tensor
 from .lrp import Explainer
 
 #: FolderExplainer attributes that stay with the client: its streams, records and counters.
@@ -81,28 +85,43 @@ class ChunkExplainer(FolderExplainer):
         self.failed.append((self.positions[id(item)], problem))
 
 
-class PreparedExplainer(WorkerPlugin):
-    """Holds a run's recipe on a worker and the explainer built from it (once per worker process)."""
+def build_explainer(payload):
+    return ChunkExplainer.from_recipe(payload)
+
+
+def build_evaluation(payload):
+    """What scoring chunks of images needs: the explainers of every method and the scorer."""
+    from .evaluate import prepared_methods
+
+    recipe = pickle.loads(payload)
+    settings = recipe["settings"]
+    recipe["explainers"], recipe["score"] = prepared_methods(recipe["graph"], settings["methods"], settings["bounds"],
+                                                             settings["seed"], settings["explainer_options"])
+    return recipe
+
+
+class Prepared(WorkerPlugin):
+    """Holds a run's recipe on a worker and what ``build(payload)`` makes of it, made on first use
+    and kept for every task of the run (once per worker process)."""
 
     idempotent = True
 
-    def __init__(self, name, payload):
-        self.name = name
-        self.payload = payload
-        self.runner = None
+    def __init__(self, name, build, payload):
+        self.name, self.build, self.payload = name, build, payload
+        self.value = None
         self.lock = threading.Lock()
 
     def __getstate__(self):
-        return {"name": self.name, "payload": self.payload}
+        return {"name": self.name, "build": self.build, "payload": self.payload}
 
     def __setstate__(self, state):
-        self.__init__(state["name"], state["payload"])
+        self.__init__(state["name"], state["build"], state["payload"])
 
     def prepared(self):
         with self.lock:
-            if self.runner is None:
-                self.runner = ChunkExplainer.from_recipe(self.payload)
-            return self.runner
+            if self.value is None:
+                self.value = self.build(self.payload)
+            return self.value
 
 
 def explain_chunk(name, items):
@@ -113,6 +132,55 @@ def explain_chunk(name, items):
     result = runner.chunk(items)
     result.update(worker=worker.address, seconds=time.perf_counter() - started, images=len(items))
     return result
+
+
+def readable_chunk(preprocessing, paths):
+    """For each path: None when the picture decodes, else why not."""
+    problems = []
+    for path in paths:
+        try:
+            to_tensor(load_picture(path, preprocessing), preprocessing)
+            problems.append(None)
+        except ImageError as problem:
+            problems.append(str(problem))
+    return problems
+
+
+def evaluate_chunk(name, paths, first_index):
+    """The task of ``evaluate``: the perturbation curves of ``paths`` (readable pictures, the first
+    being picture ``first_index`` of the run), per image, with whether its relevance is finite."""
+    from .evaluate import batch_curves
+
+    worker = distributed.get_worker()
+    recipe = worker.plugins[name].prepared()
+    settings, preprocessing = recipe["settings"], recipe["preprocessing"]
+    started = time.perf_counter()
+    tensors = []
+    for path in paths:
+        try:
+            tensors.append(to_tensor(load_picture(path, preprocessing), preprocessing))
+        except ImageError as problem:
+            raise LrpToolError(f"{path}: {problem} (it could be read when the run began)") from None
+    snapshots = dict(settings["snapshots"]) if settings["snapshots"] else None
+    scores, finite = {}, []
+    batch_size = settings["batch_size"]
+    for start in range(0, len(tensors), batch_size):
+        x = np.stack(tensors[start:start + batch_size])
+        with np.errstate(all="ignore"):
+            curves, relevances = batch_curves(recipe["explainers"], recipe["score"], x, settings["target"],
+                                              settings["patch"], settings["steps"], settings["orders"],
+                                              settings["replacement"], settings["bounds"], settings["seed"],
+                                              batch_size, first_index + start, snapshots)
+        ok = np.ones(len(x), dtype=bool)
+        for relevance in relevances.values():
+            ok &= np.all(np.isfinite(relevance.reshape(len(relevance), -1)), axis=1)
+        finite.append(ok)
+        for run, curve in curves.scores.items():
+            scores.setdefault(run, []).append(curve)
+    return {"scores": {run: np.concatenate(parts, axis=1) for run, parts in scores.items()},
+            "finite": np.concatenate(finite), "worker": worker.address, "images": len(paths),
+            "snapshots": {key: value for key, value in (snapshots or {}).items() if isinstance(key, tuple)},
+            "seconds": time.perf_counter() - started}
 
 
 def probe_output(outdir, marker):

@@ -281,24 +281,13 @@ def evaluate_methods(graph, images, methods, target="pred", patch=4, steps=20, o
 
     Returns (tally, summary, dropped): images with non-finite scores or relevance are left out of
     the tally and the summary, and their indices (in the order given) listed."""
-    from .lrp import Explainer, select_targets
-
-    methods = list(dict.fromkeys(list(methods) + ["random"]))
-    options = dict(bounds=bounds, quiet=True, seed=seed)
-    options.update(explainer_options or {})
-    explainers = {m: Explainer(graph, m, **options) for m in methods}
-    first = next(iter(explainers.values()))
-    score = onnxruntime_scorer(first.graph)
+    explainers, score = prepared_methods(graph, methods, bounds, seed, explainer_options)
     tally, dropped, offset = Tally(), [], 0
     for batch in batches_of(images, batch_size):
         x = np.stack(batch)
         del batch
-        outputs = first.walk.forward(x)[first.output].copy()
-        targets = select_targets(outputs, target)
-        relevances = {method: explainer.explain(x, target=targets).relevance
-                      for method, explainer in explainers.items()}
-        curves = perturbation_curves(score, x, targets, relevances, patch, steps, orders, replacement, bounds, seed,
-                                     batch_size=batch_size, first_index=offset, snapshots=snapshots)
+        curves, relevances = batch_curves(explainers, score, x, target, patch, steps, orders, replacement, bounds,
+                                          seed, batch_size, offset, snapshots)
         curves, left_out = without_non_finite(curves, relevances)
         tally.add(curves)
         dropped += [offset + i for i in left_out]
@@ -306,6 +295,40 @@ def evaluate_methods(graph, images, methods, target="pred", patch=4, steps=20, o
         if progress:
             progress(len(x))
     return tally, tally.summary() if tally.images else {}, dropped
+
+
+def prepared_methods(graph, methods, bounds=(0.0, 1.0), seed=0, explainer_options=None):
+    """({method: Explainer} with ``random`` always among them, the scorer): what scoring a batch needs."""
+    from .lrp import Explainer
+
+    methods = list(dict.fromkeys(list(methods) + ["random"]))
+    options = dict(bounds=bounds, quiet=True, seed=seed)
+    options.update(explainer_options or {})
+    explainers = {m: Explainer(graph, m, **options) for m in methods}
+    return explainers, onnxruntime_scorer(next(iter(explainers.values())).graph)
+
+
+def batch_curves(explainers, score, x, target, patch, steps, orders, replacement, bounds, seed, batch_size,
+                 first_index=0, snapshots=None):
+    """(Curves, {method: relevance}) of one batch whose first image is image ``first_index`` of the
+    run. Every image's values depend on that index and the seed alone, not on the batch it is in."""
+    from .lrp import select_targets
+
+    first = next(iter(explainers.values()))
+    outputs = first.walk.forward(x)[first.output].copy()
+    targets = select_targets(outputs, target)
+    relevances = {method: random_relevance(x.shape, seed, first_index) if method == "random"
+                  else explainer.explain(x, target=targets).relevance for method, explainer in explainers.items()}
+    curves = perturbation_curves(score, x, targets, relevances, patch, steps, orders, replacement, bounds, seed,
+                                 batch_size=batch_size, first_index=first_index, snapshots=snapshots)
+    return curves, relevances
+
+
+def random_relevance(shape, seed, first_index=0):
+    """The random baseline of a batch whose first image is image ``first_index`` of the run: each
+    image's standard normal values from its own generator, seeded with (seed, image index, 1)."""
+    return np.stack([np.random.default_rng([seed, first_index + i, 1]).standard_normal(shape[1:])
+                     for i in range(shape[0])]).astype(np.float32)
 
 
 def without_non_finite(curves, relevances):

@@ -329,3 +329,27 @@ def test_the_slurm_example_makes_a_cluster_without_submitting(tmp_path, monkeypa
         assert not cluster.workers and not cluster.worker_spec     # nothing submitted
     finally:
         cluster.close()
+
+
+def test_evaluate_on_the_cluster_reports_what_one_process_reports(cluster, digits, tmp_path, capsys):
+    """Same seed, same summary to the last bit: every picture's replacement values and random
+    relevance are seeded by its place among the readable pictures, and the client merges the
+    per-image curves in input order, batch by batch, as one process does."""
+    local, _ = cluster
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, source in enumerate(sorted((digits / "even").iterdir())[:21]):
+        (images / f"{index:02d}.png").write_bytes(source.read_bytes())
+    (images / "07.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")      # unreadable: later pictures move up
+    options = ["evaluate", MODEL, images, "--methods", "epsilon,gradient", "--patch", "4", "--steps", "6",
+               "--batch-size", "4", "--seed", "3"]
+    assert run_cli(*options, "-o", tmp_path / "local") == 1
+    local_out = capsys.readouterr().out
+    assert run_cli(*options, "-o", tmp_path / "cluster", "--scheduler", local.scheduler_address,
+                   "--chunk-size", "3") == 1
+    captured = capsys.readouterr()
+    assert captured.out == local_out and "AOPC" in local_out
+    assert "skipped" in captured.err and "07.png" in captured.err and "images/s" in captured.err
+    for name in ("summary.json", "curves.csv"):
+        assert (tmp_path / "cluster" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert json.loads((tmp_path / "local" / "summary.json").read_text())["settings"]["images"] == 20
