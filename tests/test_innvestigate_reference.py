@@ -55,10 +55,6 @@ ANALYZERS = {
 
 #: where lrptool differs on purpose, and why
 DIFFERENT = {
-    # Deep Taylor on a non-negative domain gives average pooling the z⁺ rule (Montavon et al. 2017);
-    # iNNvestigate spreads relevance uniformly over each window when the pooling is the input layer.
-    ("DeepTaylor", "AveragePooling2D"): "z+ on average pooling, iNNvestigate spreads uniformly",
-    ("BoundedDeepTaylor", "AveragePooling2D"): "z+ on average pooling, iNNvestigate spreads uniformly",
     # SmoothGrad draws random noise; only where the gradient does not depend on the input
     # (models without ReLU or max pooling) can two implementations agree.
     ("SmoothGrad", "Dense_relu"): "random noise", ("SmoothGrad", "Conv2D_relu"): "random noise",

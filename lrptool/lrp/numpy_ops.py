@@ -55,6 +55,9 @@ class NumpyOps:
     def stabilise(self, z, epsilon):
         return routing.stabilise(z, epsilon)
 
+    def stabilise_zeros(self, z, epsilon):
+        return routing.stabilise_zeros(z, epsilon)
+
     def mask(self, s, z, positive):
         return s * (z > 0) if positive else s * (z < 0)
 

@@ -192,6 +192,14 @@ class OnnxOps:
         shift = self.emit.node("Where", [positive, self.emit.scalar(epsilon), self.emit.scalar(-epsilon)])
         return Sym(self.emit.node("Add", [name, shift]), z.shape)
 
+    def stabilise_zeros(self, z, epsilon):
+        """z, with ε where z is exactly 0 (iNNvestigate's safe division)."""
+        if z.value is not None:
+            return self.known(np.where(z.value == 0, np.float32(epsilon), z.value))
+        name = self.name(z)
+        zero = self.emit.node("Equal", [name, self.emit.scalar(0.0)])
+        return Sym(self.emit.node("Where", [zero, self.emit.scalar(epsilon), name]), z.shape, z.nonnegative)
+
     def mask(self, s, z, positive):
         keep = self.emit.node("Greater" if positive else "Less", [self.name(z), self.emit.scalar(0.0)])
         return Sym(self.emit.node("Where", [keep, self.name(s), self.emit.scalar(0.0)]), broadcast(s.shape, z.shape))

@@ -29,6 +29,52 @@ def base_map(stabiliser):
     return [("avgpool", R.norm_rule(stabiliser)), ("batchnorm", R.PassRule())]
 
 
+#: iNNvestigate divides by z + ε only where z = 0, with Keras' ε of 1e-7; its presets use that ε
+INNVESTIGATE_STABILISER = 1e-7
+
+
+def innvestigate_presets():
+    """iNNvestigate 2.1.2's analyzers of the same names: αβ with the whole bias in both parts'
+    denominators, z⁺ without bias, average pooling spread evenly in Deep Taylor (its gradient)."""
+    def safe(rule):
+        rule.division = "zeros"
+        return rule
+
+    stabiliser = INNVESTIGATE_STABILISER
+
+    def alpha_beta(alpha, beta):
+        return safe(R.alpha_beta_rule(alpha, beta, stabiliser, full_bias=True))
+
+    dense = R.epsilon_rule(0.1)
+    zplus = safe(R.zplus_rule(stabiliser, bias=False))
+    flat = safe(R.flat_rule(stabiliser))
+    average = [("avgpool", safe(R.norm_rule(stabiliser)))]
+    return {
+        "alpha1-beta0": [("linear", alpha_beta(1, 0))] + average,
+        "alpha2-beta1": [("linear", alpha_beta(2, 1))] + average,
+        "preset-a": [("dense", dense), ("conv", alpha_beta(1, 0))] + average,
+        "preset-a-flat": [("first", flat), ("dense", dense), ("conv", alpha_beta(1, 0))] + average,
+        "preset-b": [("dense", dense), ("conv", alpha_beta(2, 1))] + average,
+        "preset-b-flat": [("first", flat), ("dense", dense), ("conv", alpha_beta(2, 1))] + average,
+        # Deep Taylor passes average pooling on as its gradient: evenly over each window
+        "deep-taylor": [("linear", zplus), ("avgpool", flat)],
+        "deep-taylor-bounded": [("first", safe(R.zbox_rule(stabiliser))), ("linear", zplus), ("avgpool", flat)],
+    }
+
+
+def published_deep_taylor(stabiliser):
+    """Deep Taylor decomposition as Montavon et al. (2017) publish it: z⁺ without bias on every layer
+    that reads ReLU outputs (the output layer included), w² at an unbounded input, zᴮ at an input
+    bounded by ``bounds``. Max pooling goes to the winner, average pooling is z⁺ over its window
+    (in proportion to the inputs, which are non-negative), residual sums split in proportion."""
+    zplus = R.zplus_rule(stabiliser, bias=False)
+    return {
+        "deep-taylor-published": [("first", R.wsquare_rule(stabiliser, bias=False)), ("linear", zplus),
+                                  ("avgpool", zplus)],
+        "deep-taylor-published-box": [("first", R.zbox_rule(stabiliser)), ("linear", zplus), ("avgpool", zplus)],
+    }
+
+
 def make_preset(name, epsilon=1e-6, stabiliser=1e-6, gamma=0.25):
     eps = R.epsilon_rule(epsilon)
     presets = {
@@ -42,16 +88,8 @@ def make_preset(name, epsilon=1e-6, stabiliser=1e-6, gamma=0.25):
         "epsilon-alpha2-beta1": [("conv", R.alpha_beta_rule(2, 1, stabiliser)), ("dense", eps)],
         "epsilon-alpha2-beta1-flat": [("first", R.flat_rule(stabiliser)),
                                       ("conv", R.alpha_beta_rule(2, 1, stabiliser)), ("dense", eps)],
-        "alpha1-beta0": [("linear", R.alpha_beta_rule(1, 0, stabiliser))],
-        "alpha2-beta1": [("linear", R.alpha_beta_rule(2, 1, stabiliser))],
-        "deep-taylor": [("linear", R.zplus_rule(stabiliser))],
-        "deep-taylor-bounded": [("first", R.zbox_rule(stabiliser)), ("linear", R.zplus_rule(stabiliser))],
-        "preset-a": [("conv", R.alpha_beta_rule(1, 0, stabiliser)), ("dense", R.epsilon_rule(0.1))],
-        "preset-a-flat": [("first", R.flat_rule(stabiliser)), ("conv", R.alpha_beta_rule(1, 0, stabiliser)),
-                          ("dense", R.epsilon_rule(0.1))],
-        "preset-b": [("conv", R.alpha_beta_rule(2, 1, stabiliser)), ("dense", R.epsilon_rule(0.1))],
-        "preset-b-flat": [("first", R.flat_rule(stabiliser)), ("conv", R.alpha_beta_rule(2, 1, stabiliser)),
-                          ("dense", R.epsilon_rule(0.1))],
+        **innvestigate_presets(),
+        **published_deep_taylor(stabiliser),
     }
     if name not in presets:
         raise LrpToolError(f"unknown preset {name!r}; presets: {', '.join(PRESET_NAMES)}")
@@ -60,7 +98,8 @@ def make_preset(name, epsilon=1e-6, stabiliser=1e-6, gamma=0.25):
 
 PRESET_NAMES = ("epsilon", "zero", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
                 "epsilon-alpha2-beta1-flat", "alpha1-beta0", "alpha2-beta1", "deep-taylor", "deep-taylor-bounded",
-                "preset-a", "preset-a-flat", "preset-b", "preset-b-flat")
+                "preset-a", "preset-a-flat", "preset-b", "preset-b-flat", "deep-taylor-published",
+                "deep-taylor-published-box")
 
 
 def parse_rule(text, default_stabiliser=1e-6):
@@ -71,6 +110,7 @@ def parse_rule(text, default_stabiliser=1e-6):
     name, *args = text.strip().split(":")
     bias = not name.endswith("-nobias")
     name = name.removesuffix("-nobias")
+    full_bias = name == "alpha-beta-fullbias" and bias
     try:
         values = [float(a) for a in args]
     except ValueError:
@@ -82,6 +122,7 @@ def parse_rule(text, default_stabiliser=1e-6):
         "zero": lambda: R.zero_rule(bias),
         "gamma": lambda g=0.25: R.gamma_rule(g, default_stabiliser, bias),
         "alpha-beta": lambda a=2.0, b=1.0: R.alpha_beta_rule(a, b, default_stabiliser, bias),
+        "alpha-beta-fullbias": lambda a=2.0, b=1.0: R.alpha_beta_rule(a, b, default_stabiliser, bias, full_bias),
         "zplus": lambda: R.zplus_rule(default_stabiliser, bias),
         "zbox": lambda: R.zbox_rule(default_stabiliser),
         "flat": lambda: R.flat_rule(default_stabiliser),

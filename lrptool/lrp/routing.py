@@ -15,6 +15,11 @@ def stabilise(z, epsilon):
     return z + np.where(z >= 0, shift, -shift)
 
 
+def stabilise_zeros(z, epsilon):
+    """z, with ε where z is exactly 0: only a zero denominator is changed (iNNvestigate's safe division)."""
+    return np.where(z == 0, z.dtype.type(epsilon), z)
+
+
 def refuse(node, why):
     raise LrpToolError(f"node {node.name!r} ({node.op}): {why}")
 

@@ -44,6 +44,8 @@ class Rule:
     gamma: float = 0.0
     description: str = ""
     options: dict = field(default_factory=dict)
+    #: "sign": divide by z + ε·sign(z) (Zennit); "zeros": ε replaces only z = 0 (iNNvestigate's safe division)
+    division: str = "sign"
 
     @property
     def needs_output(self):
@@ -83,15 +85,19 @@ class Rule:
                 if term.inputs not in inputs:
                     inputs[term.inputs] = self.modified_input(x, term.inputs, bounds, ops)
                 x_t = inputs[term.inputs]
-                if term.bias is None and term.inputs in ("pos", "neg") and ops.is_zero(x_t):
+                vanishing = term.inputs in ("pos", "neg") and ops.is_zero(x_t)
+                if vanishing and term.bias is None:
                     continue  # x⁻ after a ReLU is all zeros: the term adds nothing
-                live.append(term)
+                if not vanishing:
+                    live.append(term)  # a term on all-zero inputs adds its bias to the denominator only
                 z_t = self.term_output(adapter, term, x_t, x, z)
                 signed = z_t if term.sign == 1.0 else ops.scale(z_t, term.sign)
                 denominator = signed if denominator is None else ops.add(denominator, signed)
             if denominator is None:
                 continue
-            s = ops.div(relevance, ops.stabilise(denominator, self.epsilon))
+            stabilised = (ops.stabilise(denominator, self.epsilon) if self.division == "sign"
+                          else ops.stabilise_zeros(denominator, self.epsilon))
+            s = ops.div(relevance, stabilised)
             if part.mask:
                 s = ops.mask(s, z, positive=part.mask == "positive")
             for term in live:
@@ -123,15 +129,25 @@ def zero_rule(bias=True):
 
 
 def zplus_rule(stabiliser=1e-6, bias=True):
-    return Rule("zplus", (Part((Term("pos", "pos", "pos" if bias else None), Term("neg", "neg", None))),),
+    return Rule("zplus" if bias else "zplus-nobias", (Part((Term("pos", "pos", "pos" if bias else None), Term("neg", "neg", None))),),
                 epsilon=stabiliser)
 
 
-def alpha_beta_rule(alpha=2.0, beta=1.0, stabiliser=1e-6, bias=True):
-    positive = Part((Term("pos", "pos", "pos" if bias else None), Term("neg", "neg", None)), alpha)
-    negative = Part((Term("pos", "neg", "neg" if bias else None), Term("neg", "pos", None)), -beta)
+def alpha_beta_rule(alpha=2.0, beta=1.0, stabiliser=1e-6, bias=True, full_bias=False):
+    """α(x⁺W⁺ + x⁻W⁻) − β(x⁺W⁻ + x⁻W⁺), each part over its own denominator.
+
+    Zennit's form (the default) puts b⁺ into the positive part's denominator and b⁻ into the
+    negative one's. iNNvestigate's (``full_bias``) keeps the clipped bias on both the positive and
+    the negative copy of the layer, so each part's denominator holds b⁺ + b⁻ = b."""
+    if full_bias and bias:
+        positive = Part((Term("pos", "pos", "pos"), Term("neg", "neg", "neg")), alpha)
+        negative = Part((Term("pos", "neg", "neg"), Term("neg", "pos", "pos")), -beta)
+    else:
+        positive = Part((Term("pos", "pos", "pos" if bias else None), Term("neg", "neg", None)), alpha)
+        negative = Part((Term("pos", "neg", "neg" if bias else None), Term("neg", "pos", None)), -beta)
     parts = (positive, negative) if beta else (positive,)
-    return Rule(f"alpha{alpha:g}-beta{beta:g}", parts, epsilon=stabiliser)
+    suffix = "-fullbias" if full_bias and bias else ("" if bias else "-nobias")
+    return Rule(f"alpha{alpha:g}-beta{beta:g}{suffix}", parts, epsilon=stabiliser)
 
 
 def gamma_rule(gamma=0.25, stabiliser=1e-6, bias=True):
@@ -150,7 +166,8 @@ def zbox_rule(stabiliser=1e-6):
 
 
 def wsquare_rule(stabiliser=1e-6, bias=True):
-    return Rule("wsquare", (Part((Term("ones", "square", "square" if bias else None),)),), epsilon=stabiliser)
+    return Rule("wsquare" if bias else "wsquare-nobias", (Part((Term("ones", "square", "square" if bias else None),)),),
+                epsilon=stabiliser)
 
 
 def flat_rule(stabiliser=1e-6):
