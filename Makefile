@@ -2,7 +2,7 @@
 # make demo  — install and run lrptool on the bundled sample models; prints the path of the report page
 # make bench — install and run the benchmarks
 # make fuzz  — the long fuzz run: 10,000 mutants per model format, counts per outcome
-# make reference-deps — add torch and zennit, which the Zennit cross-check tests and benchmarks use
+# make reference-deps — add torch, onnxscript (its dynamo exporter) and zennit, for the cross-check tests and benchmarks
 # make browser-deps — Debian's chromium and chromedriver (as root), for the tests of the HTML reports
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,6 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 # zennit goes in without its dependencies (its torchvision import is served by tests/stand_ins)
 reference-deps: $(STAMP)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet onnxscript==0.7.2
 	$(BIN)/python -m pip install --quiet --no-deps zennit==0.5.1
 
 browser-deps:

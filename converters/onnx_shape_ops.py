@@ -353,3 +353,20 @@ def convert_layer_norm(ctx, node, a):
         params["bias"] = np.asarray(bias, dtype=np.float64)
     ctx.add("LayerNorm", node.input[:1], node.output[0], dict(axes=axes, epsilon=float(a.get("epsilon", 1e-5))),
             params)
+
+
+@converter("CastLike")
+def convert_cast_like(ctx, node, a):
+    """CastLike(value, like) with a computed ``like``: the IR computes in floats. A constant value (the
+    dynamo exporter's zero bias for a convolution without one) becomes a float constant; a computed
+    float value passes through."""
+    value = ctx.input_const(node, 0)
+    if value is not None:
+        value = np.asarray(value)
+        if value.dtype.kind not in "fiub":
+            raise Unsupported(f"a constant of type {value.dtype} cast like a computed tensor")
+        ctx.consts[node.output[0]] = value.astype(np.float32)
+        return
+    if ctx.resolve(node.input[0]) in ctx.model_inputs():
+        raise Unsupported("a cast of a graph input (lrptool takes floats, or int64 token ids read by an embedding)")
+    ctx.set_alias(node.output[0], node.input[0])

@@ -1,0 +1,130 @@
+"""The exporter matrix: the test architectures as real exporters write them, each loaded, run against
+onnxruntime on the same file, and explained — the LRP result must equal that of the same network
+from the other exporter.
+
+* PyTorch (tests/exporter_models/make_torch_exports.py): the legacy TorchScript exporter (opset 17),
+  the dynamo exporter raw at opset 18 (``Reshape`` with ``allowzero``, ``ReduceMean`` with axes as an
+  input, ``CastLike``/``Expand`` zero biases, the batch size from ``Shape``) and optimised at opset 21;
+  and the legacy file with its batch declared ``dim_value: -1`` (PaddlePaddle's habit).
+  Reference for LRP: the legacy export, explained eagerly in float64.
+* tf2onnx from Keras models (tests/exporter_models/make_tf2onnx_exports.py, NHWC graphs): reference
+  for LRP: the Keras ``.h5`` the ONNX file was made from, read by lrptool's Keras reader.
+"""
+
+import pathlib
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from converters import load_model
+from converters.onnx_reader import read_onnx
+from lrptool.executor import run_graph
+from lrptool.lrp import Explainer
+
+MODELS = pathlib.Path(__file__).resolve().parent / "exporter_models"
+TORCH_NETS = {"mnist_cnn": (1, 28, 28), "vgg_bn": (3, 32, 32), "resnet": (3, 32, 32), "avgpool_net": (3, 20, 20),
+              "mobilenet": (3, 32, 32), "conv1d": (4, 50)}
+TORCH_EXPORTERS = ["legacy", "dynamo18", "dynamo21", "legacy-batch-1"]
+PRESETS = ["epsilon-plus-flat", "epsilon-alpha2-beta1"]
+
+
+def batch_minus_one(model):
+    """The model with its batch declared as PaddlePaddle declares it: dim_value -1."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = -1
+    return model
+
+
+def torch_export(net, exporter):
+    if exporter == "legacy-batch-1":
+        return batch_minus_one(onnx.load(str(MODELS / f"{net}.legacy.onnx")))
+    return onnx.load(str(MODELS / f"{net}.{exporter}.onnx"))
+
+
+def inputs_for(shape, seed=0, batch=3):
+    return np.random.default_rng(seed).normal(0.0, 1.0, (batch,) + shape).astype(np.float32)
+
+
+def onnxruntime_outputs(model, x):
+    session = onnxruntime.InferenceSession(model.SerializeToString())
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def eager_lrp(graph, x, preset):
+    explainer = Explainer(graph, preset, dtype=np.float64, compiled=False, quiet=True)
+    return explainer.explain(x.astype(np.float64))
+
+
+@pytest.fixture(scope="module")
+def torch_references():
+    """The legacy export of every network, explained eagerly in float64 with every preset."""
+    references = {}
+    for net, shape in TORCH_NETS.items():
+        graph = read_onnx(MODELS / f"{net}.legacy.onnx")
+        x = inputs_for(shape)
+        references[net] = {preset: eager_lrp(graph, x, preset) for preset in PRESETS}
+    return references
+
+
+def assert_same_relevance(got, reference):
+    np.testing.assert_array_equal(got.targets, reference.targets)
+    scale = np.abs(reference.relevance).max()
+    # the optimised dynamo graph folds BatchNorm into the convolutions in float32: weights differ by rounding
+    np.testing.assert_allclose(got.relevance, reference.relevance, rtol=1e-4, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("exporter", TORCH_EXPORTERS)
+@pytest.mark.parametrize("net", sorted(TORCH_NETS))
+def test_pytorch_export_loads_matches_onnxruntime_and_explains_alike(net, exporter, torch_references):
+    model = torch_export(net, exporter)
+    graph = read_onnx(model)
+    assert graph.batch_free
+    x = inputs_for(TORCH_NETS[net])
+    np.testing.assert_allclose(run_graph(graph, x)["y"], onnxruntime_outputs(model, x), rtol=1e-5, atol=1e-5)
+    for preset in PRESETS:
+        assert_same_relevance(eager_lrp(graph, x, preset), torch_references[net][preset])
+    # the compiled explainer (float32) takes every exporter's graph too
+    compiled = Explainer(graph, PRESETS[0], quiet=True)
+    assert compiled.compiled is not None
+    reference = torch_references[net][PRESETS[0]]
+    got = compiled.explain(x)
+    np.testing.assert_array_equal(got.targets, reference.targets)
+    np.testing.assert_allclose(got.relevance, reference.relevance, rtol=2e-3,
+                               atol=1e-4 * np.abs(reference.relevance).max())
+
+
+@pytest.mark.parametrize("net", ["resnet", "mobilenet"])
+def test_dynamo_patterns_reach_the_ir_as_plain_operators(net):
+    """The raw dynamo graph's shape arithmetic and zero biases fold away: the IR holds the operators of the
+    legacy export (BatchNorm included; every Reshape or Flatten ends up explicit)."""
+    raw = torch_export(net, "dynamo18")
+    kinds = {node.op_type for node in raw.graph.node}
+    assert {"CastLike", "Expand", "Shape", "ReduceMean"} <= kinds
+    assert any(a.name == "allowzero" and a.i == 1 for node in raw.graph.node for a in node.attribute)
+    ops = sorted(node.op for node in read_onnx(raw).nodes)
+    legacy = sorted(node.op for node in read_onnx(torch_export(net, "legacy")).nodes)
+    assert [op for op in ops if op not in ("Reshape", "Flatten", "ReduceMean", "GlobalAveragePool")] == \
+        [op for op in legacy if op not in ("Reshape", "Flatten", "ReduceMean", "GlobalAveragePool")]
+
+
+def test_the_installed_dynamo_exporter_output_loads_and_matches_onnxruntime():
+    """A live export at opset 20 with the installed torch and onnxscript (``make reference-deps``)."""
+    torch = pytest.importorskip("torch", reason="needs torch (make reference-deps)")
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (make reference-deps)")
+    from torch_nets import mobilenet, randomized
+
+    model, shape = randomized(mobilenet, seed=7, dtype=torch.float32)
+    x = inputs_for(shape, seed=5)
+    program = torch.onnx.export(model, (torch.from_numpy(x),), dynamo=True, opset_version=20, verbose=False,
+                                input_names=["x"], output_names=["y"],
+                                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    proto = program.model_proto
+    graph = read_onnx(proto)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnxruntime_outputs(proto, x), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run_graph(graph, x)["y"], onnxruntime_outputs(proto, x), rtol=1e-5, atol=1e-5)
