@@ -25,7 +25,13 @@ def cli():
 @click.option("--rules", "rule_spec", help="Rule map: 'selector=rule,…' (with an optional preset name among "
               "the items) or a JSON file; shows the rule each node gets.")
 @click.option("--wide", is_flag=True, help="Print every name in full instead of fitting the terminal's width.")
-def inspect(model, weights, model_config, random_weights, keras1_backend, model_input_size, preset, rule_spec, wide):
+@click.option("--check", "check_image", type=click.Path(dir_okay=False),
+              help="Explain this image with the preset (default epsilon-plus-flat) and print, per node, the "
+                   "relevance arriving and leaving, the share of the score it absorbed and NaN/Inf counts.")
+@click.option("--target", default="pred", show_default=True, help="With --check: pred or a class index.")
+@preprocessing_options
+def inspect(model, weights, model_config, random_weights, keras1_backend, model_input_size, preset, rule_spec, wide,
+            check_image, target, preprocess_preset, config, size, resize, channels, scale, mean, std, mean_file):
     """Print the graph of MODEL: nodes, operators, shapes, parameter counts and totals.
 
     With --preset or --rules, print the graph the explainer walks (BatchNorm folded, output softmax
@@ -39,7 +45,13 @@ def inspect(model, weights, model_config, random_weights, keras1_backend, model_
     width = None if wide else shutil.get_terminal_size((100, 24)).columns
 
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size,
-                       needs_weights=False)
+                       needs_weights=check_image is not None)
+    if check_image is not None:
+        preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale,
+                                            mean, std, mean_file)
+        click.echo(check_conservation(model, graph, combined_rule_spec(preset, rule_spec, "epsilon-plus-flat"),
+                                      check_image, preprocessing, target, width))
+        return
     if not (preset or rule_spec):
         click.echo(graph_summary(graph, source=model, width=width))
         return
@@ -58,6 +70,31 @@ def inspect(model, weights, model_config, random_weights, keras1_backend, model_
     if changes["softmax_removed"]:
         click.echo("\n".join(wrapped(f"removed (logits are explained): {', '.join(changes['softmax_removed'])}",
                                       width)))
+
+
+def check_conservation(model, graph, spec, path, preprocessing, target, width):
+    """The per-node conservation table of one image (eager float64 walk)."""
+    import numpy as np
+
+    from .images import ImageError, load_picture, to_tensor
+    from .inspect import absorption_table, wrapped
+    from .lrp import GRADIENT_METHODS, Explainer
+
+    if spec in GRADIENT_METHODS:
+        raise LrpToolError(f"--check needs an LRP preset or rule map; {spec!r} is a gradient method")
+    fixed_target, _ = parse_target(target, top=False)
+    require_runnable(graph, model)
+    explainer = Explainer(graph, spec, bounds=preprocessing.bounds(), dtype=np.float64, compiled=False, quiet=True)
+    check_target_range(fixed_target, None, explainer.output_size())
+    try:
+        x = to_tensor(load_picture(path, preprocessing), preprocessing)[None]
+    except ImageError as error:
+        raise LrpToolError(f"{path}: {error}") from None
+    say_notes()
+    with np.errstate(all="ignore"):
+        explanation = explainer.explain(x, target=fixed_target)
+    heading = wrapped(f"image: {path}; preset: {spec}; class {int(explanation.targets[0])}", width)
+    return "\n".join(heading + [absorption_table(explanation.report, float(explanation.scores[0]), width)])
 
 
 @cli.command()

@@ -106,3 +106,28 @@ def wrapped(text, width):
     if not width:
         return [text]
     return textwrap.wrap(text, width, subsequent_indent="  ", break_long_words=True, break_on_hyphens=False) or [""]
+
+
+def absorption_table(report, score, width=None):
+    """One image's conservation report as text: per node (in graph order) Σ R arriving at its outputs,
+    Σ R it passes to its inputs, the share of the explained score it absorbed, and NaN/Inf counts."""
+    scale = score if score else 1.0
+    rows = [("node", "op", "rule", "Σ R out", "Σ R in", "absorbed", "NaN/Inf")]
+    for node in report.nodes:
+        rows.append((node.node, node.op, node.rule or "-", f"{node.relevance_out:.4g}", f"{node.relevance_in:.4g}",
+                     f"{node.absorbed / scale:+.2%}", str(node.nonfinite) if node.nonfinite else ""))
+    fixed = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    if width:  # long node names are elided in the middle, long rules cut, so that a row fits
+        fixed = fit_widths(fixed, [[(0, MIN_ELIDED), (2, MIN_ELIDED)]], width)
+    lines = wrapped(f"explained score {score:.6g}; the input keeps {report.input:.6g} ({report.input / scale:.2%}); "
+                    f"absorbed in total {report.absorbed / scale:+.2%}. Per node: Σ R out arrives at its outputs, "
+                    "Σ R in goes on to its inputs, absorbed = (out − in) / score.", width) + [""]
+    for row in rows:
+        shorten = {0: elide, 1: cut, 2: cut}
+        cells = [shorten[i](cell, size).ljust(size) if i in shorten else cell.rjust(size)
+                 for i, (cell, size) in enumerate(zip(row, fixed))]
+        lines.append("  ".join(cells).rstrip())
+    if report.nonfinite:
+        lines.append(f"NaN/Inf in the input's relevance: {report.nonfinite}")
+    return "\n".join(lines)
+

@@ -21,6 +21,7 @@ class NodeReport:
     relevance_out: float
     relevance_in: float
     rule: str = ""
+    nonfinite: int = 0       # NaN/Inf among the relevance the node passed on (eager walk)
 
     @property
     def absorbed(self):
@@ -140,7 +141,8 @@ class ReverseWalk:
                 pending[tensor] = relevance if tensor not in pending else ops.add(pending[tensor], relevance)
             rule = self.rules.get(node.name)
             report.nodes.append(NodeReport(node.name, node.op, ops.total(incoming), ops.total(passed),
-                                           str(rule) if rule is not None and entry.kind == "rule" else ""))
+                                           str(rule) if rule is not None and entry.kind == "rule" else "",
+                                           ops.nonfinite(passed)))
         result = {name: pending.get(name, ops.zeros_like(values[name])) for name in input_names}
         if self.keep_layers:
             layers.update(result)
