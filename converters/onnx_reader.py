@@ -426,9 +426,11 @@ def read_checked(model_or_path, bind, input_size):
     bind = dict(bind or {})
     options = dict(bind=bind, input_size=input_size, opset=opset, folder=folder, initializers=initializers)
     try:
-        return convert(model, source, free_batch=True, **options)
+        graph = convert(model, source, free_batch=True, **options)
     except BatchAxisError as first:
         try:
-            return convert(model, source, free_batch=False, **options)
+            graph = convert(model, source, free_batch=False, **options)
         except BatchAxisError:
             raise GraphError(f"{source}: {first}; the model declares no fixed batch size to fall back on") from None
+    graph.metadata = {prop.key: prop.value for prop in model.metadata_props}
+    return graph

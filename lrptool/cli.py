@@ -6,8 +6,8 @@ import click
 
 from . import __version__
 from .cli_options import (NOTES, build_preprocessing, check_labels, check_target_range, combined_rule_spec,
-                          model_options, open_model, parse_target, preprocessing_options, read_labels, require_runnable,
-                          say_notes)
+                          labels_in_model, model_options, open_model, parse_target, preprocessing_options, read_labels,
+                          require_runnable, say_notes)
 from .cluster import cluster_options
 from .errors import LrpToolError
 
@@ -236,6 +236,8 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     explainer = explainers[0][1]
     check_target_range(fixed_target, top_k, explainer.output_size())
     check_labels(labels, label_names, explainer.output_size())
+    if label_names is None:
+        label_names = labels_in_model(model, graph, explainer.output_size())
     items = walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None)
     if not items:
         raise LrpToolError("no images found in " + ", ".join(inputs))

@@ -139,6 +139,23 @@ def check_labels(labels, names, classes):
                            "per line, in output order")
 
 
+def labels_in_model(model, graph, classes):
+    """The class names the model file stores in its metadata (said once), or None; refused when their
+    count is not the model's output count (--labels FILE overrides them)."""
+    from .model_labels import labels_from_metadata
+
+    names, key, problem = labels_from_metadata(getattr(graph, "metadata", {}))
+    if problem:
+        NOTES.append(problem)
+    if names is None:
+        return None
+    if classes is not None and len(names) != classes:
+        raise LrpToolError(f"{model}: its metadata {key!r} names {len(names)} classes for a model with {classes} "
+                           "outputs; give the right names with --labels FILE")
+    NOTES.append(f"class names from the model's metadata {key!r} ({len(names)} names; --labels overrides them)")
+    return names
+
+
 def require_runnable(graph, source):
     """Before explaining: every weight finite, and one image's tensors within the memory budget."""
     import numpy as np

@@ -89,6 +89,7 @@ class Graph:
         self.nodes = list(nodes)
         self.outputs = list(outputs)
         self.shapes = {}
+        self.metadata = {}      # the model file's key/value metadata (ONNX metadata_props), where it has any
         self._check()
 
     def _check(self):
