@@ -334,10 +334,19 @@ class FolderExplainer:
         except Exception:  # noqa: BLE001 - the note is a courtesy; the explanation stands
             return
         where = f"{worst.node!r} ({worst.op}{', ' + worst.rule if worst.rule else ''})"
+        from .lrp.advice import best_alternative
+
+        target = [int(explanation.targets[index])]
+        try:
+            better = best_alternative(self.explainer, x, target, worst, total / score)
+        except Exception:  # noqa: BLE001 - as above
+            better = None
+        advice = (f"on this image --rules '{better[0]}' keeps {better[1]:.2%}" if better else
+                  f"try a rule without bias there (--rules 'name:{worst.node}=epsilon-nobias') or the γ rule "
+                  "without bias on such layers")
         self.report(f"note: {item.path}: the input keeps {total / score:.2%} of the explained score {score:.4g}; "
                     f"node {where} absorbed the most ({worst.absorbed:.4g}). Biases and stabilisers absorb "
-                    f"relevance: try a rule without bias there (--rules 'name:{worst.node}=epsilon-nobias') or "
-                    "the γ or ε rule on such layers")
+                    f"relevance: {advice}")
 
     @staticmethod
     def finite(explanation, index):

@@ -54,7 +54,8 @@ class Rule:
             t.inputs == "x" and t.weights == "w" and t.bias == "w" for p in self.parts for t in p.terms)
 
     def __str__(self):
-        return f"{self.name}(ε={self.epsilon:g})" if self.name in ("epsilon", "norm") else self.name
+        shows_epsilon = self.name in ("epsilon", "epsilon-nobias", "norm")
+        return f"{self.name}(ε={self.epsilon:g})" if shows_epsilon else self.name
 
     def modified_input(self, x, kind, bounds, ops):
         if kind == "x":
@@ -118,13 +119,14 @@ class Rule:
 
 
 def epsilon_rule(epsilon=1e-6, bias=True):
-    return Rule("epsilon" if epsilon else "zero", (Part((Term("x", "w", "w" if bias else None),)),), epsilon=epsilon)
+    name = ("epsilon" if epsilon else "zero") + ("" if bias else "-nobias")
+    return Rule(name, (Part((Term("x", "w", "w" if bias else None),)),), epsilon=epsilon)
 
 
 def zero_rule(bias=True):
     """LRP-0: the ε rule with a stabiliser that only keeps denominators off zero."""
     rule = epsilon_rule(1e-12, bias)
-    rule.name = "zero"
+    rule.name = "zero" if bias else "zero-nobias"
     return rule
 
 
@@ -156,7 +158,7 @@ def gamma_rule(gamma=0.25, stabiliser=1e-6, bias=True):
     keep_negative = "gamma-" if bias else None
     up = Part((Term("pos", "gamma+", keep), Term("neg", "gamma-", None)), 1.0, "positive")
     down = Part((Term("pos", "gamma-", keep_negative), Term("neg", "gamma+", None)), 1.0, "negative")
-    return Rule(f"gamma{gamma:g}", (up, down), epsilon=stabiliser, gamma=gamma)
+    return Rule(f"gamma{gamma:g}" + ("" if bias else "-nobias"), (up, down), epsilon=stabiliser, gamma=gamma)
 
 
 def zbox_rule(stabiliser=1e-6):
