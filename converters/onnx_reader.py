@@ -24,6 +24,7 @@ from .onnx_patterns import FUSED
 from .onnx_checks import (ATTRIBUTE_KINDS, DAMAGED, attribute_values, check_against_schema, check_structure,
                           default_opset, load_onnx_proto, node_label, read_initializers, refuse, tensor_shape)
 from .onnx_folding import fold_constant_node, shortened
+from .onnx_layout import fold_transposes
 from .onnx_ops import CONVERTERS
 from .reading import reading_at
 
@@ -178,9 +179,9 @@ def graph_inputs(ctx, bind):
         if free and ctx.input_size and len(free) == len(ctx.input_size):
             sizes = iter(ctx.input_size)
             shape = [next(sizes) if i in free else d for i, d in enumerate(shape)]
-        if 0 in shape[1:] or shape[1:2] == [None]:
-            raise GraphError(f"{ctx.source}: input {name!r} has shape {shape}; lrptool needs a fixed channel count "
-                             "and no size 0 (give the sizes with --input-size)")
+        if 0 in shape[1:]:
+            raise GraphError(f"{ctx.source}: input {name!r} has shape {shape} with a size 0; give the sizes with "
+                             "--input-size")
         check_shape(shape, 4, f"{ctx.source}: input {name!r} of shape {shape}")
         if shape and shape[0] not in (None, 0):
             ctx.declared_batch = shape[0]
@@ -211,6 +212,7 @@ def convert(model, source, free_batch, bind, input_size=None, opset=1, folder=No
     if unsupported:
         raise UnsupportedModelError(source, unsupported)
     outputs = finish_outputs(ctx, [o.name for o in model.graph.output if o.name not in ctx.dropped_outputs])
+    ctx.nodes = fold_transposes(ctx.nodes, outputs, ctx.node_names, ctx.shapes)
     return ctx.finish(outputs, name=model.graph.name or os.path.basename(str(source)))
 
 

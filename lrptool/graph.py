@@ -1,7 +1,8 @@
 """The lrptool graph IR.
 
 A ``Graph`` holds named inputs (with shapes, first entry ``None`` when the batch size is
-free; a ``None`` after the channel axis is a free spatial size, which ``at_sizes`` fixes), nodes in topological order and named outputs. Every node is an operator from the
+free; a later ``None`` is a free size, e.g. a fully convolutional model's height and width, which
+``at_sizes`` fixes), nodes in topological order and named outputs. Every node is an operator from the
 closed set in ``lrptool.ops`` with that operator's fixed attribute schema; parameter arrays
 (weights, biases, constants) belong to the nodes of the graph. Building a graph checks it:
 unknown operators or attributes, tensors used before they are made, and shapes that do not
@@ -95,8 +96,7 @@ class Graph:
     def _check(self):
         shapes = dict(self.inputs)
         for input_name, shape in self.inputs.items():
-            if any(d is not None and (not isinstance(d, (int, np.integer)) or d < 0) for d in shape) \
-                    or None in shape[1:2]:
+            if any(d is not None and (not isinstance(d, (int, np.integer)) or d < 0) for d in shape):
                 raise GraphError(f"input {input_name!r}: bad shape {shape}")
         seen = set()
         for node in self.nodes:
@@ -126,8 +126,8 @@ class Graph:
         return sum(node.parameter_count() for node in self.nodes)
 
     def free_sizes(self):
-        """Whether some input leaves a size after the channel axis free (a fully convolutional model)."""
-        return any(None in shape[2:] for shape in self.inputs.values())
+        """Whether some input leaves a size besides the batch free (a fully convolutional model)."""
+        return any(None in shape[1:] for shape in self.inputs.values())
 
     def at_sizes(self, sizes):
         """This graph with its free spatial sizes fixed: ``sizes`` maps an input name to one sample's

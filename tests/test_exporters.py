@@ -7,8 +7,10 @@ from the other exporter.
   input, ``CastLike``/``Expand`` zero biases, the batch size from ``Shape``) and optimised at opset 21;
   and the legacy file with its batch declared ``dim_value: -1`` (PaddlePaddle's habit).
   Reference for LRP: the legacy export, explained eagerly in float64.
-* tf2onnx from Keras models (tests/exporter_models/make_tf2onnx_exports.py, NHWC graphs): reference
-  for LRP: the Keras ``.h5`` the ONNX file was made from, read by lrptool's Keras reader.
+* tf2onnx from Keras models (tests/exporter_models/make_tf2onnx_exports.py, NHWC graphs, as tf2onnx
+  writes them and with its optimisers off: a Transpose pair around every layer, which the reader folds).
+  References: Keras' own predict for the outputs; for LRP, the Keras ``.h5`` the ONNX file was made
+  from, read by lrptool's Keras reader.
 """
 
 import pathlib
@@ -128,3 +130,56 @@ def test_the_installed_dynamo_exporter_output_loads_and_matches_onnxruntime():
         expected = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(onnxruntime_outputs(proto, x), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(run_graph(graph, x)["y"], onnxruntime_outputs(proto, x), rtol=1e-5, atol=1e-5)
+
+
+KERAS_MODELS = ["keras_cnn", "keras_residual", "keras_fcn"]
+TF2ONNX_VARIANTS = ["tf2onnx", "tf2onnx-raw"]
+
+
+@pytest.fixture(scope="module")
+def keras_references():
+    """Each Keras model read from its .h5 by lrptool's Keras reader (NCHW input) and explained in float64."""
+    references = {}
+    for name in KERAS_MODELS:
+        x = np.load(MODELS / f"{name}.input.npy")
+        graph = load_model(MODELS / f"{name}.h5", input_size=x.shape[1:3] if name == "keras_fcn" else None)
+        references[name] = {preset: eager_lrp(graph, x.transpose(0, 3, 1, 2), preset) for preset in PRESETS}
+    return references
+
+
+@pytest.mark.parametrize("variant", TF2ONNX_VARIANTS)
+@pytest.mark.parametrize("name", KERAS_MODELS)
+def test_tf2onnx_export_loads_matches_keras_and_explains_as_the_h5(name, variant, keras_references):
+    model = onnx.load(str(MODELS / f"{name}.{variant}.onnx"))
+    graph = read_onnx(model)
+    x, keras_output = np.load(MODELS / f"{name}.input.npy"), np.load(MODELS / f"{name}.output.npy")
+    output = run_graph(graph, x)[graph.outputs[0]]
+    np.testing.assert_allclose(output, onnxruntime_outputs(model, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(output, keras_output, rtol=1e-5, atol=1e-5)
+    # the layout Transposes around every layer are folded: one at the input, one before the flatten or mean
+    assert sum(node.op == "Transpose" for node in graph.nodes) <= 2
+    if variant == "tf2onnx-raw":
+        assert sum(node.op_type == "Transpose" for node in model.graph.node) >= 8
+    for preset in PRESETS:
+        got = eager_lrp(graph, x, preset)
+        reference = keras_references[name][preset]
+        np.testing.assert_array_equal(got.targets, reference.targets)
+        np.testing.assert_allclose(got.relevance.transpose(0, 3, 1, 2), reference.relevance, rtol=1e-5,
+                                   atol=1e-7 * np.abs(reference.relevance).max())
+
+
+def test_a_fully_convolutional_tf2onnx_export_keeps_its_free_sizes():
+    """The Keras model takes any height and width, and so does its tf2onnx export read by lrptool."""
+    model = onnx.load(str(MODELS / "keras_fcn.tf2onnx-raw.onnx"))
+    graph = read_onnx(model)
+    assert next(iter(graph.inputs.values())) == (None, None, None, 3)
+    explainer = Explainer(graph, "epsilon-plus-flat", quiet=True)
+    for size in [(10, 14), (17, 9)]:
+        x = inputs_for(size + (3,), seed=sum(size))
+        np.testing.assert_allclose(run_graph(graph, x)[graph.outputs[0]], onnxruntime_outputs(model, x),
+                                   rtol=1e-5, atol=1e-6)
+        keras = load_model(MODELS / "keras_fcn.h5", input_size=size)
+        reference = Explainer(keras, "epsilon-plus-flat", compiled=False, quiet=True).explain(x.transpose(0, 3, 1, 2))
+        got = explainer.explain(x)
+        np.testing.assert_allclose(got.relevance.transpose(0, 3, 1, 2), reference.relevance, rtol=1e-3,
+                                   atol=1e-4 * np.abs(reference.relevance).max())
