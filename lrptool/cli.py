@@ -485,7 +485,10 @@ def method_list(method, rule_spec):
     from .lrp import METHODS
 
     names = [name.strip() for name in (method or "").split(",")]
-    if method and len(names) > 1 and all(name in METHODS for name in names):
+    if method and len(names) > 1 and not any("=" in name for name in names):
+        unknown = [name for name in names if name not in METHODS]
+        if unknown:
+            raise LrpToolError(f"--preset {method!r}: unknown {', '.join(map(repr, unknown))}; see `lrptool methods`")
         if rule_spec:
             raise LrpToolError("--rules applies to one method; give one --preset with it, or several presets alone")
         if len(set(names)) != len(names):

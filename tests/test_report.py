@@ -219,3 +219,12 @@ def test_the_page_is_rewritten_whole_as_the_run_goes(tmp_path, monkeypatch):
     assert "run in progress — 1 image(s) so far" in pages[0][2]
     assert pages[-1][2] == (tmp_path / "out" / "index.html").read_text()
     assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".lrptool-part-")]
+
+
+def test_several_presets_are_checked_before_anything_runs(tmp_path):
+    model = bias_free_mnist(tmp_path / "m.onnx")
+    for preset, words in (("epsilon,foo", "unknown 'foo'"), ("zero,zero", "named twice")):
+        result = run("explain", model, tmp_path, "-o", tmp_path / "out", "--preset", preset)
+        assert result.returncode == 2 and words in result.stderr and len(result.stderr.splitlines()) == 1
+    result = run("explain", model, tmp_path, "-o", tmp_path / "out", "--preset", "zero,gradient", "--rules", "zero")
+    assert result.returncode == 2 and "--rules applies to one method" in result.stderr
