@@ -199,7 +199,7 @@ INDEX = """<!DOCTYPE html>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
 h1 {{ font-size: 1.4em; }} .muted {{ color: #666; font-size: .9em; }}
 ul {{ list-style: none; padding: 0; }} li {{ margin: 0 0 1.5em; }}
-li img {{ max-height: 180px; margin-top: .3em; border: 1px solid #ddd; }}
+li img {{ height: 160px; width: auto; margin-top: .3em; border: 1px solid #ddd; }}
 </style></head>
 <body><h1>{title}</h1>
 <ul>
