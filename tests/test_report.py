@@ -16,17 +16,22 @@ from test_explain_cli import bias_free_mnist, json_lines, run
 PICTURES = 5
 
 
+def noise_pictures(folder, count, seed, sizes=((28, 28),)):
+    """``count`` grey noise pictures d0.png, d1.png, … in ``folder`` (created), sizes (w, h) in turn."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        width, height = sizes[index % len(sizes)]
+        Image.fromarray((rng.random((height, width)) * 255).astype(np.uint8), "L").save(folder / f"d{index}.png")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def explained(tmp_path_factory):
     """Five pictures explained with two methods, top-2 classes, every picture format and the page."""
     root = tmp_path_factory.mktemp("report")
     model = bias_free_mnist(root / "mnist.onnx")
-    images = root / "images"
-    images.mkdir()
-    rng = np.random.default_rng(5)
-    for index in range(PICTURES):
-        size = (28, 28) if index % 2 else (40, 30)
-        Image.fromarray((rng.random(size[::-1]) * 255).astype(np.uint8), "L").save(images / f"p{index}.png")
+    images = noise_pictures(root / "images", PICTURES, 5, sizes=((40, 30), (28, 28)))
     labels = root / "labels.txt"
     labels.write_text("".join(f"digit {i}\n" for i in range(10)))
     out = root / "out"
@@ -55,11 +60,11 @@ def test_several_methods_and_classes_give_one_column_each(explained):
 def test_grid_columns_titles_and_size(explained):
     root, out, records = explained
     for index in range(PICTURES):
-        grid_path = out / f"p{index}.png.grid.png"
-        with Image.open(grid_path) as grid, Image.open(root / "images" / f"p{index}.png") as picture:
+        grid_path = out / f"d{index}.png.grid.png"
+        with Image.open(grid_path) as grid, Image.open(root / "images" / f"d{index}.png") as picture:
             titles = json.loads(grid.text["lrptool-columns"])
             assert len(titles) == 5 and titles[0] == "input"
-            mine = {(r["method"], r["rank"]): r for r in records if r["path"].endswith(f"p{index}.png")}
+            mine = {(r["method"], r["rank"]): r for r in records if r["path"].endswith(f"d{index}.png")}
             for title, (method, rank) in zip(titles[1:], [("zero", 1), ("zero", 2), ("gradient", 1), ("gradient", 2)]):
                 assert title.split("\n")[0] == method
                 assert title.split("\n")[1].startswith(f"#{rank} digit {mine[method, rank]['target']} ")
@@ -84,7 +89,7 @@ def test_report_command_rebuilds_the_page(explained, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out / "index.html")
     page = (out / "index.html").read_text()
-    assert page.count('"name": "p') == PICTURES
+    assert page.count('"name": "d') == PICTURES
     result = run("report", tmp_path)
     assert result.returncode == 2 and "no .lrptool-manifest.jsonl" in result.stderr
 
@@ -144,11 +149,7 @@ def test_long_tables_come_in_pages(tmp_path):
 
 def test_evaluate_report_renders_with_its_sequences(tmp_path):
     model = bias_free_mnist(tmp_path / "mnist.onnx")
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(2)
-    for index in range(4):
-        Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8), "L").save(images / f"d{index}.png")
+    images = noise_pictures(tmp_path / "images", 4, 2)
     out = tmp_path / "evaluation"
     result = run("evaluate", model, images, "-o", out, "--methods", "zero,gradient", "--steps", "8", "--patch", "7")
     assert result.returncode == 0, result.stderr
@@ -181,7 +182,7 @@ def test_report_links_the_runs_of_a_folder(explained):
     page = (root / "index.html").read_text()
     assert result.stdout.strip() == str(root / "index.html")
     assert '<a href="out/index.html">out</a>' in page and f"{PICTURES} image(s)" in page
-    assert 'src="out/p0.png.grid.png"' in page
+    assert 'src="out/d0.png.grid.png"' in page
 
 
 def test_the_page_is_rewritten_whole_as_the_run_goes(tmp_path, monkeypatch):
@@ -194,11 +195,7 @@ def test_the_page_is_rewritten_whole_as_the_run_goes(tmp_path, monkeypatch):
     from lrptool.lrp import Explainer
 
     model = bias_free_mnist(tmp_path / "m.onnx")
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(9)
-    for index in range(5):
-        Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8), "L").save(images / f"d{index}.png")
+    images = noise_pictures(tmp_path / "images", 5, 9)
     pages = []
     written = report.write_page
 
