@@ -80,3 +80,20 @@ def test_matches_innvestigate_on_whole_models(models, model, analyzer):
     result = compiled.explain(x.astype(np.float32), target=exact.targets)
     error = relative_error(result.relevance, exact.relevance)
     assert error <= 1e-5, f"compiled float32 against eager float64: relative L2 error {error:.2e}"
+
+
+@pytest.mark.parametrize("method", ["deep-taylor", "deep-taylor-bounded"])
+def test_deep_taylor_explains_a_negative_score_as_zero(models, method):
+    """iNNvestigate's Deep Taylor puts a ReLU on the output: a negative logit has nothing to explain."""
+    graph, x = models["cnn"]
+    logits = np.load(os.path.join(HERE, "cnn.logits.npy"))
+    target = np.argmin(logits, axis=1)
+    assert np.all(logits[np.arange(len(x)), target] < 0)
+    options = {"bounds": (-1.0, 1.0)}
+    for compiled, dtype in ((False, np.float64), (True, np.float32)):
+        result = Explainer(graph, method, dtype=dtype, compiled=compiled, quiet=True, **options).explain(
+            x.astype(dtype), target=target)
+        assert np.all(result.relevance == 0)
+    published = Explainer(graph, "deep-taylor-published", dtype=np.float64, quiet=True).explain(x, target=target)
+    totals = published.relevance.reshape(len(x), -1).sum(axis=1)
+    assert np.all(totals <= 0) and np.any(totals < 0)  # the published form explains the score with its sign

@@ -13,7 +13,7 @@ from ..errors import LrpToolError
 from .canonize import canonize
 from .engine import Conservation, NodeReport, ReverseWalk, make_walk
 from .reverse import RULE_OPERATORS
-from .presets import PRESET_NAMES, assign_rules, rule_map_from_spec
+from .presets import PRESET_NAMES, assign_rules, default_start, rule_map_from_spec
 
 GRADIENT_METHODS = ("gradient", "sensitivity", "gradient-x-input", "smoothgrad", "integrated-gradients",
                     "guided-backprop", "deconvnet", "random")
@@ -59,7 +59,7 @@ class Explainer:
 
     ``method``: a preset name (``epsilon-plus-flat``, …), a rule map (see ``presets``), or one of
     the gradient baselines. ``bounds=(low, high)``: the input's value range for zᴮ rules (scalars or
-    per-channel arrays broadcastable to one input). ``start``: ``"value"`` (the explained output's
+    per-channel arrays broadcastable to one input). ``start``: ``"positive"`` (max(value, 0): iNNvestigate's Deep Taylor), ``"value"`` (the explained output's
     value; the default for LRP) or ``"one"`` (the default for the gradient methods).
     ``forward_backend``: ``"auto"`` (onnxruntime in float32, lrptool's executor otherwise),
     ``"onnxruntime"`` or ``"lrptool"``. ``primitives``: ``"onnxruntime"`` runs the convolutions of
@@ -178,8 +178,9 @@ class Explainer:
         flat = outputs.reshape(outputs.shape[0], -1)
         seed = np.zeros_like(flat)
         rows = np.arange(flat.shape[0])
-        start = self.start or ("one" if self.method in GRADIENT_METHODS else "value")
-        seed[rows, targets] = flat[rows, targets] if start == "value" else 1.0
+        start = self.start or default_start(self.method, self.method in GRADIENT_METHODS)
+        values = flat[rows, targets]
+        seed[rows, targets] = {"value": values, "positive": np.maximum(values, 0)}.get(start, 1.0)
         return seed.reshape(outputs.shape)
 
     def requested_targets(self, target, batch):

@@ -18,7 +18,7 @@ from ..errors import LrpToolError
 from .canonize import canonize
 from .engine import ReverseWalk
 from .onnx_ops import Emitter, OnnxOps, Sym
-from .presets import assign_rules, rule_map_from_spec
+from .presets import assign_rules, default_start, rule_map_from_spec
 from .reverse import reverse_of
 
 #: Gradient methods with a compiled form; SmoothGrad and integrated gradients run the compiled
@@ -103,8 +103,9 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     chosen = emit.node("Where", [emit.node("Less", ["target", emit.ints([0])]), predicted, "target"])
     chosen = emit.node("Add", [chosen, emit.node("Mul", [predicted, emit.ints([0])])])  # one entry per sample
     one_hot = emit.node("OneHot", [chosen, emit.ints([classes]), emit.constant(np.array([0.0, 1.0]))], {"axis": -1})
-    start = start or ("one" if gradient else "value")
-    seed = one_hot if start == "one" else emit.node("Mul", [one_hot, flat])
+    start = start or default_start(method, gradient)
+    explained = emit.node("Relu", [flat]) if start == "positive" else flat
+    seed = one_hot if start == "one" else emit.node("Mul", [one_hot, explained])
     seed = Sym(emit.node("Reshape", [seed, emit.node("Shape", [output])]), out_shape)
 
     result, report = walk.run(values, {output: seed})

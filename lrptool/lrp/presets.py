@@ -75,6 +75,18 @@ def published_deep_taylor(stabiliser):
     }
 
 
+#: iNNvestigate's Deep Taylor puts a ReLU on the output: a negative score is explained as 0
+POSITIVE_OUTPUT = ("deep-taylor", "deep-taylor-bounded")
+
+
+def default_start(method, gradient):
+    """Where the walk starts when no ``start`` is given: 1 for the gradient methods, the explained value
+    for LRP, max(value, 0) for iNNvestigate's Deep Taylor."""
+    if gradient:
+        return "one"
+    return "positive" if method in POSITIVE_OUTPUT else "value"
+
+
 def make_preset(name, epsilon=1e-6, stabiliser=1e-6, gamma=0.25):
     eps = R.epsilon_rule(epsilon)
     presets = {
