@@ -272,7 +272,7 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
     try:
         graph = open_model(model, **settings)
     except LrpToolError as error:
-        if "free size" in str(error) and not max_len:
+        if "--input-size" in str(error) and not max_len:
             raise LrpToolError(f"{error}; for a text model give --max-len") from None
         raise
     name, length, bag = token_input(graph)

@@ -535,3 +535,19 @@ def test_the_word_page_renders_in_headless_chromium(tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
     red = (pixels[:, 0] == 255) & (pixels[:, 1] == 0) & (pixels[:, 2] == 0)
     assert red.sum() > 50                # the most positive word's background, as drawn
+
+
+def test_a_model_that_leaves_the_length_free_takes_it_from_max_len(tmp_path):
+    model = onnx_text_cnn(vocab=256)
+    length = model.graph.input[0].type.tensor_type.shape.dim[1]
+    length.ClearField("dim_value")
+    length.dim_param = "T"
+    path = tmp_path / "free.onnx"
+    onnx.save(model, str(path))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello world\n")
+    refused = run("explain-text", path, texts, "-o", tmp_path / "out")
+    assert refused.returncode == 2 and b"give --max-len" in refused.stderr
+    done = run("explain-text", path, texts, "-o", tmp_path / "out", "--max-len", "20")
+    assert done.returncode == 0, done.stderr
+    assert b"20 positions" in done.stderr
