@@ -161,9 +161,9 @@ def test_unroutable_structures_are_refused_naming_the_node():
     graph = Graph({"x": (None, 4)}, nodes, ["y"])
     with pytest.raises(LrpToolError, match="'product' \\(Mul\\)"):
         Explainer(graph, "epsilon", quiet=True)
-    inner = Graph({"x": (None, 4)}, [Node("soft", "Softmax", ["x"], ["s"], {"axes": (1,)}),
+    inner = Graph({"x": (None, 4)}, [Node("soft", "LogSoftmax", ["x"], ["s"], {"axes": (1,)}),
                                      Node("d", "Dense", ["s"], ["y"], {}, {"weight": np.ones((2, 4))})], ["y"])
-    with pytest.raises(LrpToolError, match="'soft' \\(Softmax\\)"):
+    with pytest.raises(LrpToolError, match="'soft' \\(LogSoftmax\\)"):
         Explainer(inner, "epsilon", quiet=True)
     # the gradient methods have a derivative for both
     assert Explainer(graph, "gradient", quiet=True).explain(np.ones((1, 4))).relevance.shape == (1, 4)
