@@ -578,6 +578,13 @@ def rename_tensors(nodes, current, graph_inputs, outputs):
 def read_mean_file(path):
     """Per-channel means from a Caffe ``.binaryproto`` mean file (a BlobProto, usually C×H×W):
     the pixel means averaged over the image, in the file's channel order (BGR for Caffe models)."""
+    image = read_mean_image(path)
+    return [float(v) for v in image.reshape(len(image), -1).mean(axis=1)]
+
+
+def read_mean_image(path):
+    """The mean image of a Caffe ``.binaryproto`` mean file as (C, H, W) float64, in the file's channel
+    order (BGR for Caffe models); a blob of one value per channel comes back as (C, 1, 1)."""
     path = str(path)
     # Called by the command line outside ``load_model``: this guard is the mean file's own.
     with reading_file(path):
@@ -604,4 +611,7 @@ def _read_mean_file(path):
                              "or --mean")
     # Caffe's mean files are (1, C, H, W) or (C, H, W); smaller blobs hold one value per channel.
     values = values.reshape((-1,) + values.shape[-2:]) if values.ndim >= 3 else values.reshape(-1, 1, 1)
-    return [float(v) for v in values.reshape(values.shape[0], -1).astype(np.float64).mean(axis=1)]
+    values = values.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ModelFileError(f"{path}: the mean file holds NaN or infinite values")
+    return values

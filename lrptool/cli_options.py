@@ -234,7 +234,8 @@ def preprocessing_options(function):
     """The preprocessing flags that explain and evaluate share."""
     options = [
         click.option("--preprocess", "preprocess_preset", help="Preprocessing preset: imagenet, imagenet-bgr, tf "
-                     "(= inception, x/127.5 - 1), caffe, mnist, raw."),
+                     "(= inception, x/127.5 - 1), caffe (BVLC: shorter side 256, centre crop, BGR - 104/117/123), "
+                     "keras-caffe (resized whole, BGR - 103.939/116.779/123.68), mnist, raw."),
         click.option("--config", type=click.Path(dir_okay=False),
                      help="Preprocessing JSON (default: MODEL.json next to the model, if present)."),
         click.option("--size", help="Input size HxW (default: from the model)."),
@@ -244,7 +245,8 @@ def preprocessing_options(function):
         click.option("--mean", help="Per-channel mean, comma-separated."),
         click.option("--std", help="Per-channel std, comma-separated."),
         click.option("--mean-file", type=click.Path(dir_okay=False),
-                     help="Caffe .binaryproto mean file (its per-channel means replace --mean)."),
+                     help="Caffe .binaryproto mean image, cropped at the centre to the input as Caffe does "
+                     "(replaces --mean)."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -276,20 +278,14 @@ def build_preprocessing(model, graph, preprocess_preset, config, size, resize, c
         if problem:
             raise LrpToolError(f"{given}: {problem}; give the {option} file")
     input_shape = next(iter(graph.inputs.values()))
+    mean_image = None
     if mean_file:
-        from converters.caffe_reader import read_mean_file
-        from converters.reading import reading_file
+        from converters.caffe_reader import read_mean_image
 
-        with reading_file(mean_file):
-            values = [float(v) for v in read_mean_file(mean_file)]
-        if not all(math.isfinite(v) for v in values):
-            raise LrpToolError(f"{mean_file}: the mean file holds NaN or infinite values")
-        taken = input_shape[1] if len(input_shape) > 1 else None
-        if taken is not None and len(values) not in (1, taken):
-            raise LrpToolError(f"{mean_file}: the mean file has {len(values)} channels but the model takes {taken}")
-        mean = ",".join(repr(v) for v in values)
+        mean_image = read_mean_image(mean_file)
     if config is None:
         config = preprocessing_file_beside(model)
     return preprocessing_for(input_shape, preprocess_preset, config, size=parse_size(size), resize=resize,
                              channels=channels, scale=scale, mean=parse_floats(mean, "--mean"),
-                             std=parse_floats(std, "--std", positive=True), native=native_size or None)
+                             std=parse_floats(std, "--std", positive=True), native=native_size or None,
+                             mean_image=mean_image, mean_file=mean_file)

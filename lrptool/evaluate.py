@@ -59,8 +59,9 @@ def replacement_values(x, kind, bounds, patch, rng):
     """What perturbed pixels become, per image: same shape as ``x``."""
     if kind == "uniform":
         low, high = bounds
-        low = np.broadcast_to(np.asarray(low, dtype=np.float64), x.shape[1:2] + (1, 1))
-        high = np.broadcast_to(np.asarray(high, dtype=np.float64), x.shape[1:2] + (1, 1))
+        # per channel (C, 1, 1) or per pixel (C, H, W: a Caffe mean image)
+        low = np.broadcast_to(np.asarray(low, dtype=np.float64), x.shape[1:])
+        high = np.broadcast_to(np.asarray(high, dtype=np.float64), x.shape[1:])
         return (low + (high - low) * rng.random(x.shape)).astype(x.dtype)
     if kind == "mean":
         return np.broadcast_to(x.mean(axis=(2, 3), keepdims=True), x.shape).astype(x.dtype)

@@ -33,6 +33,8 @@ class Preprocessing:
     mean: list = field(default_factory=lambda: [0.0])
     std: list = field(default_factory=lambda: [1.0])
     native: bool = False               # each picture at its own size (models with a free input size)
+    mean_file: str = None              # a Caffe mean image (.binaryproto) replaces ``mean``; said in describe()
+    mean_image: object = field(default=None, repr=False, compare=False)   # its (C, H, W) or (C, 1, 1) values
 
     def channel_count(self):
         return 1 if self.channels == "gray" else 3
@@ -43,17 +45,26 @@ class Preprocessing:
             raise LrpToolError(f"preprocessing: {values.size} values given for {self.channel_count()} channels")
         return np.broadcast_to(values, (self.channel_count(),)).reshape(-1, 1, 1)
 
+    def mean_values(self):
+        """What is subtracted: the (cropped) mean image, or the per-channel means as (C, 1, 1)."""
+        return self.mean_image if self.mean_image is not None else self.per_channel(self.mean)
+
     def bounds(self):
-        """The lowest and highest input values (per channel): pixels 0 and 255, preprocessed."""
-        mean, std = self.per_channel(self.mean), self.per_channel(self.std)
+        """The lowest and highest input values (per channel, or per pixel with a mean image): pixels 0
+        and 255, preprocessed."""
+        mean, std = self.mean_values(), self.per_channel(self.std)
         with np.errstate(over="ignore"):  # an overflow is refused by preprocessing_for
             return (0.0 - mean) / std, (255.0 * self.scale - mean) / std
 
     def describe(self):
         """The settings as JSON-ready values (for the run's JSON lines)."""
-        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "mean_image"}
         if not self.native:
             del settings["native"]  # said only where it is in effect
+        if self.mean_file is None:
+            del settings["mean_file"]
+        else:
+            del settings["mean"]
         return settings
 
     def summary(self):
@@ -64,14 +75,20 @@ class Preprocessing:
         height, width = self.size
         crop = f"shorter side {self.shorter or round(min(height, width) * 256 / 224)}, centre crop" \
             if self.resize == "shorter-crop" else "resized"
-        return (f"{crop} to {height}x{width}, {self.channels}, x = (pixel · {self.scale:g} − {self.mean}) / "
-                f"{self.std}")
+        mean = f"the mean image of {self.mean_file}" if self.mean_file else self.mean
+        return f"{crop} to {height}x{width}, {self.channels}, x = (pixel · {self.scale:g} − {mean}) / {self.std}"
 
 
 PRESETS = {
     "imagenet": Preprocessing(size=(224, 224), resize="shorter-crop", shorter=256, channels="rgb", scale=1 / 255,
                               mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    "caffe": Preprocessing(resize="resize", channels="bgr", scale=1.0, mean=[103.939, 116.779, 123.68], std=[1.0]),
+    # BVLC Caffe (its ImageNet models and examples): shorter side 256, centre crop, BGR, 0–255 minus the
+    # ImageNet mean 104/117/123 — or a mean image from --mean-file, cropped at the same place
+    "caffe": Preprocessing(resize="shorter-crop", shorter=256, channels="bgr", scale=1.0, mean=[104.0, 117.0, 123.0],
+                           std=[1.0]),
+    # Keras applications' "caffe" mode (VGG16, ResNet50): the picture resized whole, BGR, minus 103.939/116.779/123.68
+    "keras-caffe": Preprocessing(resize="resize", channels="bgr", scale=1.0, mean=[103.939, 116.779, 123.68],
+                                 std=[1.0]),
     # ImageNet statistics in the BGR channel order (PaddlePaddle's image models)
     "imagenet-bgr": Preprocessing(size=(224, 224), resize="shorter-crop", shorter=256, channels="bgr", scale=1 / 255,
                                   mean=[0.406, 0.456, 0.485], std=[0.225, 0.224, 0.229]),
@@ -118,12 +135,37 @@ def preprocessing_for(model_shape, preset=None, config=None, **overrides):
         raise LrpToolError(f"the model takes {height}x{width} inputs but the preprocessing makes "
                            f"{base.size[0]}x{base.size[1]}")
     base.per_channel(base.mean), base.per_channel(base.std)
+    if base.mean_image is not None:
+        base = with_mean_image(base, channels)
     low, high = base.bounds()
     limit = float(np.finfo(np.float32).max)
     if not (np.all(np.abs(low) < limit) and np.all(np.abs(high) < limit)):
         raise LrpToolError(f"the preprocessing (scale {base.scale:g}, mean {base.mean}, std {base.std}) maps pixels "
                            "beyond the range of float32; check --scale, --mean and --std")
     return base
+
+
+def with_mean_image(base, channels):
+    """The preprocessing with its mean image cut to the input as Caffe's data transformer does: a
+    per-channel blob (1×1) as it is; a larger image at the centre crop's offsets, ((h − H)/2, (w − W)/2)."""
+    source = base.mean_file or "the mean image"
+    mean = np.asarray(base.mean_image, dtype=np.float64)
+    if mean.ndim != 3:
+        raise LrpToolError(f"{source}: the mean image has shape {mean.shape}; give a (C, H, W) blob")
+    if mean.shape[0] not in (1, channels):
+        raise LrpToolError(f"{source}: the mean file has {mean.shape[0]} channels but the model takes {channels}")
+    if not np.all(np.isfinite(mean)):
+        raise LrpToolError(f"{source}: the mean file holds NaN or infinite values")
+    if mean.shape[1:] != (1, 1):
+        if base.native:
+            raise LrpToolError(f"{source}: a mean image needs one input size; with --native-size give --mean")
+        height, width = base.size
+        if mean.shape[1] < height or mean.shape[2] < width:
+            raise LrpToolError(f"{source}: the mean image is {mean.shape[1]}x{mean.shape[2]}, smaller than the "
+                               f"{height}x{width} input; give the mean file saved with the model, or --mean")
+        top, left = (mean.shape[1] - height) // 2, (mean.shape[2] - width) // 2
+        mean = mean[:, top:top + height, left:left + width]
+    return replace(base, mean_image=np.ascontiguousarray(np.broadcast_to(mean, (channels,) + mean.shape[1:])))
 
 
 def apply_config(base, config):
@@ -144,7 +186,7 @@ def apply_config(base, config):
         if not isinstance(name, str) or name not in PRESETS:
             raise LrpToolError(f"{source}: unknown preprocessing preset {name!r}; presets: {', '.join(PRESETS)}")
         base = replace(PRESETS[name])
-    known = set(Preprocessing.__dataclass_fields__)
+    known = set(Preprocessing.__dataclass_fields__) - {"mean_file", "mean_image"}   # mean files: --mean-file
     unknown = set(config) - known
     if unknown:
         raise LrpToolError(f"{source}: unknown preprocessing setting(s) {sorted(unknown)}; settings: {sorted(known)}")
@@ -307,7 +349,7 @@ def to_tensor(picture, preprocessing):
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     if preprocessing.channels == "bgr":
         pixels = pixels[::-1]
-    mean, std = preprocessing.per_channel(preprocessing.mean), preprocessing.per_channel(preprocessing.std)
+    mean, std = preprocessing.mean_values(), preprocessing.per_channel(preprocessing.std)
     return ((pixels * preprocessing.scale - mean) / std).astype(np.float32)
 
 

@@ -99,8 +99,8 @@ def test_prototxt_without_weights_is_inspected_and_explained_with_random_weights
     mean_file = tmp_path / "mean.binaryproto"
     from converters.caffe_proto import BlobProto
     blob = BlobProto()
-    blob.shape.dim.extend([1, 3, 2, 2])
-    blob.data.extend([100.0] * 4 + [110.0] * 4 + [120.0] * 4)
+    blob.shape.dim.extend([1, 3, 36, 36])        # a mean image a little larger than the 32x32 input, as Caffe's
+    blob.data.extend([100.0] * 1296 + [110.0] * 1296 + [120.0] * 1296)
     mean_file.write_bytes(blob.SerializeToString())
     result = lrptool("explain", prototxt, "--random-weights", images, "-o", tmp_path / "out", "--format", "npy",
                      "--preprocess", "caffe", "--mean-file", mean_file, "--rules", "first=flat,linear=epsilon-nobias:1e-9")

@@ -31,11 +31,11 @@ def test_imagenet_preset_resizes_the_shorter_side_crops_and_normalises(tmp_path)
     np.testing.assert_allclose(high.reshape(-1), (1 - mean) / std)
 
 
-def test_caffe_preset_is_bgr_with_mean_and_takes_the_size_from_the_model(tmp_path):
+def test_keras_caffe_preset_is_bgr_with_keras_mean_and_takes_the_size_from_the_model(tmp_path):
     pixels = np.zeros((8, 8, 3), np.uint8)
     pixels[..., 0], pixels[..., 1], pixels[..., 2] = 10, 20, 30
     Image.fromarray(pixels).save(tmp_path / "flat.png")
-    pre = preprocessing_for((None, 3, 4, 4), "caffe")
+    pre = preprocessing_for((None, 3, 4, 4), "keras-caffe")
     x = to_tensor(load_picture(tmp_path / "flat.png", pre), pre)
     assert x.shape == (3, 4, 4)
     np.testing.assert_allclose(x[:, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
