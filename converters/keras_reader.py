@@ -382,6 +382,7 @@ def read_keras(path, model_config=None, input_shapes=None, keras1_backend=None, 
         if version is None and model_config is not None:
             version = major_version(config.get("keras_version"))
         ctx = Context(path, version or keras_major_version(h5, handle), keras1_backend)
+        ctx.masking = keras_recurrent.masking_layer(config)
         outputs = ModelBuilder(ctx, path, input_shapes, input_size).build(config, weights)
     if ctx.unsupported:
         raise UnsupportedModelError(path, ctx.unsupported)

@@ -43,6 +43,30 @@ def from_cudnn(kernel, gates, recurrent=False):
     return np.hstack([block.T.reshape(block.shape, order="F") for block in blocks])
 
 
+def masking_layer(config):
+    """The name of the first layer that makes a mask (Masking, Embedding with mask_zero), or None."""
+    from .keras_schema import layer_name, layer_specs
+
+    for spec in layer_specs(config):
+        cfg = spec.get("config") or {}
+        if spec.get("class_name") == "Masking" or (isinstance(cfg, dict) and cfg.get("mask_zero")):
+            return layer_name(spec)
+        if isinstance(cfg, dict) and cfg.get("layers"):
+            inner = masking_layer(spec)
+            if inner:
+                return inner
+    return None
+
+
+def check_masking(ctx):
+    """Keras skips masked steps in a recurrent layer (the state is carried over them); lrptool's
+    recurrent operators do not, so such a model would compute something else: refused."""
+    masked = getattr(ctx, "masking", None)
+    if masked:
+        raise Unsupported(f"a mask from layer {masked!r} (mask_zero or Masking): Keras skips masked steps here, "
+                          "lrptool's recurrent layers do not; save the model without masking to read it")
+
+
 def check_cell_settings(class_name, cfg):
     for key, why in (("stateful", "stateful layers keep state between calls"),
                      ("return_state", "the states as extra outputs"), ("time_major", "time-major inputs")):
@@ -123,6 +147,7 @@ def sequence_output(ctx, lname, y, steps, width, reverse_time=False):
 def recurrent(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     class_name = ctx.class_name
+    check_masking(ctx)
     check_cell_settings(class_name, cfg)
     shape = ctx.shape(x)
     if len(shape) != 3:
@@ -140,6 +165,7 @@ def recurrent(ctx, lname, cfg, inputs, weights):
 @layer("Bidirectional", keras_order=True)
 def bidirectional(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
+    check_masking(ctx)
     inner = cfg.get("layer") or {}
     class_name, inner_cfg = inner.get("class_name"), inner.get("config") or {}
     if class_name not in CELLS:

@@ -101,3 +101,38 @@ def test_cudnn_weight_layout_gives_the_same_outputs(tmp_path):
     graph = read_keras(str(path))
     _, x, expected = load("lstm_stack")
     np.testing.assert_allclose(run_graph(graph, x, dtype=np.float64)[graph.outputs[0]], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda layers: layers[0]["config"].update(recurrent_activation="hard_sigmoid"), "recurrent_activation 'hard_sigmoid'"),
+    (lambda layers: layers[0]["config"].update(stateful=True), "stateful"),
+    (lambda layers: layers.insert(0, {"class_name": "Masking", "config": {"name": "mask", "mask_value": 0.0}}),
+     "Masking"),
+])
+def test_settings_lrptool_cannot_follow_are_refused_by_name(tmp_path, change, message):
+    import json
+
+    import h5py
+
+    from lrptool.errors import UnsupportedModelError
+
+    path = os.path.join(DATA, "lstm_stack.h5")
+    with h5py.File(path, "r") as handle:
+        config = json.loads(handle.attrs["model_config"])
+    layers = [spec for spec in config["config"]["layers"] if spec["class_name"] != "InputLayer"]
+    change(layers)
+    config["config"]["layers"] = [s for s in config["config"]["layers"] if s["class_name"] == "InputLayer"] + layers
+    (tmp_path / "model.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match=message):
+        read_keras(path, model_config=str(tmp_path / "model.json"))
+
+
+def test_a_mask_from_an_embedding_is_found():
+    from converters.keras_recurrent import masking_layer
+
+    config = {"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "Embedding", "config": {"name": "words", "mask_zero": True}},
+        {"class_name": "LSTM", "config": {"name": "lstm", "units": 3}}]}}
+    assert masking_layer(config) == "words"
+    config["config"]["layers"][0]["config"]["mask_zero"] = False
+    assert masking_layer(config) is None
