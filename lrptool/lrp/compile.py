@@ -66,6 +66,10 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
         raise LrpToolError("the model leaves its input size free; the compiled explainer is made for one size: "
                            "give it (--input-size, or Graph.at_sizes)")
     canonical, _ = canonize(graph)
+    recurrent = next((n for n in canonical.nodes if reverse_of(n).kind == "recurrent"), None)
+    if recurrent is not None:  # refused before anything is built
+        raise LrpToolError(f"node {recurrent.name!r} ({recurrent.op}): recurrent layers have no compiled form; "
+                           "the eager walk explains them")
     if len(canonical.inputs) != 1 or len(canonical.outputs) != 1:
         raise LrpToolError(f"the model has {len(canonical.inputs)} inputs and {len(canonical.outputs)} outputs; "
                            "the compiled explainer takes one of each")
