@@ -269,15 +269,18 @@ class TextExplanation:
         return abs(self.padding) / magnitude if magnitude > 0 else 0.0
 
 
-def token_input(graph):
-    """(name, length, bag): the graph's one input, its length (tokens, or features of a bag-of-words model)
-    and whether it takes a count vector (floats) rather than token ids."""
+def token_input(graph, max_len=None):
+    """(name, length, bag): the graph's one input, its length (tokens, or features of a bag-of-words model;
+    ``max_len`` where the model leaves it free) and whether it takes a count vector rather than token ids."""
     if len(graph.inputs) != 1:
         raise LrpToolError(f"the model has {len(graph.inputs)} inputs; explaining text needs one (the token ids)")
     (name, shape), = graph.inputs.items()
     if len(shape) != 2:
         raise LrpToolError(f"the model's input {name!r} has shape {shape}; text models take (batch, length)")
-    return name, int(shape[1]), name not in graph.token_inputs()
+    if shape[1] is None and not max_len:
+        raise LrpToolError(f"the model leaves the length of its input {name!r} free; for a text model give "
+                           "--max-len (Python: max_len=)")
+    return name, int(shape[1] if shape[1] is not None else max_len), name not in graph.token_inputs()
 
 
 def fit_text(tokenizer, text, length, bag, pad=0, layout="start", limit=None):
@@ -286,12 +289,13 @@ def fit_text(tokenizer, text, length, bag, pad=0, layout="start", limit=None):
 
 
 def explain_text(graph, texts, tokenizer="bytes", method="epsilon", target="pred", pad=0, layout="start",
-                 batch_size=64, explainer=None, **options):
+                 batch_size=64, explainer=None, max_len=None, **options):
     """Explain a model that reads token ids, for a list of texts: one ``TextExplanation`` per text.
 
     ``graph``: a Graph or a model path; ``tokenizer``: ``bytes``, ``words``, ``chars``, a vocabulary file
     or a ``Tokenizer``; ``pad``: the id that fills the input past a text's end; ``layout``: ``start``, ``end`` or
-    ``head-tail``; ``target``: ``pred``, a class index, or one per text. Further options go to
+    ``head-tail``; ``target``: ``pred``, a class index, or one per text; ``max_len``: the length where the model
+    leaves it free. Further options go to
     ``lrptool.lrp.Explainer``."""
     from .lrp import Explainer
 
@@ -300,7 +304,7 @@ def explain_text(graph, texts, tokenizer="bytes", method="epsilon", target="pred
         from converters import load_model
         model = str(graph)
         graph = load_model(graph)
-    _, length, bag = token_input(graph)
+    _, length, bag = token_input(graph, max_len)
     tokenizer = make_tokenizer(tokenizer, model, unknown=-1 if bag else None)
     explainer = explainer or Explainer(graph, method, **options)
     texts = list(texts)

@@ -78,7 +78,8 @@ class TextRunner:
     """Explains Lines in batches with an ``Explainer``; see ``lrptool explain-text --help``."""
 
     def __init__(self, explainer, tokenizer, outdir, formats=("jsonl", "html"), target="pred", top_k=None,
-                 labels=None, pad=0, layout="start", batch_size=64, resume=False, stdout=None, report=None):
+                 labels=None, pad=0, layout="start", batch_size=64, resume=False, stdout=None, report=None,
+                 max_len=None):
         self.explainer = explainer
         self.tokenizer = tokenizer
         self.outdir = outdir
@@ -92,7 +93,7 @@ class TextRunner:
         self.resume = resume
         self.stdout = stdout or sys.stdout
         self.report = report or (lambda message: print(f"lrptool: {message}", file=sys.stderr))
-        _, self.length, self.bag = token_input(explainer.graph)
+        _, self.length, self.bag = token_input(explainer.graph, max_len)
         self.classes = explainer.output_size()
         self.manifest = Manifest(outdir)
         self.failures, self.records = [], {}
@@ -275,7 +276,7 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
         if "--input-size" in str(error) and not max_len:
             raise LrpToolError(f"{error}; for a text model give --max-len") from None
         raise
-    name, length, bag = token_input(graph)
+    name, length, bag = token_input(graph, max_len)
     chosen = make_tokenizer(tokenizer, model, unknown=-1 if bag else None)
     if bag and chosen.kind == "bytes":
         raise LrpToolError(f"{model}: the input {name!r} takes {length} features, not token ids: a bag-of-words model "
@@ -309,7 +310,7 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
                f"explained with {method}", err=True)
     say_notes()
     runner = TextRunner(explainer, chosen, outdir, wanted, fixed_target, top_k, label_names, pad, layout, batch_size,
-                        resume)
+                        resume, max_len=max_len)
     if max_len and max_len < length:
         runner.used = max_len
     try:
