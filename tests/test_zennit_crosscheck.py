@@ -36,83 +36,19 @@ def import_or_skip():
 
 
 torch, zennit = import_or_skip()
+from torch_nets import ZENNIT_NETS  # noqa: E402
+from torch_nets import randomized as randomized_net  # noqa: E402
 from torch_support import fold_batchnorm, residual_class, set_export_mode  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus,  # noqa: E402
                                EpsilonPlusFlat)
 
-nn = torch.nn
 Residual = residual_class()
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
-        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
-        self.relu1, self.relu2, self.add = nn.ReLU(), nn.ReLU(), Residual()
-
-    def forward(self, x):
-        y = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu2(self.add(y, x))
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, cin, mid, cout, stride):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
-        self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(mid)
-        self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-        self.relu1, self.relu2, self.relu3, self.add = nn.ReLU(), nn.ReLU(), nn.ReLU(), Residual()
-
-    def forward(self, x):
-        y = self.relu1(self.bn1(self.conv1(x)))
-        y = self.relu2(self.bn2(self.conv2(y)))
-        return self.relu3(self.add(self.bn3(self.conv3(y)), self.shortcut(x)))
-
-
-def mnist_cnn():
-    return nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 5), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, 10)), (1, 28, 28)
-
-
-def vgg_bn():
-    def block(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
-    layers = block(3, 8) + block(8, 8) + [nn.MaxPool2d(2)] + block(8, 16) + [nn.MaxPool2d(2)]
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(16 * 8 * 8, 32), nn.ReLU(), nn.Dropout(),
-                         nn.Linear(32, 10)), (3, 32, 32)
-
-
-def resnet():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         BasicBlock(8), Bottleneck(8, 4, 16, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 10)), (3, 32, 32)
-
-
-def average_pooling_net():
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                         nn.AvgPool2d(3, stride=2, padding=1), nn.Flatten(), nn.Linear(8 * 5 * 5, 10)), (3, 20, 20)
-
-
-MODELS = {"mnist_cnn": mnist_cnn, "vgg_bn": vgg_bn, "resnet": resnet, "avgpool_net": average_pooling_net}
+MODELS = ZENNIT_NETS
 
 
 def randomized(builder, seed):
-    torch.manual_seed(seed)
-    model, shape = builder()
-    model = model.double().eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-                module.running_mean.normal_(0, 0.3)
-                module.running_var.uniform_(0.5, 2.0)
-            elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
-                module.bias.normal_(0, 0.1)
-    return model, shape
+    return randomized_net(builder, seed, residual=Residual)
 
 
 def export_onnx(model, shape):
