@@ -11,6 +11,8 @@ from the other exporter.
   writes them and with its optimisers off: a Transpose pair around every layer, which the reader folds).
   References: Keras' own predict for the outputs; for LRP, the Keras ``.h5`` the ONNX file was made
   from, read by lrptool's Keras reader.
+* PaddlePaddle (tests/exporter_models/make_paddle_export.py, paddle2onnx): Paddle's own outputs, and the
+  gradient against central differences through onnxruntime; as exported and with a dim_value -1 batch.
 """
 
 import pathlib
@@ -183,3 +185,30 @@ def test_a_fully_convolutional_tf2onnx_export_keeps_its_free_sizes():
         got = explainer.explain(x)
         np.testing.assert_allclose(got.relevance.transpose(0, 3, 1, 2), reference.relevance, rtol=1e-3,
                                    atol=1e-4 * np.abs(reference.relevance).max())
+
+
+@pytest.mark.parametrize("batch", ["as-exported", "dim_value-1"])
+def test_paddle_export_loads_matches_paddle_and_its_gradient_is_onnxruntimes(batch):
+    """A real PaddlePaddle export (tests/exporter_models/make_paddle_export.py: paddle2onnx, the flatten as
+    Shape → Slice → Concat → Reshape), as written and with the batch declared dim_value -1."""
+    model = onnx.load(str(MODELS / "paddle_cnn.onnx"))
+    if batch == "dim_value-1":
+        model = batch_minus_one(model)
+    graph = read_onnx(model)
+    assert graph.batch_free
+    x, paddle_output = np.load(MODELS / "paddle_cnn.input.npy"), np.load(MODELS / "paddle_cnn.output.npy")
+    output = run_graph(graph, x)[graph.outputs[0]]
+    np.testing.assert_allclose(output, paddle_output, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(output, onnxruntime_outputs(model, x), rtol=1e-5, atol=1e-5)
+    # the gradient of the explained score against central differences through onnxruntime (float64 steps
+    # on a float32 model: a few pixels, loose tolerance)
+    explanation = eager_lrp(graph, x, "gradient")
+    rng = np.random.default_rng(9)
+    for _ in range(6):
+        sample, pixel = rng.integers(len(x)), tuple(rng.integers(0, s) for s in x.shape[1:])
+        target, step = explanation.targets[sample], 1e-2
+        plus, minus = x[sample:sample + 1].copy(), x[sample:sample + 1].copy()
+        plus[(0,) + pixel] += step
+        minus[(0,) + pixel] -= step
+        numeric = (onnxruntime_outputs(model, plus)[0, target] - onnxruntime_outputs(model, minus)[0, target]) / (2 * step)
+        assert explanation.relevance[(sample,) + pixel] == pytest.approx(numeric, rel=2e-2, abs=2e-3)
