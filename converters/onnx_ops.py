@@ -259,6 +259,18 @@ def add_per_channel(ctx, op_type, data, constant, output):
     return True
 
 
+MOVES = {"Split", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flatten", "Concat"}
+
+
+def made_by_gate(ctx, tensor):
+    """Whether the IR tensor behind ONNX value ``tensor`` is a Sigmoid/HardSigmoid output, possibly moved."""
+    producers = {t: n for n in ctx.nodes for t in n.outputs}
+    node = producers.get(ctx.resolve(tensor))
+    while node is not None and node.op in MOVES and len(node.inputs) == 1:
+        node = producers.get(node.inputs[0])
+    return node is not None and node.op in ("Sigmoid", "HardSigmoid")
+
+
 @converter("Add", "Sub", "Mul", "Div")
 def convert_binary(ctx, node, a):
     left, right = node.input[0], node.input[1]
@@ -269,7 +281,9 @@ def convert_binary(ctx, node, a):
     if constant is not None and ctx.const(left) is None:
         aligned = np.asarray(constant) if swapped else legacy_broadcast(ctx, node, a, np.asarray(constant),
                                                                         ctx.shape(left))
-        if add_per_channel(ctx, node.op_type, left, aligned, node.output[0]):
+        # a gate times a constant stays a product, so that the gate takes no relevance
+        gated = node.op_type == "Mul" and made_by_gate(ctx, left)
+        if not gated and add_per_channel(ctx, node.op_type, left, aligned, node.output[0]):
             return
         if aligned.shape != np.shape(constant):
             right = ctx.temp("operand")

@@ -27,10 +27,14 @@ def unrolled_lstm(model):
     size = 4 * HIDDEN
     inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"),
              numpy_helper.from_array(B[:size], "Wb"), numpy_helper.from_array(B[size:], "Rb"),
-             numpy_helper.from_array(np.zeros((1, HIDDEN), np.float32), "zeros"),
+             numpy_helper.from_array(params["initial_h"][0] if "initial_h" in params
+                                     else np.zeros((1, HIDDEN), np.float32), "h_start"),
              numpy_helper.from_array(np.array([HIDDEN] * 4, np.int64), "split")]
     nodes = []
-    h, c = "zeros", None          # h₀ = 0 still adds the recurrence bias; c₀ = 0 drops f·c₀
+    h, c = "h_start", None        # h₀ = 0 still adds the recurrence bias; c₀ = 0 drops f·c₀
+    if "initial_c" in params:
+        inits.append(numpy_helper.from_array(params["initial_c"][0], "c_start"))
+        c = "c_start"
     for t in range(STEPS):
         def n(name):
             return f"{name}{t}"
@@ -66,8 +70,11 @@ def numpy_name(inits, t):
     return name
 
 
-def test_unrolled_lstm_gates_are_found_and_relevance_equals_the_lstm_operator():
-    model = recurrent_model("LSTM", steps=STEPS, batch=BATCH, features=FEATURES, hidden=HIDDEN, seed=11, scale=0.8)
+@pytest.mark.parametrize("initial", [False, True])
+def test_unrolled_lstm_gates_are_found_and_relevance_equals_the_lstm_operator(initial):
+    """With ``initial``, the start state is a constant: f ⊙ c₀ keeps its product form and c₀ absorbs."""
+    model = recurrent_model("LSTM", steps=STEPS, batch=BATCH, features=FEATURES, hidden=HIDDEN, seed=11, scale=0.8,
+                            initial=initial)
     unrolled = unrolled_lstm(model)
     x = np.random.default_rng(12).normal(size=(STEPS, BATCH, FEATURES)).astype(np.float32)
     y_h = onnxruntime_outputs(model, x)[1][0]
@@ -78,7 +85,7 @@ def test_unrolled_lstm_gates_are_found_and_relevance_equals_the_lstm_operator():
     for node in graph.nodes:
         if node.op == "Mul":
             receiver = routing_description(node, {}, producers).split("'")[1]
-            assert producers[receiver].op in ("Tanh", "Mul", "Add"), (node.name, receiver)
+            assert producers[receiver].op in ("Tanh", "Mul", "Add", "Constant"), (node.name, receiver)
     # the relevance of the unrolled graph (ε rule on the Gemms, proportional Add) against the LSTM
     # operator's (Arras et al.): equal up to the stabilisers. (Canonized as the explainer does: the
     # recurrence bias of the first step, a constant, is folded into the input Gemm.)
@@ -169,10 +176,10 @@ def test_silero_vad_unrolled_matches_onnxruntime_and_routes_to_the_signals():
                                    atol=1e-5)
     producers = graph.producers()
     products = [n for n in graph.nodes if n.op == "Mul"]
-    assert len(products) == 2   # i·g and o·tanh(c) (f·c with the bound zero state became a Scale by 0)
+    assert len(products) == 3   # f·c₀ (the bound state, a constant, absorbs), i·g and o·tanh(c)
     for node in products:
         receiver = routing_description(node, {}, producers).split("'")[1]
-        assert producers[receiver].op == "Tanh"
+        assert producers[receiver].op in ("Tanh", "Constant")
     result = Explainer(graph, "epsilon", dtype=np.float64, quiet=True).explain(x.astype(np.float64))
     assert np.all(np.isfinite(result.relevance)) and np.abs(result.relevance).sum() > 0
 

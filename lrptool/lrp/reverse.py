@@ -101,6 +101,8 @@ def proportional(signs):
 
 def gate_relevance(walk, node, inputs, outputs, incoming):
     receiver = multiplicative_routing(node, walk.producers)
+    if is_constant(node.inputs[receiver], walk.producers):
+        return [None, None]   # a constant takes it: absorbed
     if walk.graph.shapes[node.inputs[receiver]] != walk.graph.shapes[node.outputs[0]]:
         refuse(node, "the signal input is broadcast; relevance cannot be routed to it")
     routed = [None, None]
@@ -186,9 +188,12 @@ def multiplicative_routing(node, producers):
             return 0
         refuse(node, "division by a computed tensor has no relevance routing")
     constants = [is_constant(t, producers) for t in node.inputs]
-    if constants[0] != constants[1]:
-        return 1 if constants[0] else 0
     gates = [traces_to_gate(t, producers) for t in node.inputs]
+    if constants[0] != constants[1]:
+        computed = 1 if constants[0] else 0
+        # a gate times a constant (an unrolled LSTM's f ⊙ c₀ with the state bound): the gate takes
+        # nothing, the constant absorbs; any other tensor times a constant takes everything
+        return 1 - computed if gates[computed] else computed
     if gates[0] != gates[1]:
         return 1 if gates[0] else 0
     refuse(node, "a product of two tensors where neither (or both) is a sigmoid-type gate: "
