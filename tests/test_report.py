@@ -225,3 +225,18 @@ def test_several_presets_are_checked_before_anything_runs(tmp_path):
         assert result.returncode == 2 and words in result.stderr and len(result.stderr.splitlines()) == 1
     result = run("explain", model, tmp_path, "-o", tmp_path / "out", "--preset", "zero,gradient", "--rules", "zero")
     assert result.returncode == 2 and "--rules applies to one method" in result.stderr
+
+
+def test_resume_with_several_methods_redoes_nothing_and_keeps_the_page_whole(tmp_path):
+    model = bias_free_mnist(tmp_path / "m.onnx")
+    images = noise_pictures(tmp_path / "images", 3, 4)
+    options = ["-o", tmp_path / "out", "--preset", "zero,gradient", "--target", "top-2", "--format", "png,grid,html",
+               "--jsonl", tmp_path / "out.jsonl", "--resume"]
+    first = run("explain", model, images, *options)
+    assert first.returncode == 0, first.stderr
+    again = run("explain", model, images, *options)
+    assert again.returncode == 0, again.stderr
+    assert "resuming: 3 image(s) already explained" in again.stderr and "explained 0 image(s)" in again.stderr
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 * 4                                     # nothing recorded twice
+    assert (tmp_path / "out" / "index.html").read_text().count('"name": "d') == 3
