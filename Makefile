@@ -14,6 +14,13 @@ DEMO_OUT ?= demo-output
 
 install: $(STAMP)
 
+# the demo needs lrptool alone, not the test extras (a venv made by `make test` already has it)
+RUNTIME_STAMP := $(VENV)/.lrptool-runtime-installed
+$(RUNTIME_STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -f $(STAMP) -a $(STAMP) -nt setup.cfg || $(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -51,7 +58,7 @@ SQUEEZENET := sample_models/squeezenet/SqueezeNet_deploy.prototxt --weights samp
 # the sample models on real pictures: SqueezeNet (Caffe with two presets and the gradient; its ONNX conversion with
 # the default preset) on four photos, the face-expression model (Keras) on three faces, the MNIST CNN on four digits,
 # the word CNN on four sentences; one page links them all
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(BIN)/lrptool inspect sample_models/mnist/mnist.onnx --preset epsilon-plus-flat
 	$(BIN)/lrptool explain sample_models/mnist/mnist.onnx sample_models/mnist/images -o $(DEMO_OUT)/mnist \
 		--format png,overlay,npy,html --labels sample_models/mnist/labels.txt --jsonl $(DEMO_OUT)/mnist/explanations.jsonl
