@@ -376,6 +376,11 @@ class FolderExplainer:
                       "score": score, "relevance_sum": total,
                       "conservation_error": finite_or_none(abs(total - score) / abs(score)) if score else None,
                       "files": list(paths.values()), "preprocessing": self.preprocessing_settings}
+            predicted = int(np.argmax(explanation.outputs[index].reshape(-1)))
+            if predicted != target:   # the prediction, when another class is explained
+                record["predicted"] = predicted
+                record["predicted_label"] = self.labels[predicted] \
+                    if self.labels and predicted < len(self.labels) else None
             if rank is not None:
                 record["rank"] = rank
             if method is not None:

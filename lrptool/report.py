@@ -77,8 +77,12 @@ def table_rows(entries, outdir):
                 cell[kind] = page_link(relative)
         row["cells"][json.dumps(key)] = cell
         if len(row["cells"]) == 1 or key == columns[0]:
+            predicted = record.get("predicted", record.get("target"))
+            predicted_label = record.get("predicted_label") if "predicted" in record else record.get("label")
             row.update(label=record.get("label"), target=record.get("target"), score=record.get("score"),
-                       relevance_sum=record.get("relevance_sum"), conservation=record.get("conservation_error"))
+                       relevance_sum=record.get("relevance_sum"), conservation=record.get("conservation_error"),
+                       prediction=predicted_label if predicted_label is not None else
+                       (None if predicted is None else f"class {predicted}"))
     several = len({method for method, _ in columns}) > 1
     titled = [{"key": json.dumps(key), "title": column_title(key[0], key[1], several)} for key in columns]
     return titled, rows
@@ -253,9 +257,10 @@ SCRIPT = r"""
     row.appendChild(name);
     row.appendChild(cell("th", "original"));
     data.columns.forEach(function (column) { row.appendChild(cell("th", column.title)); });
-    const label = cell("th", "label", "sortable"); label.dataset.key = "label";
+    const label = cell("th", "explained label", "sortable"); label.dataset.key = "label";
     label.addEventListener("click", function () { sortBy("label", label); });
     row.appendChild(label);
+    row.appendChild(cell("th", "predicted"));
     row.appendChild(cell("th", "target"));
     numbers.forEach(function (pair) {
       const th = cell("th", pair[1], "sortable"); th.dataset.key = pair[0];
@@ -286,6 +291,8 @@ SCRIPT = r"""
         tr.appendChild(td);
       });
       tr.appendChild(cell("td", row.label === null || row.label === undefined ? "—" : row.label, "label"));
+      tr.appendChild(cell("td", row.prediction === null || row.prediction === undefined ? "—" : row.prediction,
+        "prediction"));
       tr.appendChild(cell("td", row.target, "num"));
       tr.appendChild(cell("td", number(row.score, 5), "num score"));
       tr.appendChild(cell("td", number(row.relevance_sum, 5), "num"));

@@ -240,3 +240,24 @@ def test_resume_with_several_methods_redoes_nothing_and_keeps_the_page_whole(tmp
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(lines) == 3 * 4                                     # nothing recorded twice
     assert (tmp_path / "out" / "index.html").read_text().count('"name": "d') == 3
+
+
+def test_a_fixed_target_keeps_the_prediction_in_the_record_and_the_page(tmp_path):
+    from test_explain_cli import model_logits
+
+    model = bias_free_mnist(tmp_path / "m.onnx")
+    images = noise_pictures(tmp_path / "images", 3, 6)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"digit {i}\n" for i in range(10)))
+    result = run("explain", model, images, "-o", tmp_path / "out", "--target", "3", "--labels", labels,
+                 "--format", "html")
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "out" / "index.html").read_text()
+    for record in json_lines(result.stdout):
+        predicted = int(np.argmax(model_logits(model, record["path"])))
+        assert record["target"] == 3 and record["label"] == "digit 3"
+        if predicted == 3:
+            assert "predicted" not in record
+        else:
+            assert record["predicted"] == predicted and record["predicted_label"] == f"digit {predicted}"
+        assert f'"prediction": "digit {predicted}"' in page
