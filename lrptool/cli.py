@@ -286,7 +286,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
               help="What removed regions become: uniform noise over the input range, the image mean, 0, a blur.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the replacement values.")
 @preprocessing_options
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
               help="Images held and scored at once; memory grows with it, not with the image count.")
 @click.option("--provider", "providers", help="onnxruntime execution providers, e.g. cuda or cuda,cpu (default cpu).")
 @cluster_options

@@ -243,19 +243,25 @@ def summary(curves):
 
 
 def onnxruntime_scorer(graph):
-    """score(batch, targets) through onnxruntime on ``graph`` (float32)."""
+    """score(batch, targets) through onnxruntime on ``graph`` (float32); ``score.outputs(batch)`` gives
+    the whole output rows (to pick the targets) without recording every tensor as the explainer's
+    forward pass does."""
     import onnxruntime
     from converters.onnx_writer import graph_to_onnx
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False      # the arena would keep the largest batch's working set
     session = onnxruntime.InferenceSession(graph_to_onnx(graph).SerializeToString(), options,
                                            providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
+    def outputs(batch):
+        return session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0].reshape(len(batch), -1)
+
     def score(batch, targets):
-        outputs = session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return outputs.reshape(len(batch), -1)[np.arange(len(batch)), targets].astype(np.float64)
+        return outputs(batch)[np.arange(len(batch)), targets].astype(np.float64)
+    score.outputs = outputs
     return score
 
 
@@ -272,7 +278,7 @@ def batches_of(images, size):
 
 
 def evaluate_methods(graph, images, methods, target="pred", patch=4, steps=20, orders=("morf",),
-                     replacement="uniform", bounds=(0.0, 1.0), seed=0, batch_size=16, explainer_options=None,
+                     replacement="uniform", bounds=(0.0, 1.0), seed=0, batch_size=8, explainer_options=None,
                      progress=None, snapshots=None):
     """Explain ``images`` (an (N, C, H, W) array or any iterable of (C, H, W) arrays, read lazily)
     with every method (``random`` always among them), then perturb and score, ``batch_size`` images
@@ -315,9 +321,7 @@ def batch_curves(explainers, score, x, target, patch, steps, orders, replacement
     run. Every image's values depend on that index and the seed alone, not on the batch it is in."""
     from .lrp import select_targets
 
-    first = next(iter(explainers.values()))
-    outputs = first.walk.forward(x)[first.output].copy()
-    targets = select_targets(outputs, target)
+    targets = select_targets(score.outputs(x), target)
     relevances = {method: random_relevance(x.shape, seed, first_index) if method == "random"
                   else explainer.explain(x, target=targets).relevance for method, explainer in explainers.items()}
     curves = perturbation_curves(score, x, targets, relevances, patch, steps, orders, replacement, bounds, seed,
