@@ -1,6 +1,7 @@
 """Recurrent layers: how exactly the relevance pass (Arras et al. 2017) conserves and agrees with the
 modified-gradient formulation over every LSTM/GRU/RNN form the tests build, and how fast textgenrnn
-(../shared/models or $LRPTOOL_SHARED_MODELS) is explained with explain_text, batch 64, eager walk.
+(../shared/models or $LRPTOOL_SHARED_MODELS) is explained with explain_text, batch 64, by the compiled
+explainer and by the eager walk (the one-time preparation said apart).
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_recurrent.py
 """
@@ -77,20 +78,31 @@ def textgenrnn_speed():
     load_custom_layers("lrptool.plugins.attention_weighted_average")
     graph = read_keras(folder / "textgenrnn_weights.hdf5",
                        model_config=pathlib.Path(__file__).resolve().parents[1] / "examples" / "textgenrnn" / "model.json")
+    from lrptool.lrp import Explainer
+
     texts = ["What is goin", "I love this movi", "The quick brown fox jumps over the lazy d", "Thank yo"] * 16
     vocabulary = str(folder / "textgenrnn_vocab.json")
-    lrptool.explain_text(graph, texts[:2], tokenizer=vocabulary, layout="end", quiet=True)  # warm up
-    start = time.perf_counter()
-    lrptool.explain_text(graph, texts, tokenizer=vocabulary, layout="end", quiet=True, batch_size=64)
-    return len(texts) / (time.perf_counter() - start)
+    speeds = {}
+    for compiled in (True, False):
+        start = time.perf_counter()
+        explainer = Explainer(graph, "epsilon", compiled=compiled, quiet=True)
+        prepared = time.perf_counter() - start
+        lrptool.explain_text(graph, texts[:2], tokenizer=vocabulary, layout="end", explainer=explainer)  # warm up
+        start = time.perf_counter()
+        lrptool.explain_text(graph, texts, tokenizer=vocabulary, layout="end", explainer=explainer, batch_size=64)
+        speeds["compiled" if compiled else "eager"] = (len(texts) / (time.perf_counter() - start), prepared)
+    return speeds
 
 
 def main():
     print(f"exact mode, largest |Σ R_out − Σ R_in| / max(1, |Σ R_out|) over {len(CASES)} forms × 3 directions: "
           f"{conservation():.2e}")
     print(f"largest |R − x ⊙ modified gradient| (LSTM, GRU both forms × 3 directions, ε = 1e-3): {agreement():.2e}")
-    speed = textgenrnn_speed()
-    print("textgenrnn: no shared models" if speed is None else f"textgenrnn explain_text, batch 64: {speed:.1f} texts/s")
+    speeds = textgenrnn_speed()
+    if speeds is None:
+        print("textgenrnn: no shared models")
+    for path, (speed, prepared) in (speeds or {}).items():
+        print(f"textgenrnn explain_text, batch 64, {path}: {speed:.1f} texts/s (explainer prepared in {prepared:.1f} s)")
 
 
 if __name__ == "__main__":

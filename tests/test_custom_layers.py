@@ -152,3 +152,18 @@ def test_textgenrnn_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "out" / "explanations.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 and (tmp_path / "out" / "index.html").stat().st_size > 0
+
+
+def test_attention_compiled_equals_eager():
+    from converters.keras_reader import read_keras
+    from lrptool.lrp import Explainer
+    from lrptool.plugins import load_custom_layers
+
+    load_custom_layers(PLUGIN)
+    graph = read_keras(MODEL)
+    x = np.load(os.path.join(DATA, "custom_lstm_attention_input.npy"))
+    compiled = Explainer(graph, "epsilon", compiled=True, quiet=True)
+    assert compiled.compiled is not None
+    eager = Explainer(graph, "epsilon", compiled=False, quiet=True).explain(x, target=0)
+    np.testing.assert_allclose(compiled.explain(x, target=0).relevance, eager.relevance, rtol=0,
+                               atol=1e-4 * np.abs(eager.relevance).max())

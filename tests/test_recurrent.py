@@ -309,10 +309,59 @@ def test_gradient_against_finite_differences(op, options):
     np.testing.assert_allclose(result["X"], numeric, atol=1e-6, rtol=1e-5)
 
 
-def test_compiled_explainer_refuses_with_one_line_and_the_eager_walk_serves():
+def dense_on_top(graph, node, rng, outputs=2):
+    """The recurrent graph with its Y flattened into a Dense layer: one output to explain."""
+    from lrptool.graph import Graph, Node
+
+    width = int(np.prod(graph.shapes[node.outputs[0]][1:]))
+    extra = [Node("flat", "Flatten", [node.outputs[0]], ["yf"], dict(axis=1)),
+             Node("dense", "Dense", ["yf"], ["out"], {}, dict(weight=rng.normal(size=(outputs, width)).astype(np.float32)))]
+    return Graph(graph.inputs, graph.nodes + extra, ["out"])
+
+
+@pytest.mark.parametrize("bias", ["absorb", "spread"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("op, options", [("LSTM", dict(initial=True)), ("GRU", {}), ("GRU", dict(linear_before_reset=1)),
+                                         ("RNN", dict(initial=True))])
+def test_compiled_explainer_unrolls_the_steps_like_the_eager_walk(op, options, direction, bias):
+    from lrptool.lrp import Explainer
+
+    rng = np.random.default_rng(31)
+    model = recurrent_model(op, direction, layout=1, free_batch=not options.get("initial"), **options)
+    graph = read_onnx(model)
+    graph = dense_on_top(graph, next(n for n in graph.nodes if n.op == op), rng)
+    x = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    compiled = Explainer(graph, "epsilon", compiled=True, recurrent_bias=bias, quiet=True)
+    assert compiled.compiled is not None
+    eager = Explainer(graph, "epsilon", compiled=False, recurrent_bias=bias, quiet=True).explain(x, target=1)
+    result = compiled.explain(x, target=1)
+    np.testing.assert_allclose(result.relevance, eager.relevance, rtol=0, atol=1e-4 * np.abs(eager.relevance).max())
+
+
+def test_what_the_compiled_explainer_leaves_to_the_eager_walk_is_refused_in_one_line():
     from lrptool.lrp import Explainer
     from lrptool.lrp.compile import compile_explainer
+
+    rng = np.random.default_rng(0)
+    for model, method, why in ((recurrent_model("LSTM", lengths=[5, 2, 4]), "epsilon", "sequence lengths"),
+                               (recurrent_model("GRU", clip=0.5), "epsilon", "clipped"),
+                               (recurrent_model("LSTM", peephole=True), "epsilon", "peepholes"),
+                               (recurrent_model("LSTM"), "gradient", "gradient through a recurrent layer")):
+        graph = read_onnx(model)
+        graph = dense_on_top(graph, next(n for n in graph.nodes if n.op in ("LSTM", "GRU")), rng)
+        with pytest.raises(LrpToolError, match=why) as error:
+            compile_explainer(graph, method)
+        assert "\n" not in str(error.value)
+        explainer = Explainer(graph, method, quiet=True)
+        assert explainer.compiled is None
+        x = time_major_input()
+        explanation = explainer.explain(x)
+        assert explanation.relevance.shape == x.shape and np.all(np.isfinite(explanation.relevance))
+
+
+def test_exact_mode_through_an_explainer_sums_to_the_score():
     from lrptool.graph import Graph, Node
+    from lrptool.lrp import Explainer
 
     rng = np.random.default_rng(0)
     nodes = [Node("lstm", "LSTM", ["x"], ["y", "h", "c"], dict(hidden_size=3),
@@ -320,41 +369,7 @@ def test_compiled_explainer_refuses_with_one_line_and_the_eager_walk_serves():
              Node("flat", "Flatten", ["h"], ["hf"], dict(axis=1)),
              Node("dense", "Dense", ["hf"], ["out"], {}, dict(weight=rng.normal(size=(2, 3)), bias=np.zeros(2)))]
     graph = Graph({"x": (None, 6, 4)}, nodes, ["out"])
-    with pytest.raises(LrpToolError, match="recurrent layers have no compiled form") as error:
-        compile_explainer(graph, "epsilon")
-    assert "\n" not in str(error.value)
-    explainer = Explainer(graph, "epsilon", quiet=True)
-    assert explainer.compiled is None
-    x = rng.normal(size=(2, 6, 4)).astype(np.float32)
-    explanation = explainer.explain(x)
-    assert explanation.relevance.shape == x.shape and np.all(np.isfinite(explanation.relevance))
+    x = rng.normal(size=(2, 6, 4))
     exact = Explainer(graph, "epsilon", dtype=np.float64, recurrent_bias="spread", epsilon=1e-12, quiet=True)
-    result = exact.explain(x.astype(np.float64), target=0)
-    dense_bias_free = np.sum(result.relevance, axis=(1, 2))
-    np.testing.assert_allclose(dense_bias_free, result.scores, rtol=1e-9)
-
-
-def test_gru_one_step_by_hand():
-    """GRU, one unit, h₀ = 0: h = (1 − z)·n with n = tanh(w_h·x + b). The ε rule over the two summands
-    of h gives n's term R·(1 − z)n / (h + ε) (the other is z·h₀ = 0); tanh passes it; x takes
-    w_h·x / (a + ε) of it (the reset gate multiplies h₀ = 0)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w, b, x, eps = [0.5, -0.25, 0.75], [0.125, 0.25, -0.5], 2.0, 1e-3   # gates z, r, h
-    inits = [numpy_helper.from_array(np.asarray(w, np.float32).reshape(1, 3, 1), "W"),
-             numpy_helper.from_array(np.asarray([0.25, -0.5, 0.625], np.float32).reshape(1, 3, 1), "R"),
-             numpy_helper.from_array(np.asarray(b + [0, 0, 0], np.float32).reshape(1, 6), "B")]
-    node = helper.make_node("GRU", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=1)
-    graph = helper.make_graph([node], "gru", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 1])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1, 1, 1]),
-                               helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, 1, 1])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    z = 1 / (1 + np.exp(-(w[0] * x + b[0])))
-    a = w[2] * x + b[2]                       # 1.0
-    n = np.tanh(a)
-    h = (1 - z) * n
-    expected = w[2] * x / (a + eps) * ((1 - z) * n / (h + eps) * h)
-    ours, score = lrp_on_final_state(model, [x], eps)
-    assert score == pytest.approx(h, rel=1e-12)
-    assert ours[0] == pytest.approx(expected, rel=1e-12)
+    result = exact.explain(x, target=0)
+    np.testing.assert_allclose(np.sum(result.relevance, axis=(1, 2)), result.scores, rtol=1e-9)

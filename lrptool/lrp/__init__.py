@@ -77,7 +77,8 @@ class Explainer:
     Recurrent layers (LSTM, GRU, RNN) follow Arras et al. 2017 whatever the method's rules
     (``lrp.recurrent``): ``recurrent_epsilon`` is their ε, ``recurrent_bias`` ``"absorb"`` (biases and
     stabilisers keep their share) or ``"spread"`` (that share is spread over the inputs, so relevance
-    is conserved exactly). They have no compiled form: a graph with one is explained eagerly.
+    is conserved exactly). The compiled explainer unrolls their steps; sequence lengths, clipping,
+peepholes and the gradient methods through them are explained eagerly.
 
     A graph with free spatial sizes (a fully convolutional model read without an input size) is
     explained at each batch's own size: the graph is fixed to that size (``Graph.at_sizes``) and
@@ -149,7 +150,9 @@ class Explainer:
         try:
             external = {}
             model = compile_explainer(graph, method, bounds=bounds, epsilon=epsilon, stabiliser=stabiliser, gamma=gamma,
-                                      maxpool=maxpool, start=start, external=external, node_sums=report)
+                                      maxpool=maxpool, start=start, external=external, node_sums=report,
+                                      recurrent_epsilon=self.walk.recurrent_epsilon,
+                                      recurrent_bias=self.walk.recurrent_bias)
             return CompiledSession(model, providers, external=external)
         except Exception:  # noqa: BLE001 - the eager walk computes the same explanation
             if strict:

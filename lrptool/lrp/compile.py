@@ -52,7 +52,8 @@ def nonnegative_tensors(graph):
 
 
 def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=None, node_sums=False, epsilon=1e-6,
-                      stabiliser=1e-6, gamma=0.25, maxpool="winner", start=None, input_name="x", external=None):
+                      stabiliser=1e-6, gamma=0.25, maxpool="winner", start=None, input_name="x", external=None,
+                      recurrent_epsilon=1e-3, recurrent_bias="absorb"):
     """The ONNX model explaining ``graph`` with ``method`` (an LRP preset or rule map, or a gradient
     method). ``target``: the class explained when the caller gives none (default: the prediction).
     ``node_sums``: also output, per sample, the relevance each node receives and passes on
@@ -66,14 +67,14 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
         raise LrpToolError("the model leaves its input size free; the compiled explainer is made for one size: "
                            "give it (--input-size, or Graph.at_sizes)")
     canonical, _ = canonize(graph)
-    recurrent = next((n for n in canonical.nodes if reverse_of(n).kind == "recurrent"), None)
-    if recurrent is not None:  # refused before anything is built
-        raise LrpToolError(f"node {recurrent.name!r} ({recurrent.op}): recurrent layers have no compiled form; "
-                           "the eager walk explains them")
     if len(canonical.inputs) != 1 or len(canonical.outputs) != 1:
         raise LrpToolError(f"the model has {len(canonical.inputs)} inputs and {len(canonical.outputs)} outputs; "
                            "the compiled explainer takes one of each")
     gradient = method in COMPILED_GRADIENTS
+    recurrent = next((n for n in canonical.nodes if reverse_of(n).kind == "recurrent"), None)
+    if recurrent is not None and gradient:  # refused before anything is built
+        raise LrpToolError(f"node {recurrent.name!r} ({recurrent.op}): the gradient through a recurrent layer has no "
+                           "compiled form; the eager walk computes it")
     if not gradient and method == "random":
         raise LrpToolError("the random baseline has no compiled form (it needs no model)")
     if gradient:
@@ -84,7 +85,8 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
         if any(r.name == "zbox" for r in rules.values()) and bounds is None:
             raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
         walk = ReverseWalk(canonical, mode="lrp", rules=rules, bounds=bounds, maxpool=maxpool, stabiliser=stabiliser,
-                           dtype=np.float32, primitives="numpy")
+                           dtype=np.float32, primitives="numpy", recurrent_epsilon=recurrent_epsilon,
+                           recurrent_bias=recurrent_bias)
 
     forward = graph_to_onnx(canonical, external=external)
     taken = {t for n in forward.graph.node for t in list(n.input) + list(n.output)}

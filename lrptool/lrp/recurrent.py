@@ -17,7 +17,8 @@ and the stabiliser absorb their share (``bias="absorb"``, the default), or that 
 equally over the summands (``bias="spread"``: the input and hidden units of a pre-activation, the
 two summands of a state update), so that the input relevance sums exactly to the explained score.
 
-The computation runs in float64 on the recorded inputs of the node; it has no compiled form.
+The eager computation runs in float64 on the recorded inputs of the node; ``recurrent_emitted``
+writes the same relevance pass as ONNX nodes for the compiled explainer.
 """
 
 import numpy as np
@@ -151,12 +152,15 @@ def walk_back(node, inputs, incoming, backward_step):
 
 def eager_only(walk, node):
     if not walk.ops.eager:
-        raise LrpToolError(f"node {node.name!r} ({node.op}): recurrent layers have no compiled form; "
-                           "the eager walk explains them")
+        raise LrpToolError(f"node {node.name!r} ({node.op}): the gradient through a recurrent layer has no compiled "
+                           "form; the eager walk computes it")
 
 
 def recurrent_relevance(walk, node, inputs, outputs, incoming):
-    eager_only(walk, node)
+    if not walk.ops.eager:
+        from .recurrent_emitted import emitted_relevance
+
+        return emitted_relevance(walk, node, inputs, incoming)
     epsilon = getattr(walk, "recurrent_epsilon", 1e-3)
     spread = getattr(walk, "recurrent_bias", "absorb") == "spread"
     if node.op == "LSTM":

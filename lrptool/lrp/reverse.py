@@ -13,7 +13,8 @@ Each entry is written once against a tensor backend (``walk.ops``): ``NumpyOps``
 * ``constant`` — no inputs: absorbs nothing, passes nothing;
 * ``normalise`` — LayerNorm (σ held constant) and Softmax inside the network (AttnLRP);
 * ``refuse`` — no relevance routing (a log-softmax inside the network): refused before anything runs;
-* ``recurrent`` — LSTM, GRU, RNN: signal-take-all through time (``lrp.recurrent``), eager only;
+* ``recurrent`` — LSTM, GRU, RNN: signal-take-all through time (``lrp.recurrent``; compiled by
+  unrolling the steps, ``lrp.recurrent_emitted``);
 * ``embedding`` — token embeddings: a token receives the sum of its vector's relevance.
 """
 

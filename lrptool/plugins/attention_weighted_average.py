@@ -44,9 +44,7 @@ class AttentionWeightedAverage(Operator):
 
 def relevance(walk, node, inputs, outputs, incoming):
     if not walk.ops.eager:
-        from lrptool.errors import LrpToolError
-
-        raise LrpToolError(f"node {node.name!r} ({node.op}): a custom layer with no compiled form")
+        return emitted_relevance(walk, node, inputs, incoming)
     x = np.asarray(inputs[0], dtype=np.float64)
     a = attention_weights(x, node.params["weight"].astype(np.float64))
     y = np.einsum("nt,ntf->nf", a, x)
@@ -54,7 +52,28 @@ def relevance(walk, node, inputs, outputs, incoming):
     return [walk.ops.cast(a[:, :, None] * x * ratio[:, None, :])]
 
 
+def emitted_relevance(walk, node, inputs, incoming):
+    """The same relevance as ONNX nodes, for the compiled explainer."""
+    ops, emit = walk.ops, walk.ops.emit
+    x = ops.name(inputs[0])
+    w = emit.constant(node.params["weight"].reshape(-1, 1))
+    logits = emit.node("MatMul", [x, w])                                          # (N, T, 1)
+    time = emit.ints([1])
+    shifted = emit.node("Exp", [emit.node("Sub", [logits, emit.node("ReduceMax", [logits, time], {"keepdims": 1})])])
+    total = emit.node("Add", [emit.node("ReduceSum", [shifted, time], {"keepdims": 1}), emit.scalar(EPSILON)])
+    weights = emit.node("Div", [shifted, total])                                  # (N, T, 1)
+    weighted = emit.node("Mul", [x, weights])
+    y = ops.sym(emit.node("ReduceSum", [weighted, time], {"keepdims": 0}), incoming[0].shape)
+    ratio = emit.node("Div", [ops.name(incoming[0]), ops.name(ops.stabilise(y, walk.stabiliser))])
+    return [ops.sym(emit.node("Mul", [weighted, emit.node("Unsqueeze", [ratio, time])]), inputs[0].shape)]
+
+
 def gradient(walk, node, inputs, outputs, incoming):
+    if not walk.ops.eager:
+        from lrptool.errors import LrpToolError
+
+        raise LrpToolError(f"node {node.name!r} ({node.op}): its gradient has no compiled form; the eager walk "
+                           "computes it")
     x = np.asarray(inputs[0], dtype=np.float64)
     w = node.params["weight"].astype(np.float64)
     a = attention_weights(x, w)
