@@ -136,6 +136,9 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
     fixed_target, _ = parse_target(target, top=False)
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     require_runnable(graph, model)
+    if graph.free_sizes():
+        raise LrpToolError(f"{model}: the model leaves its input size free; a compiled explainer is made for one "
+                           "size: give it with --input-size HxW")
     bounds = None
     if len(next(iter(graph.inputs.values()))) == 4:  # pictures: the preprocessing gives the input's range
         bounds = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,

@@ -191,6 +191,19 @@ def test_explain_native_size_explains_each_picture_at_its_own_size(tmp_path):
         assert record["target"] == int(reference.targets[0]) and record["preprocessing"]["native"] is True
 
 
+def test_compile_asks_for_the_size_of_a_free_model(tmp_path):
+    path = tmp_path / "fcn.onnx"
+    onnx.save(fcn("classifier"), str(path))
+    one_line_error(lrptool("compile", path, "-o", tmp_path / "explainer.onnx"), "input size free", "--input-size")
+    result = lrptool("compile", path, "-o", tmp_path / "explainer.onnx", "--input-size", "8x12")
+    assert result.returncode == 0, result.stderr
+    x = even_input((8, 12), seed=6)
+    session = onnxruntime.InferenceSession(str(tmp_path / "explainer.onnx"))
+    relevance = session.run(["relevance"], {"x": x})[0]
+    reference = Explainer(read_onnx(path, input_size=(8, 12)), compiled=False).explain(x).relevance
+    np.testing.assert_allclose(relevance, reference, rtol=1e-3, atol=1e-5 * np.abs(reference).max())
+
+
 def test_native_size_and_free_sizes_say_what_to_give(tmp_path):
     images = pictures(tmp_path / "images")
     free = tmp_path / "fcn.onnx"
