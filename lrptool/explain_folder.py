@@ -263,11 +263,14 @@ class FolderExplainer:
         for item, picture, problem in batch:
             if picture is None:
                 self.fail(item, problem)
-        # pictures at their own sizes (--native-size) are explained in groups of equal size
+        # pictures at their own sizes (--native-size) are explained in groups of equal size; their records
+        # are still written in the order of the input
         sizes = {}
         for entry in good:
             sizes.setdefault(entry[2].shape, []).append(entry)
-        return [future for group in sizes.values() for future in self.explain_group(group, pool)]
+        futures = [future for group in sizes.values() for future in self.explain_group(group, pool)]
+        order = {id(item): index for index, (item, _, _) in enumerate(good)}
+        return sorted(futures, key=lambda future: order[id(future.item)])
 
     def explain_group(self, good, pool):
         if not good:

@@ -179,7 +179,7 @@ def test_explain_native_size_explains_each_picture_at_its_own_size(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "each picture at its own size" in result.stderr
     records = {json.loads(line)["path"].rsplit("/", 1)[1]: json.loads(line) for line in result.stdout.splitlines()}
-    assert sorted(records) == ["a.png", "b.png", "c.png"]
+    assert list(records) == ["a.png", "b.png", "c.png"]  # the order of the input, whatever the sizes
     for name, record in records.items():
         pixels = np.asarray(Image.open(images / name), dtype=np.float64).transpose(2, 0, 1) / 255
         x = pixels[None].astype(np.float32)
