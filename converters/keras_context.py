@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from lrptool.errors import FreeSizeError
+
 from .builder import GraphBuilder
 from .keras_layers import channels_first_perm, channels_last_perm
 
@@ -32,7 +34,8 @@ class Context(GraphBuilder):
         shape = tuple(keras_shape)
         if len(shape) >= 3 and not keras_order:
             shape = (shape[0], shape[-1]) + shape[1:-1]
-        name = self.add_input(self.node_names.unique(name), (None,) + tuple(int(d) for d in shape[1:]))
+        name = self.add_input(self.node_names.unique(name), (None,) + tuple(None if d is None else int(d)
+                                                                            for d in shape[1:]))
         if keras_order:
             self.keras_order.add(name)
         return name
@@ -73,6 +76,8 @@ class Context(GraphBuilder):
         return (shape[0],) + shape[2:] + (shape[1],)
 
     def defer_flatten(self, name, tensor, as_channels_last=False):
+        if None in self.keras_shape(tensor)[1:]:
+            raise FreeSizeError(f"flattens {list(self.keras_shape(tensor))}, whose sizes are free")
         # Held, so that nothing else claims the name before it is materialized.
         name = self.node_names.hold(name)
         if as_channels_last:

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from lrptool.errors import FreeSizeError
 from lrptool.limits import check_shape
 
 from .builder import Registry
@@ -81,8 +82,14 @@ def same_pads(spatial, kernel, strides, dilations):
     """TensorFlow's 'same': output ceil(in/stride), any odd pad goes at the end."""
     begins, ends = [], []
     for size, k, s, d in zip(spatial, kernel, strides, dilations):
-        out = -(-size // s)
-        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        if size is None:
+            if s != 1:
+                # the padding then depends on the size (size mod stride)
+                raise FreeSizeError(f"padding 'same' with stride {s} on a free size")
+            total = (k - 1) * d
+        else:
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
         begins.append(total // 2)
         ends.append(total - total // 2)
     return tuple(begins + ends)
@@ -558,6 +565,8 @@ def upsampling(ctx, lname, cfg, inputs, weights):
 def reshape(ctx, lname, cfg, inputs, weights):
     (x,) = inputs
     keras_in = ctx.keras_shape(x)
+    if None in keras_in[1:]:
+        raise FreeSizeError(f"reshapes {list(keras_in)}, whose sizes are free")
     target = [int(d) for d in required(cfg, "target_shape")]
     if target.count(-1) > 1:
         raise Unsupported(f"target_shape {target}")

@@ -22,7 +22,7 @@ import zipfile
 
 import numpy as np
 
-from lrptool.errors import GraphError, ModelFileError, UnsupportedModelError
+from lrptool.errors import FreeSizeError, GraphError, ModelFileError, UnsupportedModelError
 from lrptool.limits import BudgetError, check_shape, memory_budget
 
 from .keras_context import Context
@@ -60,6 +60,9 @@ class ModelBuilder:
                 raise GraphError(f"{self.path}: {current_location()}: {error}; {WEIGHTS_ADVICE}") from None
             except BudgetError as error:
                 raise BudgetError(f"{self.path}: {current_location()}: {error}") from None
+            except FreeSizeError as error:
+                raise FreeSizeError(f"{self.path}: {current_location()}: {error}; this layer needs a fixed input "
+                                    "size: give it with --input-size (e.g. 224x224)") from None
             except GraphError as error:
                 raise GraphError(f"{self.path}: {current_location()}: {error}; the layer does not fit its input "
                                  "(a damaged file, or the wrong --model-config)") from None
@@ -156,10 +159,6 @@ class ModelBuilder:
         if free and self.input_size and len(free) == len(self.input_size):
             sizes = iter(self.input_size)
             shape = tuple(next(sizes) if i in free else d for i, d in enumerate(shape))
-        if any(d is None for d in shape[1:]):
-            self.ctx.unsupported.append((name, "InputLayer", f"input shape {list(shape)} has free sizes "
-                                         "besides the batch axis; fix them with --input-size"))
-            return BROKEN
         try:
             check_shape(shape[1:], 4, f"one sample of input {name!r} {list(shape)}")
         except BudgetError as error:

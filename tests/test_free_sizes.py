@@ -3,6 +3,7 @@ each batch's own size, ``convert`` writes a model as dynamic as its source, ``ex
 explains each picture at its own size; a node that needs fixed sizes is named in a one-line error."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from lrptool.executor import run_graph
 from lrptool.lrp import Explainer
 
 SIZES = [(12, 16), (9, 7)]
+MODELS = pathlib.Path(__file__).resolve().parent / "exporter_models"
 
 
 def lrptool(*args):
@@ -217,3 +219,15 @@ def test_native_size_and_free_sizes_say_what_to_give(tmp_path):
     result = lrptool("explain", free, images, "-o", tmp_path / "sized", "--size", "8x8", "--format", "npy")
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "sized" / "b.png.npy").shape == (3, 8, 8)
+
+
+def test_a_keras_layer_that_needs_a_fixed_size_is_named(tmp_path):
+    """A strided 'same' convolution pads by the size modulo the stride: without --input-size it is refused."""
+    from converters.keras_reader import read_keras
+
+    path = MODELS / "keras_fcn_strided.h5"
+    with pytest.raises(FreeSizeError, match=r"layer 'strided' \(Conv2D\).*'same' with stride 2.*--input-size"):
+        read_keras(path)
+    one_line_error(lrptool("inspect", path), "layer 'strided' (Conv2D)", "--input-size")
+    graph = read_keras(path, input_size=(9, 11))
+    assert graph.shapes[graph.nodes[0].outputs[0]] == (None, 4, 5, 6)

@@ -65,8 +65,8 @@ def test_dcgan_discriminator_from_the_command_line(tmp_path):
 
 def test_input_size_fixes_a_fully_convolutional_model(tmp_path):
     root = shared_models() / "keras" / "dl4j" / "modelimport" / "keras" / "examples"
-    refused = lrptool("inspect", root / "12net.h5")
-    assert refused.returncode == 2 and "--input-size" in refused.stderr
+    free = lrptool("inspect", root / "12net.h5")
+    assert free.returncode == 0 and "(N, 3, ?, ?)" in free.stdout
     converted = lrptool("convert", root / "12net.h5", "--input-size", "12x12", "-o", tmp_path / "12net.onnx")
     assert converted.returncode == 0, converted.stderr
     x = np.load(root / "_ref_tfkeras2.15" / "12net.input.npy").transpose(0, 3, 1, 2).astype(np.float32)
@@ -75,3 +75,22 @@ def test_input_size_fixes_a_fully_convolutional_model(tmp_path):
     for index, output in enumerate(outputs):
         expected = np.load(root / "_ref_tfkeras2.15" / f"12net.output_{index}.npy").transpose(0, 3, 1, 2)
         np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fully_convolutional_keras_model_converts_as_dynamic_as_it_is(tmp_path):
+    root = shared_models() / "keras" / "dl4j" / "modelimport" / "keras" / "examples"
+    converted = lrptool("convert", root / "12net.h5", "-o", tmp_path / "free.onnx")
+    assert converted.returncode == 0, converted.stderr
+    session = onnxruntime.InferenceSession(str(tmp_path / "free.onnx"), providers=["CPUExecutionProvider"])
+    x = np.load(root / "_ref_tfkeras2.15" / "12net.input.npy").transpose(0, 3, 1, 2).astype(np.float32)
+    for index, output in enumerate(session.run(None, {session.get_inputs()[0].name: x})):
+        expected = np.load(root / "_ref_tfkeras2.15" / f"12net.output_{index}.npy").transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
+    # at another size: as the model converted for that size
+    assert lrptool("convert", root / "12net.h5", "--input-size", "30x40", "-o", tmp_path / "fixed.onnx").returncode == 0
+    fixed = onnxruntime.InferenceSession(str(tmp_path / "fixed.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 30, 40)).astype(np.float32)
+    name = session.get_inputs()[0].name
+    for free_output, fixed_output in zip(session.run(None, {name: x}), fixed.run(None, {name: x})):
+        assert free_output.shape == (2, fixed_output.shape[1], 10, 15)
+        np.testing.assert_allclose(free_output, fixed_output, rtol=1e-5, atol=1e-6)

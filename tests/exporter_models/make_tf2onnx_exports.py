@@ -6,7 +6,8 @@ seeded random weights (BatchNormalization statistics far from (0, 1), non-zero b
 * with tf2onnx's optimisers off, which leaves a Transpose pair around every convolution and pooling:
   ``NAME.tf2onnx-raw.onnx``;
 
-and ``NAME.input.npy`` / ``NAME.output.npy``: a batch and Keras' own ``predict`` on it.
+and ``NAME.input.npy`` / ``NAME.output.npy``: a batch and Keras' own ``predict`` on it; and
+``keras_fcn_strided.h5`` (free sizes, a strided 'same' convolution) for the Keras reader alone.
 
 TensorFlow is not a test dependency: run this in a separate environment, e.g.
 ``python3 -m venv /tmp/tf-venv && /tmp/tf-venv/bin/pip install tensorflow==2.14.1 tf2onnx==1.17.0`` and
@@ -65,7 +66,17 @@ def keras_fcn():
     return tf.keras.Model(inputs, outputs, name="keras_fcn")
 
 
+def keras_fcn_strided():
+    """Free sizes and a strided 'same' convolution, whose padding depends on the size: lrptool needs one."""
+    inputs = tf.keras.Input((None, None, 3), name="x")
+    x = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="strided")(inputs)
+    outputs = layers.GlobalAveragePooling2D(name="global_average")(x)
+    return tf.keras.Model(inputs, outputs, name="keras_fcn_strided")
+
+
 MODELS = {"keras_cnn": keras_cnn, "keras_residual": keras_residual, "keras_fcn": keras_fcn}
+#: Saved as .h5 only (for the Keras reader's tests).
+KERAS_ONLY = {"keras_fcn_strided": keras_fcn_strided}
 
 
 def randomize(model, rng):
@@ -84,6 +95,10 @@ def randomize(model, rng):
 
 
 def main():
+    for index, (name, build) in enumerate(KERAS_ONLY.items()):
+        model = build()
+        randomize(model, np.random.default_rng(300 + index))
+        model.save(HERE / f"{name}.h5", save_format="h5")
     for index, (name, build) in enumerate(MODELS.items()):
         rng = np.random.default_rng(200 + index)
         model = build()
