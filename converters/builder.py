@@ -65,8 +65,8 @@ class Names:
         self.taken.add(name)
         return name
 
-    def reserve(self, name):
-        self.taken.add(name)
+    def reserve(self, *names):
+        self.taken.update(names)
 
     def hold(self, base):
         """A unique name kept for a node that is made later (``take_held``)."""

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lrptool.errors import LrpToolError
 from lrptool.files import write_atomically
-from lrptool.graph import free_name
 
+from .builder import Names
 from .reading import describe
 
 OPSET = 19
@@ -46,8 +46,7 @@ class OnnxBuilder:
         self.graph = graph
         self.nodes = []
         self.initializers = []
-        self.names = set()
-        self.suffixes = {}
+        self.names = Names()
         self.external = {} if external else None
 
     def initializer(self, name, array):
@@ -58,12 +57,7 @@ class OnnxBuilder:
             self.initializers.append(numpy_helper.from_array(array, name))
 
     def unique(self, base):
-        # the last suffix per base is remembered: a graph may repeat one output name thousands of times
-        name = free_name(base, self.names, start=self.suffixes.get(base, 2))
-        if name != base:
-            self.suffixes[base] = int(name.rsplit("_", 1)[1])
-        self.names.add(name)
-        return name
+        return self.names.unique(base)
 
     def constant(self, base, value, dtype=np.float32):
         name = self.unique(base)
@@ -221,7 +215,7 @@ def export_reduce_mean(b, node):
 
 @exporter("Constant")
 def export_constant(b, node):
-    b.names.add(node.outputs[0])
+    b.names.reserve(node.outputs[0])
     b.initializer(node.outputs[0], node.params["value"].astype(np.float32))
 
 
@@ -375,9 +369,9 @@ def graph_to_onnx(graph, expose=(), external=None):
     arrays are not copied into the model: the model refers to them by name and ``external`` receives
     name → array, for onnxruntime's ``add_external_initializers``."""
     b = OnnxBuilder(graph, external=external is not None)
-    b.names.update(graph.inputs)
+    b.names.reserve(*graph.inputs)
     for node in graph.nodes:
-        b.names.update(node.outputs)
+        b.names.reserve(*node.outputs)
     for name in graph.inputs:
         check_tensor_name(name, f"graph input {name!r}")
     for node in graph.nodes:
