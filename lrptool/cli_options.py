@@ -55,24 +55,11 @@ def read_labels(path):
     shipped in lrptool/data."""
     import os
 
-    from .files import regular_file_problem
+    from .files import read_text
 
     if path in BUILTIN_LABELS and not os.path.exists(path):
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", BUILTIN_LABELS[path])
-
-    problem = regular_file_problem(path)
-    if problem:
-        raise LrpToolError(f"{path}: {problem}; give a text file of class names")
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise LrpToolError(f"{path}: cannot read the labels ({error.strerror or error})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise LrpToolError(f"{path}: the labels are not UTF-8 text (byte {error.start}); save the file as UTF-8") \
-            from None
+    text = read_text(path, "labels", "give a text file of class names")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

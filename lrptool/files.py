@@ -129,3 +129,23 @@ def regular_file_problem(path):
     if not stat.S_ISREG(mode):
         return "not a regular file (a FIFO, socket or device)"
     return None
+
+
+def read_text(path, what, advice):
+    """A small UTF-8 text file's content (a BOM dropped); one-line errors naming ``path`` and ``what``
+    it should hold, with ``advice`` where it is no readable file."""
+    from .errors import LrpToolError
+
+    problem = regular_file_problem(path)
+    if problem:
+        raise LrpToolError(f"{path}: {problem}; {advice}")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise LrpToolError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise LrpToolError(f"{path}: the {what} are not UTF-8 text (byte {error.start}); save the file as UTF-8") \
+            from None

@@ -101,19 +101,9 @@ class Tokenizer:
 def read_vocabulary(path):
     """token → id from a JSON object ({"token": id}), a JSON list (id = position) or a text file with one
     token per line (id = line number, counted from 0)."""
-    from .files import regular_file_problem
+    from .files import read_text
 
-    problem = regular_file_problem(path)
-    if problem:
-        raise LrpToolError(f"{path}: {problem}; give a vocabulary file (vocab.json or vocab.txt)")
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-        text = data.decode("utf-8-sig")
-    except OSError as error:
-        raise LrpToolError(f"{path}: cannot read the vocabulary ({error.strerror or error})") from None
-    except UnicodeDecodeError as error:
-        raise LrpToolError(f"{path}: the vocabulary is not UTF-8 text (byte {error.start})") from None
+    text = read_text(path, "vocabulary entries", "give a vocabulary file (vocab.json or vocab.txt)")
     if path.lower().endswith(".json"):
         try:
             value = json.loads(text)

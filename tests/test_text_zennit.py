@@ -8,30 +8,15 @@ they are missing, except in CI (LRPTOOL_REQUIRE_ZENNIT=1).
 """
 
 import io
-import os
 
 import numpy as np
 import pytest
+from torch_support import torch_and_zennit_or_skip
 
 from converters.onnx_reader import read_onnx
 from lrptool.lrp import Explainer
 
-
-def import_or_skip():
-    try:
-        import torch
-        from torch_support import ensure_torchvision
-        ensure_torchvision()
-        import zennit
-        return torch, zennit
-    except ImportError as error:
-        if os.environ.get("LRPTOOL_REQUIRE_ZENNIT"):
-            pytest.fail(f"the Zennit cross-check needs torch and zennit: {error}")
-        pytest.skip(f"torch and zennit are not installed ({error}); see tests/test_zennit_crosscheck.py",
-                    allow_module_level=True)
-
-
-torch, zennit = import_or_skip()
+torch, zennit = torch_and_zennit_or_skip("tests/test_zennit_crosscheck.py")
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.composites import EpsilonPlus, LayerMapComposite  # noqa: E402
 from zennit.rules import Epsilon, Pass  # noqa: E402

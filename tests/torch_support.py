@@ -6,6 +6,24 @@ import sys
 STAND_INS = pathlib.Path(__file__).resolve().parent / "stand_ins"
 
 
+def torch_and_zennit_or_skip(where="this file's docstring"):
+    """(torch, zennit), or a skip with the reason where they are missing (a failure in CI, where
+    LRPTOOL_REQUIRE_ZENNIT is set)."""
+    import os
+
+    import pytest
+
+    try:
+        import torch
+        ensure_torchvision()
+        import zennit
+        return torch, zennit
+    except ImportError as error:
+        if os.environ.get("LRPTOOL_REQUIRE_ZENNIT"):
+            pytest.fail(f"the Zennit cross-check needs torch and zennit: {error}")
+        pytest.skip(f"torch and zennit are not installed ({error}); see {where}", allow_module_level=True)
+
+
 def ensure_torchvision():
     """zennit 0.5.1 imports torchvision; where it cannot be imported, the stand-in serves."""
     try:
