@@ -415,7 +415,7 @@ class FolderExplainer:
         for (method, rank), explanation in runs:
             pictures.append(heatmap_image(explanation.relevance[index], self.colormap, self.clip, self.channels,
                                           geometry))
-            titles.append(self.column_title(method, rank, explanation, index))
+            titles.append(self.column_title(method or self.methods[0][0], rank, explanation, index))
         return montage_png(pictures, titles)
 
     def onto_original(self, fmt):

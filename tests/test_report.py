@@ -250,7 +250,7 @@ def test_a_fixed_target_keeps_the_prediction_in_the_record_and_the_page(tmp_path
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"digit {i}\n" for i in range(10)))
     result = run("explain", model, images, "-o", tmp_path / "out", "--target", "3", "--labels", labels,
-                 "--format", "html")
+                 "--format", "html,grid")
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "out" / "index.html").read_text()
     for record in json_lines(result.stdout):
@@ -261,3 +261,7 @@ def test_a_fixed_target_keeps_the_prediction_in_the_record_and_the_page(tmp_path
         else:
             assert record["predicted"] == predicted and record["predicted_label"] == f"digit {predicted}"
         assert f'"prediction": "digit {predicted}"' in page
+        # one method: the explained class titles the input, the method its column
+        with Image.open(record["files"][0]) as grid:
+            assert json.loads(grid.text["lrptool-columns"]) == [f"input\ndigit 3 ({record['score']:.3g})",
+                                                               "epsilon-plus-flat"]
