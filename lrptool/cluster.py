@@ -193,7 +193,7 @@ def evaluate_on_cluster(client, graph, paths, preprocessing, methods, target, pa
     from .evaluate import Curves, Tally, without_non_finite
 
     chunk_size = chunk_size or DEFAULT_CHUNK_BATCHES * batch_size
-    window = 2 * worker_count(client)
+    window = window_size(client)
     chunks = [paths[i:i + chunk_size] for i in range(0, len(paths), chunk_size)]
     good, unreadable = [] if readable is None else readable, 0
     for chunk, problems in zip(chunks, in_order(client, readable_chunk, [(preprocessing, c) for c in chunks],
@@ -210,8 +210,8 @@ def evaluate_on_cluster(client, graph, paths, preprocessing, methods, target, pa
                     explainer_options=explainer_options, target=target, patch=patch, steps=steps, orders=orders,
                     replacement=replacement, batch_size=batch_size,
                     snapshots={key: snapshots[key] for key in ("images", "steps")} if snapshots else None)
-    payload = pickle.dumps({"graph": graph, "preprocessing": preprocessing, "settings": settings},
-                           protocol=pickle.HIGHEST_PROTOCOL)
+    payload = pickle.dumps({"graph": graph, "preprocessing": preprocessing, "settings": settings,
+                            "workers_per_host": workers_per_host(client)}, protocol=pickle.HIGHEST_PROTOCOL)
     throughput = Throughput()
     tally, dropped, merged = Tally(), [], 0
     held = {"scores": {}, "finite": []}
@@ -250,8 +250,19 @@ def evaluate_on_cluster(client, graph, paths, preprocessing, methods, target, pa
     return tally, tally.summary() if tally.images else {}, dropped, unreadable
 
 
-def worker_count(client):
-    return max(1, len(client.scheduler_info().get("workers", {})))
+def window_size(client):
+    """Chunks in flight: enough that no worker waits for its next chunk while a result travels."""
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
+    return max(8, 4 * max(1, threads))
+
+
+def workers_per_host(client):
+    """{"tcp://HOST": worker processes there} of the cluster as it is now."""
+    counts = {}
+    for address in client.scheduler_info().get("workers", {}):
+        host = address.rpartition(":")[0]
+        counts[host] = counts.get(host, 0) + 1
+    return counts
 
 
 def check_output_shared(client, outdir):
@@ -348,7 +359,8 @@ class ClusterExplain:
                 bar = tqdm(total=len(items), unit="img", file=sys.stderr, dynamic_ncols=True)
             try:
                 with prepared_on_workers(self.client, "explain", build_explainer,
-                                         recipe(runner, os.path.abspath(runner.outdir))) as name:
+                                         recipe(runner, os.path.abspath(runner.outdir),
+                                                workers_per_host(self.client))) as name:
                     self.stream(items, name, bar, distributed)
                 runner.write_page(final=True)
             finally:
@@ -366,7 +378,7 @@ class ClusterExplain:
         from .cluster_worker import explain_chunk
 
         runner = self.runner
-        window = self.window or 2 * worker_count(self.client)
+        window = self.window or window_size(self.client)
         waiting = deque(items[i:i + self.chunk_size] for i in range(0, len(items), self.chunk_size))
         suspects = deque()
         running = {}

@@ -30,9 +30,27 @@ CLIENT_ONLY = {"explainer", "methods", "jsonl", "manifest", "report", "recorded"
                "resumed", "progress"}
 
 
-def recipe(runner, outdir):
+def cores():
+    """The cores this process may use (a batch system's limit included, where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def explainer_threads(settings, workers_per_host):
+    """The explainer's settings on this worker: unless they fix the threads, the host's cores are
+    shared among its worker processes (each onnxruntime session would take them all)."""
+    if settings.get("threads") is not None or not workers_per_host:
+        return dict(settings, quiet=True)
+    sharing = workers_per_host.get(distributed.get_worker().address.rpartition(":")[0], max(workers_per_host.values()))
+    return dict(settings, quiet=True, threads=max(1, cores() // sharing))
+
+
+def recipe(runner, outdir, workers_per_host=None):
     """What a worker needs to build ``runner`` (a FolderExplainer) again, as bytes; outputs go to
-    ``outdir`` (absolute: a worker's working folder is not the client's)."""
+    ``outdir`` (absolute: a worker's working folder is not the client's). ``workers_per_host``
+    ({"tcp://HOST": worker processes}) lets each worker take its share of its host's cores."""
     state = {}
     for name, value in vars(runner).items():
         if name in CLIENT_ONLY:
@@ -44,7 +62,8 @@ def recipe(runner, outdir):
         state[name] = value
     state["outdir"] = outdir
     methods = [(name, explainer.original, explainer.settings) for name, explainer in runner.methods]
-    return pickle.dumps({"methods": methods, "state": state}, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps({"methods": methods, "state": state, "workers_per_host": workers_per_host},
+                        protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class ChunkExplainer(FolderExplainer):
@@ -56,7 +75,8 @@ class ChunkExplainer(FolderExplainer):
         recipe = pickle.loads(payload)
         runner = cls.__new__(cls)
         vars(runner).update(recipe["state"])
-        runner.methods = [(name, Explainer(graph, **dict(settings, quiet=True)))
+        hosts = recipe.get("workers_per_host")
+        runner.methods = [(name, Explainer(graph, **explainer_threads(settings, hosts)))
                           for name, graph, settings in recipe["methods"]]
         runner.explainer = runner.methods[0][1]
         runner.noted = set(runner.noted)
@@ -95,8 +115,9 @@ def build_evaluation(payload):
 
     recipe = pickle.loads(payload)
     settings = recipe["settings"]
+    options = explainer_threads(settings["explainer_options"] or {}, recipe.get("workers_per_host"))
     recipe["explainers"], recipe["score"] = prepared_methods(recipe["graph"], settings["methods"], settings["bounds"],
-                                                             settings["seed"], settings["explainer_options"])
+                                                             settings["seed"], options)
     return recipe
 
 

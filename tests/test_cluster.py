@@ -353,3 +353,68 @@ def test_evaluate_on_the_cluster_reports_what_one_process_reports(cluster, digit
     for name in ("summary.json", "curves.csv"):
         assert (tmp_path / "cluster" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     assert json.loads((tmp_path / "local" / "summary.json").read_text())["settings"]["images"] == 20
+
+
+class Slow(WorkerPlugin):
+    """Each image takes ``seconds`` longer to write on a worker with this plugin."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def setup(self, worker):
+        import time
+
+        from lrptool.explain_folder import FolderExplainer
+
+        seconds, original = self.seconds, FolderExplainer.write_outputs
+
+        def write_outputs(runner, *args):
+            time.sleep(seconds)
+            return original(runner, *args)
+        self.original = original
+        FolderExplainer.write_outputs = write_outputs
+
+    def teardown(self, worker):
+        from lrptool.explain_folder import FolderExplainer
+        FolderExplainer.write_outputs = self.original
+
+
+def test_ctrl_c_on_the_client_stops_cleanly_and_resume_finishes_the_run(cluster, digits, reference, tmp_path):
+    import time
+
+    local, client = cluster
+    images = tmp_path / "images"
+    images.mkdir()
+    for source in sorted((digits / "odd").iterdir())[:60]:
+        (images / source.name).write_bytes(source.read_bytes())
+    out = tmp_path / "out"
+    jsonl = out / "run.jsonl"
+    command = [sys.executable, "-m", "lrptool.cli", "explain", MODEL, str(images), "-o", str(out), "--format", "npy",
+               "--scheduler", local.scheduler_address, "--chunk-size", "2", "--jsonl", str(jsonl)]
+
+    def interrupted_run():
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if jsonl.exists() and jsonl.read_text().count("\n") >= 10:
+                process.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.05)
+        return process.returncode if process.poll() is not None else None, process.communicate(timeout=120)
+
+    early, (_, errors) = with_plugin(client, Slow(0.1), "slow", interrupted_run)
+    assert early is None, "the run ended before it could be interrupted"
+    assert errors.strip().splitlines()[-1] == "lrptool: interrupted" and "Traceback" not in errors
+    recorded = len(records_by_path(jsonl))
+    assert 10 <= recorded < 60 and len(manifest_stems(out)) == recorded
+
+    assert run_cli("explain", MODEL, images, "-o", out, "--format", "npy", "--scheduler", local.scheduler_address,
+                   "--resume", "--jsonl", jsonl) == 0
+    stems = manifest_stems(out)
+    assert len(stems) == 60 == len(set(stems))
+    found = records_by_path(jsonl)
+    assert sorted(os.path.basename(path) for path in found) == sorted(p.name for p in images.iterdir())
+    expected = {name: data for name, data in npy_files(reference[0]).items() if name.startswith("odd")}
+    assert {"odd/" + name: data for name, data in npy_files(out).items()} == \
+        {name: data for name, data in expected.items() if os.path.basename(name)[:-4] in stems}
+    assert not leftovers(out)

@@ -71,8 +71,9 @@ class Explainer:
     options leave the defaults above, and falls back to the eager walk where a graph has no compiled
     form; ``True`` insists on it, ``False`` takes the eager walk. The eager walk also serves float64,
     ``layers=True`` and the random baseline. ``providers``: onnxruntime execution providers for the
-    compiled explainer (``["cuda"]``, …). ``report``: the compiled explainer also computes the
-    conservation report (the eager walk always does).
+    compiled explainer (``["cuda"]``, …) and ``threads`` its CPU threads (default: onnxruntime's, one
+    per core). ``report``: the compiled explainer also computes the conservation report (the eager
+    walk always does).
 
     Recurrent layers (LSTM, GRU, RNN) follow Arras et al. 2017 whatever the method's rules
     (``lrp.recurrent``): ``recurrent_epsilon`` is their ε, ``recurrent_bias`` ``"absorb"`` (biases and
@@ -91,7 +92,7 @@ peepholes and the gradient methods through them are explained eagerly.
     def __init__(self, graph, method="epsilon-plus-flat", bounds=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
                  maxpool="winner", dtype=np.float32, start=None, samples=32, noise=0.1, steps=64, seed=0,
                  forward_backend="auto", primitives="onnxruntime", quiet=False, compiled="auto", providers=None,
-                 report=False, recurrent_epsilon=1e-3, recurrent_bias="absorb"):
+                 report=False, recurrent_epsilon=1e-3, recurrent_bias="absorb", threads=None):
         settings = {k: v for k, v in locals().items() if k not in ("self", "graph", "__class__")}
         # Explainer(self.original, **self.settings) builds it again (also in another process: lrptool.cluster_worker)
         self.settings = settings
@@ -139,9 +140,10 @@ peepholes and the gradient methods through them are explained eagerly.
         if compiled and method != "random" and (compiled is True or (
                 self.dtype == np.float32 and forward_backend == "auto" and primitives == "onnxruntime")):
             self.compiled = self.compile(graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers,
-                                         strict=compiled is True, report=report)
+                                         strict=compiled is True, report=report, threads=threads)
 
-    def compile(self, graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers, strict, report):
+    def compile(self, graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers, strict, report,
+                threads=None):
         """The compiled explainer's session, or None where the graph has no compiled form (then the
         eager walk serves; with ``strict`` that is an error)."""
         from .compile import CompiledSession, compile_explainer, resolve_providers
@@ -153,7 +155,7 @@ peepholes and the gradient methods through them are explained eagerly.
                                       maxpool=maxpool, start=start, external=external, node_sums=report,
                                       recurrent_epsilon=self.walk.recurrent_epsilon,
                                       recurrent_bias=self.walk.recurrent_bias)
-            return CompiledSession(model, providers, external=external)
+            return CompiledSession(model, providers, threads=threads, external=external)
         except Exception:  # noqa: BLE001 - the eager walk computes the same explanation
             if strict:
                 raise
