@@ -12,6 +12,7 @@ Usage: ``python benchmarks/bench_cluster.py [--images 1000] [--model mnist|vgg]`
 """
 
 import argparse
+import contextlib
 import os
 import pathlib
 import shutil
@@ -67,47 +68,52 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--model", choices=["mnist", "vgg"], default="mnist")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration, interleaved; the best counts")
     options = parser.parse_args()
     import distributed
 
-    with tempfile.TemporaryDirectory() as temporary:
+    with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as stack:
         root = pathlib.Path(temporary)
         if options.model == "vgg":
             sys.path.insert(0, str(HERE))
             from bench_cli import model as vgg_model
-            model = vgg_model(root / "vgg.onnx")
+            model = root / "vgg.onnx"
+            vgg_model(model)
             size, channels = 64, 3
         else:
             model, size, channels = MNIST, 28, 1
         images = pictures(root / "images", options.images, size, channels)
         warm = pictures(root / "warm", 64, size, channels, seed=1)
-        rates = {}
-        run_once(model, warm, root / "out")
-        rates["1 process"] = options.images / run_once(model, images, root / "out")
-        overhead = {}
+        sample = pictures(root / "sample", 256, size, channels, seed=2)
+        clients = {"1 process": None}
         for workers in (1, 2):
-            with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                          dashboard_address=None, silence_logs=50) as cluster, \
-                    distributed.Client(cluster) as client:
-                run_once(model, warm, root / "out", client)
-                rates[f"LocalCluster, {workers} worker(s)"] = options.images / run_once(model, images, root / "out",
-                                                                                        client)
-                if workers == 1:
-                    overhead["empty task round trip"] = task_round_trip(client, 500)
-                    sample = pictures(root / "sample", 256, size, channels, seed=2)
-                    single = run_once(model, sample, root / "out", client, chunk_size=1)
-                    chunked = run_once(model, sample, root / "out", client, chunk_size=64)
-                    overhead["one image per chunk, extra time"] = 1000 * (single - chunked) / (256 - 256 / 64)
+            cluster = stack.enter_context(distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50))
+            clients[f"LocalCluster, {workers} worker(s)"] = stack.enter_context(distributed.Client(cluster))
+        for client in clients.values():
+            run_once(model, warm, root / "out", client)
+        # interleaved, so that a burst of load elsewhere on the machine hits every configuration alike
+        seconds = {name: [] for name in clients}
+        single, chunked, round_trip = [], [], []
+        one_worker = clients["LocalCluster, 1 worker(s)"]
+        for _ in range(options.repeats):
+            for name, client in clients.items():
+                seconds[name].append(run_once(model, images, root / "out", client))
+            round_trip.append(task_round_trip(one_worker, 500))
+            single.append(run_once(model, sample, root / "out", one_worker, chunk_size=1))
+            chunked.append(run_once(model, sample, root / "out", one_worker, chunk_size=64))
+        rates = {name: options.images / min(times) for name, times in seconds.items()}
         print(f"lrptool explain on a Dask LocalCluster: {options.images} pictures {size}x{size}, "
-              f"model {options.model}, --format npy, {os.cpu_count()} CPU(s)")
+              f"model {options.model}, --format npy, {os.cpu_count()} CPU(s), best of {options.repeats}")
         base = rates["1 process"]
         for name, rate in rates.items():
             print(f"  {name:<28} {rate:8.1f} images/s   ×{rate / base:.2f} of one process   "
                   f"{1000 / rate:6.2f} ms/image")
         two, one = rates["LocalCluster, 2 worker(s)"], rates["LocalCluster, 1 worker(s)"]
         print(f"  2 workers / 1 worker: ×{two / one:.2f}")
-        for name, milliseconds in overhead.items():
-            print(f"  scheduler cost per chunk ({name}): {milliseconds:.2f} ms")
+        print(f"  scheduler cost per chunk (empty task round trip): {min(round_trip):.2f} ms")
+        extra = 1000 * (min(single) - min(chunked)) / (256 - 256 / 64)
+        print(f"  scheduler cost per chunk (one image per chunk instead of 64, extra time per chunk): {extra:.2f} ms")
 
 
 if __name__ == "__main__":

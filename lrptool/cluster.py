@@ -94,7 +94,7 @@ def connected(cluster_spec=None, scheduler=None, scheduler_file=None, wait=60):
     try:
         if workers:
             local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=None, silence_logs=logging.ERROR)
+                                             dashboard_address=":0", silence_logs=logging.ERROR)
             client = distributed.Client(local)
         else:
             where = scheduler or scheduler_file

@@ -32,7 +32,7 @@ IMAGES = 200
 @pytest.fixture(scope="module")
 def cluster():
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                          silence_logs=50)
     client = distributed.Client(local)
     yield local, client
