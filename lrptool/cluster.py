@@ -28,6 +28,8 @@ import click
 from .errors import LrpToolError
 
 DEFAULT_CHUNK_BATCHES = 4
+#: Seconds a run waits while the cluster has no worker at all before it stops (--resume continues).
+NO_WORKER_PATIENCE = 300
 
 
 def cluster_options(function):
@@ -132,6 +134,31 @@ def prepared_on_workers(client, kind, build, payload):
             client.unregister_worker_plugin(name)
 
 
+def arrivals(client, finished):
+    """(future, result) from ``finished`` (an ``as_completed`` with results) as each task ends. A
+    cluster left without any worker for NO_WORKER_PATIENCE seconds (all died and none came back)
+    ends the run with one line instead of waiting forever."""
+    checked = time.monotonic()
+    alone_since = None
+    while True:
+        if finished.has_ready():
+            yield from finished.next_batch(block=False)
+            continue
+        if finished.is_empty():
+            return
+        now = time.monotonic()
+        if now - checked > 5:
+            checked = now
+            if client.scheduler_info().get("workers"):
+                alone_since = None
+            elif alone_since is None:
+                alone_since = now
+            elif now - alone_since > NO_WORKER_PATIENCE:
+                raise LrpToolError(f"no worker has been left in the cluster for {NO_WORKER_PATIENCE} s (all died or "
+                                   "left); the run stops here, and --resume continues it")
+        time.sleep(0.02)
+
+
 def in_order(client, function, calls, window, distributed, done=None):
     """``function(*call)`` on the cluster for each call, at most ``window`` at a time, yielding the
     results in the order of ``calls`` (a finished task waits for those before it, so that at most
@@ -153,7 +180,7 @@ def in_order(client, function, calls, window, distributed, done=None):
 
     try:
         fill()
-        for future, result in finished:
+        for future, result in arrivals(client, finished):
             index, call = waiting.pop(future)
             if future.status == "error":
                 error = result[1]
@@ -400,7 +427,7 @@ class ClusterExplain:
 
         try:
             fill()
-            for future, result in finished:
+            for future, result in arrivals(self.client, finished):
                 chunk, alone = running.pop(future)
                 if future.status == "error":
                     result = result[1]      # (type, exception, traceback)

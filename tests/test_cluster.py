@@ -31,6 +31,9 @@ IMAGES = 200
 
 @pytest.fixture(scope="module")
 def cluster():
+    import lrptool.cluster
+
+    lrptool.cluster.NO_WORKER_PATIENCE = 90     # a cluster whose workers never come back fails, not hangs
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                          silence_logs=50)
@@ -83,10 +86,15 @@ def manifest_stems(folder):
 
 
 def run_cli(*args):
+    """The command in this process; its exit status. The signal handlers it sets are put back."""
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         main([str(a) for a in args])
     except SystemExit as end:
         return end.code
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
     return None
 
 
