@@ -166,7 +166,7 @@ def in_order(client, function, calls, window, distributed, done=None):
     fails, or whose workers keep dying, ends the run with one line."""
     calls = iter(enumerate(calls))
     waiting, held, next_index = {}, {}, 0
-    finished = distributed.as_completed(with_results=True, raise_errors=False)
+    finished = distributed.as_completed(with_results=True, raise_errors=False, loop=client.loop)
 
     def fill():
         while len(waiting) + len(held) < window:
@@ -409,7 +409,7 @@ class ClusterExplain:
         waiting = deque(items[i:i + self.chunk_size] for i in range(0, len(items), self.chunk_size))
         suspects = deque()
         running = {}
-        finished = distributed.as_completed(with_results=True, raise_errors=False)
+        finished = distributed.as_completed(with_results=True, raise_errors=False, loop=self.client.loop)
 
         def submit(chunk, alone=False):
             shipped = [type(item)(os.path.abspath(item.path), item.target, item.stem) for item in chunk]
