@@ -253,8 +253,6 @@ def say_notes():
 
 def build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean, std,
                         mean_file=None, native_size=False):
-    import os
-
     from .images import preprocessing_for
 
     check_scale(scale)

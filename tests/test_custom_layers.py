@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_models
+from gradient_support import central_difference
 from lrptool.errors import LrpToolError
 
 HERE = os.path.dirname(__file__)
@@ -79,14 +80,7 @@ def test_attention_matches_tensorflow_and_is_explained():
 
     # the plug-in's gradient against central differences of the forward pass
     gradient = Explainer(graph, "gradient", dtype=np.float64, quiet=True).explain(x.astype(np.float64), target=1)
-    numeric = np.zeros_like(x, dtype=np.float64)
-    for index in np.ndindex(x.shape):
-        up, down = x.astype(np.float64), x.astype(np.float64)
-        up[index] += 1e-6
-        down[index] -= 1e-6
-        out = graph.outputs[0]
-        numeric[index] = (run_graph(graph, up, dtype=np.float64)[out][index[0], 1]
-                          - run_graph(graph, down, dtype=np.float64)[out][index[0], 1]) / 2e-6
+    numeric = central_difference(graph, x, 1)
     np.testing.assert_allclose(gradient.relevance, numeric, atol=1e-6, rtol=1e-5)
 
 

@@ -12,30 +12,16 @@ zennit==0.5.1``); skipped with the reason where they are missing, except in CI
 """
 
 import io
-import os
 
 import numpy as np
 import pytest
 
 from converters.onnx_reader import read_onnx
 from lrptool.lrp import Explainer
+from torch_support import torch_and_zennit_or_skip
 
 
-def import_or_skip():
-    try:
-        import torch
-        from torch_support import ensure_torchvision
-        ensure_torchvision()
-        import zennit
-        return torch, zennit
-    except ImportError as error:
-        if os.environ.get("LRPTOOL_REQUIRE_ZENNIT"):
-            pytest.fail(f"the Zennit cross-check needs torch and zennit: {error}")
-        pytest.skip(f"torch and zennit are not installed ({error}); see this file's docstring",
-                    allow_module_level=True)
-
-
-torch, zennit = import_or_skip()
+torch, zennit = torch_and_zennit_or_skip()
 from torch_nets import ZENNIT_NETS  # noqa: E402
 from torch_nets import randomized as randomized_net  # noqa: E402
 from torch_support import fold_batchnorm, residual_class, set_export_mode  # noqa: E402

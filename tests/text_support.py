@@ -2,7 +2,6 @@
 text operator (the completeness check in test_compiled reads it)."""
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lrptool.graph import Graph, Node
