@@ -74,6 +74,12 @@ def read_lines(source, data, labels=None):
     return lines
 
 
+def embedding_rows(graph):
+    """The number of token ids every embedding table of ``graph`` knows (no limit without one)."""
+    rows = [n.params["weight"].shape[0] for n in graph.nodes if n.op == "Embedding"]
+    return min(rows) if rows else np.iinfo(np.int64).max
+
+
 class TextRunner:
     """Explains Lines in batches with an ``Explainer``; see ``lrptool explain-text --help``."""
 
@@ -95,6 +101,7 @@ class TextRunner:
         self.report = report or (lambda message: print(f"lrptool: {message}", file=sys.stderr))
         _, self.length, self.bag = token_input(explainer.graph, max_len)
         self.classes = explainer.output_size()
+        self.rows = embedding_rows(explainer.graph)
         self.manifest = Manifest(outdir)
         self.failures, self.records = [], {}
         self.explained = self.resumed = 0
@@ -159,9 +166,9 @@ class TextRunner:
                     raise TextError(f"class {line.target} is out of range: the model has {self.classes} outputs")
                 item = fit_text(self.tokenizer, line.text, self.length, self.bag, self.pad, self.layout, self.used)
                 largest = int(item.ids.max()) if item.ids.size and not self.bag else 0
-                if largest >= self.vocabulary_rows():
+                if largest >= self.rows:
                     raise TextError(f"token id {largest} is beyond the model's embedding table "
-                                    f"({self.vocabulary_rows()} rows); check the tokenizer, vocabulary or --pad")
+                                    f"({self.rows} rows); check the tokenizer, vocabulary or --pad")
             except TextError as problem:
                 self.fail(line, str(problem))
                 continue
@@ -173,10 +180,6 @@ class TextRunner:
             placed.append(item)
             kept.append(line)
         return kept, placed
-
-    def vocabulary_rows(self):
-        rows = [n.params["weight"].shape[0] for n in self.explainer.graph.nodes if n.op == "Embedding"]
-        return min(rows) if rows else np.iinfo(np.int64).max
 
     def explain_batch(self, lines):
         lines, placed = self.encode(lines)
@@ -284,7 +287,7 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
     if bag and chosen.largest_id() >= length:
         raise LrpToolError(f"{chosen.source}: the vocabulary maps a word to feature {chosen.largest_id()}; the model "
                            f"has {length} features")
-    if not bag and pad >= min(n.params["weight"].shape[0] for n in graph.nodes if n.op == "Embedding"):
+    if not bag and pad >= embedding_rows(graph):
         raise LrpToolError(f"--pad {pad}: beyond the model's embedding table; give an id the model knows")
     explainer = Explainer(graph, method, primitives="numpy" if low_memory else "onnxruntime",
                           forward_backend="lrptool" if low_memory else "auto", providers=providers)
