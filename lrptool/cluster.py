@@ -360,12 +360,11 @@ class ClusterExplain:
     """Runs a FolderExplainer's work on a Dask cluster: the same outputs, manifest and JSON lines as
     ``FolderExplainer.run``, written by the workers and recorded by the client."""
 
-    def __init__(self, runner, client, chunk_size=None, window=None, say=None):
+    def __init__(self, runner, client, chunk_size=None, window=None):
         self.runner = runner
         self.client = client
         self.chunk_size = chunk_size or DEFAULT_CHUNK_BATCHES * runner.batch_size
         self.window = window
-        self.say = say or (lambda message: None)
         self.throughput = Throughput()
         self.notes_said = set()
 

@@ -20,7 +20,7 @@ import numpy as np
 from .files import remove_stale_parts, write_atomically
 from .lrp import GRADIENT_METHODS, top_k_targets
 from .manifest import Manifest, digest
-from .text import TextError, fit_text, token_input, token_relevance
+from .text import TextError, TextExplanation, fit_text, token_input, token_relevance
 from .text_outputs import ansi_line, html_page
 
 FORMATS = ("jsonl", "html", "ansi")
@@ -107,7 +107,8 @@ class TextRunner:
         self.explained = self.resumed = 0
         self.noted = set()
         self.jsonl = None
-        self.used = None     # positions used for tokens, when fewer than the model's length
+        # positions used for tokens, when --max-len is below the model's length
+        self.used = max_len if max_len and max_len < self.length else None
 
     def ranks(self):
         return [None] if not self.top_k else list(range(1, self.top_k + 1))
@@ -220,21 +221,17 @@ class TextRunner:
     def record(self, line, item, explanation, index, rank):
         tokens, padding = token_relevance(item, explanation.relevance[index])
         score = float(explanation.scores[index])
-        if self.bag:
-            tokens[item.features < 0] = 0.0
         if not (np.isfinite(score) and np.all(np.isfinite(tokens)) and np.isfinite(padding)):
             return None
         target = int(explanation.targets[index])
-        total = float(np.sum(tokens) + padding)
-        magnitude = float(np.sum(np.abs(tokens)) + abs(padding))
+        sums = TextExplanation(line.text, item.encoded.tokens, tokens, padding, target, score)
         record = {"source": line.source, "line": line.number, "text": line.text, "given_class": line.target,
                   "tokens": item.encoded.tokens, "ids": [int(i) for i in item.encoded.ids],
                   "offsets": [list(s) for s in item.encoded.spans], "relevance": [float(v) for v in tokens],
                   "target": target,
                   "label": self.labels[target] if self.labels and target < len(self.labels) else None,
-                  "score": score, "relevance_sum": total, "padding_relevance": padding,
-                  "padding_share": abs(padding) / magnitude if magnitude > 0 else 0.0,
-                  "absorbed": score - total,
+                  "score": score, "relevance_sum": sums.total, "padding_relevance": padding,
+                  "padding_share": sums.padding_share, "absorbed": score - sums.total,
                   "truncated": bool(item.truncated), "method": str(self.explainer.method),
                   "text_sha256": digest(line.text.encode("utf-8", "surrogateescape"))}
         if rank is not None:
@@ -314,8 +311,6 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
     say_notes()
     runner = TextRunner(explainer, chosen, outdir, wanted, fixed_target, top_k, label_names, pad, layout, batch_size,
                         resume, max_len=max_len)
-    if max_len and max_len < length:
-        runner.used = max_len
     try:
         failures = runner.run(lines)
     except OSError as error:
