@@ -380,3 +380,18 @@ def test_model_tensors_named_like_the_interface_give_way(tmp_path):
     x = rng.normal(size=(5, 4))
     for method in ("epsilon", "gradient"):
         compare(read_onnx(str(path)), x, method)
+
+
+@pytest.mark.parametrize("method", ["sensitivity", "gradient-x-input", "gradient"])
+def test_gradient_methods_with_layers_are_not_applied_twice(method):
+    # layers=True takes the eager walk; it must not square or multiply the compiled result again
+    rng = np.random.default_rng(3)
+    nodes = [Node("d1", "Dense", ["x"], ["h"], {}, {"weight": rng.normal(size=(4, 3)), "bias": rng.normal(size=4)}),
+             Node("relu", "Relu", ["h"], ["r"]),
+             Node("d2", "Dense", ["r"], ["y"], {}, {"weight": rng.normal(size=(2, 4))})]
+    graph = Graph({"x": (None, 3)}, nodes, ["y"])
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    compiled = Explainer(graph, method, compiled=True, quiet=True)
+    eager = Explainer(graph, method, compiled=False, quiet=True).explain(x, target=1)
+    np.testing.assert_allclose(compiled.explain(x, target=1, layers=True).relevance, eager.relevance, rtol=1e-5)
+    np.testing.assert_allclose(compiled.explain(x, target=1).relevance, eager.relevance, rtol=1e-5)

@@ -260,7 +260,9 @@ peepholes and the gradient methods through them are explained eagerly.
         return Explanation(relevance, targets, scores, outputs, report, result if layers else None)
 
     def gradient(self, x, targets, values=None):
-        if self.compiled is not None:
+        """d score / d x; from the compiled gradient graph where there is one and no forward pass was
+        recorded (the sampling loops), else from the eager walk over ``values``."""
+        if values is None and self.compiled is not None:
             return self.compiled.run(x, targets)["relevance"]
         values = values if values is not None else self.walk.forward(x)
         outputs = values[self.output]
