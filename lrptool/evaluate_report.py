@@ -4,13 +4,13 @@ and for a few images the perturbation sequence as thumbnails — what the model 
 explain report: inline CSS, no script, no network, pictures by relative path; written atomically."""
 
 import html
-import io
 import os
 import time
 
 import numpy as np
 from PIL import Image
 
+from .explain_folder import png_bytes
 from .files import write_atomically
 
 #: Images whose perturbation sequence the page shows.
@@ -25,18 +25,12 @@ def sequence_steps(steps, count=5):
 
 def to_picture(tensor, preprocessing):
     """The picture an input tensor (C, H, W) shows: the preprocessing undone, clipped to 0–255."""
-    mean, std = preprocessing.per_channel(preprocessing.mean), preprocessing.per_channel(preprocessing.std)
+    mean, std = preprocessing.mean_values(), preprocessing.per_channel(preprocessing.std)
     pixels = (np.asarray(tensor, dtype=np.float64) * std + mean) / preprocessing.scale
     if preprocessing.channels == "bgr":
         pixels = pixels[::-1]
     pixels = np.clip(np.nan_to_num(np.round(pixels)), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels[0], "L") if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
-
-
-def png_bytes(picture):
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def write_evaluate_page(outdir, table, settings, snapshots, names, preprocessing, dropped=()):

@@ -98,3 +98,16 @@ def test_a_too_small_mean_file_is_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "small.binaryproto" in lines[0] and "4x4, smaller than the 8x8 input" in lines[0]
+
+
+def test_evaluate_thumbnails_undo_the_mean_image(tmp_path):
+    # the perturbation thumbnails show the picture the model saw: the cropped mean image added back
+    from converters.caffe_reader import read_mean_image
+    from lrptool.evaluate_report import to_picture
+
+    c, h, w = np.mgrid[0:3, 0:4, 0:6]
+    path = mean_file(tmp_path / "mean.binaryproto", [1, 3, 4, 6], 100 * c + 10 * h + w)
+    pre = preprocessing_for((None, 3, 2, 2), "caffe", mean_image=read_mean_image(path), mean_file=str(path))
+    picture = load_picture(position_picture(tmp_path / "p.png"), pre)
+    shown = to_picture(to_tensor(picture, pre), pre)
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(picture.convert("RGB")))
