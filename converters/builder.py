@@ -40,10 +40,12 @@ class Registry(dict):
 
 
 class Names:
-    """One namespace of unique names: ``base``, else ``base_2``, ``base_3``, … The last suffix given out
-    per base is remembered, so that thousands of layers of one name cost linear, not quadratic, time."""
+    """One namespace of unique names: ``base``, else ``base_2``, ``base_3``, … (or ``base#2``, … with
+    ``separator="#"``, for formats whose own names often end in ``_2``). The last suffix given out per
+    base is remembered, so that thousands of layers of one name cost linear, not quadratic, time."""
 
-    def __init__(self):
+    def __init__(self, separator="_"):
+        self.separator = separator
         self.taken = set()
         self.suffixes = {}
         self.held = set()
@@ -55,9 +57,9 @@ class Names:
         """The name ``unique`` would give, without taking it."""
         if base not in self.taken:
             return base
-        name = free_name(base, self.taken, start=self.suffixes.get(base, 2))
+        name = free_name(base, self.taken, self.separator, start=self.suffixes.get(base, 2))
         # names are never given back, so no suffix below this one will be free again
-        self.suffixes[base] = int(name.rsplit("_", 1)[1])
+        self.suffixes[base] = int(name.rsplit(self.separator, 1)[1])
         return name
 
     def unique(self, base):
@@ -83,11 +85,11 @@ class GraphBuilder:
     """A graph under construction: its inputs, IR nodes in order, the shape of every tensor made so far,
     and unique node names. ``finish`` checks the whole graph once more and returns it."""
 
-    def __init__(self):
+    def __init__(self, separator="_"):
         self.inputs = {}
         self.nodes = []
         self.shapes = {}
-        self.node_names = Names()
+        self.node_names = Names(separator)
 
     def shape(self, tensor):
         return self.shapes[tensor]

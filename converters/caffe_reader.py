@@ -209,14 +209,15 @@ def layer_in_phase(lp, phase):
 
 class CaffeContext(GraphBuilder):
     def __init__(self, source, weights, random_weights, seed, weights_path=None):
-        super().__init__()
+        # Caffe's own names often end in _2 (conv1_2, a layer after one named conv1): made-up names take #2
+        super().__init__(separator="#")
         self.source = source
         self.weights = weights
         self.weights_path = weights_path
         self.random_weights = random_weights
         self.rng = np.random.default_rng(seed)
         # Caffe names blobs and layers apart, so a layer may share its name with its top.
-        self.tensor_names = Names()
+        self.tensor_names = Names("#")
         self.parameter_bytes = 0
         self.current = {}  # Caffe blob name → IR tensor holding its latest value
         self.produced = []  # IR tensors made by layers, in order

@@ -615,3 +615,19 @@ def test_inner_product_from_axis_two_keeps_the_leading_axes(tmp_path):
     x = np.random.default_rng(8).normal(size=(2, 3, 4, 5))
     expected = x.reshape(2, 3, 20) @ weights.T.astype(np.float64) + bias
     np.testing.assert_allclose(run_graph(graph, x, dtype=np.float64)[graph.outputs[0]], expected, rtol=1e-6)
+
+
+def test_made_up_names_never_take_a_later_layers_own_name(tmp_path):
+    # relu 'a' works in place on blob 'a'; the next layer is really called 'a_2' with top 'a_2'
+    prototxt = tmp_path / "names.prototxt"
+    prototxt.write_text('input: "data" input_shape { dim: 1 dim: 2 dim: 4 dim: 4 }\n'
+                        'layer { name: "a" type: "Convolution" bottom: "data" top: "a" '
+                        'convolution_param { num_output: 2 kernel_size: 1 } }\n'
+                        'layer { name: "a" type: "ReLU" bottom: "a" top: "a" }\n'
+                        'layer { name: "a_2" type: "Convolution" bottom: "a" top: "a_2" '
+                        'convolution_param { num_output: 2 kernel_size: 1 } }\n')
+    graph = read_caffe(str(prototxt), random_weights=True)
+    assert [n.name for n in graph.nodes] == ["a", "a#2", "a_2"]
+    relu, last = graph.nodes[1], graph.nodes[2]
+    assert relu.outputs == ["a"] and last.inputs == ["a"] and last.outputs == ["a_2"]
+    assert graph.outputs == ["a_2"]
