@@ -644,7 +644,6 @@ REFUSED = {
     "Lambda": "arbitrary Python code cannot be read from the file",
     "TFOpLambda": "a raw TensorFlow operation",
     "LayerNormalization": "per-sample normalisation has no lrptool operator",
-    "Embedding": "table lookup has no lrptool operator",
     "Masking": "masks have no lrptool counterpart",
     "TimeDistributed": "wrapper layers are not read",
     "Conv3D": "the IR has 1-D and 2-D windows only",

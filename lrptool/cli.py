@@ -302,7 +302,7 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     until 16 % of the image is perturbed, as published. Exit status 1 when some image failed."""
     import numpy as np
 
-    from .evaluate import ORDERS, default_setting, evaluate_methods, perturbed_share, write_report
+    from .evaluate import ORDERS, default_setting, evaluate_methods, perturbed_share, region_count, write_report
     from .images import ImageError, load_picture, to_tensor, walk_inputs
     from .limits import check_bytes
     from .lrp import METHODS
@@ -330,7 +330,7 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     patch = patch or default_patch
     if steps is None:
         steps = default_steps if patch == default_patch else max(1, round(default_steps * default_patch ** 2 / patch ** 2))
-    steps = min(steps, -(-height // patch) * -(-width // patch))
+    steps = min(steps, region_count(height, width, patch))
     items = walk_inputs(inputs, stdin=stdin_bytes() if "-" in inputs else None)
     if not items:
         raise LrpToolError("no images found in " + ", ".join(inputs))

@@ -6,6 +6,7 @@ Every cell has the picture's aspect ratio, its longer side ``cell`` pixels; colu
 may have several lines ("\n"); they are also stored in the PNG's text chunk ``lrptool-columns``
 (a JSON list)."""
 
+import functools
 import io
 import json
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Layout:
         return GAP + column * (self.cell[0] + GAP), GAP + self.title_height
 
 
+@functools.lru_cache(maxsize=None)
 def font():
     try:
         return ImageFont.load_default(size=FONT_SIZE)
@@ -41,6 +43,7 @@ def font():
         return ImageFont.load_default()
 
 
+@functools.lru_cache(maxsize=None)
 def line_height():
     top, bottom = font().getbbox("Hg")[1::2]
     return bottom + top + 2

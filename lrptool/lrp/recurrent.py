@@ -161,8 +161,8 @@ def recurrent_relevance(walk, node, inputs, outputs, incoming):
         from .recurrent_emitted import emitted_relevance
 
         return emitted_relevance(walk, node, inputs, incoming)
-    epsilon = getattr(walk, "recurrent_epsilon", 1e-3)
-    spread = getattr(walk, "recurrent_bias", "absorb") == "spread"
+    epsilon = walk.recurrent_epsilon
+    spread = walk.recurrent_bias == "spread"
     if node.op == "LSTM":
         def step(s, p, r_h, r_c):
             return lstm_step(s, p, r_h, r_c, epsilon, spread)

@@ -14,7 +14,6 @@ unmodified output. So every rule works on every linear operator.
 from dataclasses import dataclass, field
 
 from .numpy_ops import NumpyOps
-from .routing import stabilise  # noqa: F401  (part of the rules' vocabulary)
 
 NUMPY = NumpyOps()
 
