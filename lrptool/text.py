@@ -146,7 +146,7 @@ def is_marker(token):
 def make_tokenizer(spec, model=None, unknown=None):
     """A Tokenizer from ``words``, ``chars``, ``bytes`` or a vocabulary file (its entries decide: single
     characters, with markers like ``<s>`` aside, → chars, else words). ``words``/``chars`` take the vocabulary beside the model."""
-    if isinstance(spec, Tokenizer):
+    if isinstance(spec, Tokenizer) or hasattr(spec, "place"):
         return spec
     spec = spec or "bytes"
     if spec == "bytes":
@@ -168,12 +168,15 @@ def make_tokenizer(spec, model=None, unknown=None):
 @dataclass
 class Placed:
     """A text's ids fitted to the model's length: ``slots[i]`` is the token at input position i, −1 for padding.
-    For a bag-of-words model ``ids`` is the count vector and ``features[t]`` the feature of token t (−1: none)."""
+    For a bag-of-words model ``ids`` is the count vector and ``features[t]`` the feature of token t (−1: none);
+    a model's own text front end gives the feature vector and ``shares``: (token, feature, fraction) arrays, token t
+    taking that fraction of the feature's relevance."""
     encoded: Encoded
     ids: np.ndarray
     slots: np.ndarray
     truncated: bool
     features: np.ndarray = None
+    shares: tuple = None
 
 
 def bag_of_words(encoded, size):
@@ -225,6 +228,11 @@ def place(encoded, length, pad, layout="start", limit=None):
 def token_relevance(placed, relevance):
     """(per-token relevance, padding relevance) from the relevance of each input position."""
     relevance = np.asarray(relevance, dtype=np.float64).reshape(-1)
+    if placed.shares is not None:
+        owner, feature, fraction = placed.shares
+        tokens = np.zeros(len(placed.encoded.tokens), dtype=np.float64)
+        np.add.at(tokens, owner, relevance[feature] * fraction)
+        return tokens, 0.0
     if placed.features is not None:
         # each occurrence of a word takes an equal part of its feature's relevance: R_f = w_f · count_f
         tokens = np.zeros(len(placed.features), dtype=np.float64)
@@ -274,6 +282,8 @@ def token_input(graph, max_len=None):
 
 
 def fit_text(tokenizer, text, length, bag, pad=0, layout="start", limit=None):
+    if hasattr(tokenizer, "place"):   # the model's own text front end (lrptool.text_frontend)
+        return tokenizer.place(text)
     encoded = tokenizer.encode(text)
     return bag_of_words(encoded, length) if bag else place(encoded, length, pad, layout, limit)
 
@@ -292,8 +302,13 @@ def explain_text(graph, texts, tokenizer="bytes", method="epsilon", target="pred
     model = None
     if not hasattr(graph, "nodes"):
         from converters import load_model
+        from .text_frontend import read_text_model
         model = str(graph)
-        graph = load_model(graph)
+        text_model = read_text_model(model)
+        if text_model is not None:   # the model reads raw text: its own tokenizer is used
+            graph, tokenizer = text_model
+        else:
+            graph = load_model(graph)
     _, length, bag = token_input(graph, max_len)
     tokenizer = make_tokenizer(tokenizer, model, unknown=-1 if bag else None)
     explainer = explainer or Explainer(graph, method, **options)

@@ -74,6 +74,17 @@ def read_lines(source, data, labels=None):
     return lines
 
 
+def out_of_vocabulary(item):
+    """For a bag-of-words model: {"out_of_vocabulary": indices of the tokens that count in no feature}."""
+    if item.shares is not None:
+        used = set(int(t) for t in item.shares[0])
+    elif item.features is not None:
+        used = set(int(t) for t in np.flatnonzero(item.features >= 0))
+    else:
+        return {}
+    return {"out_of_vocabulary": [t for t in range(len(item.encoded.tokens)) if t not in used]}
+
+
 def embedding_rows(graph):
     """The number of token ids every embedding table of ``graph`` knows (no limit without one)."""
     rows = [n.params["weight"].shape[0] for n in graph.nodes if n.op == "Embedding"]
@@ -233,6 +244,7 @@ class TextRunner:
                   "score": score, "relevance_sum": sums.total, "padding_relevance": padding,
                   "padding_share": sums.padding_share, "absorbed": score - sums.total,
                   "truncated": bool(item.truncated), "method": str(self.explainer.method),
+                  **out_of_vocabulary(item),
                   "text_sha256": digest(line.text.encode("utf-8", "surrogateescape"))}
         if rank is not None:
             record["rank"] = rank
@@ -270,14 +282,24 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
     settings = dict(model_settings)
     if max_len and not settings.get("input_size"):
         settings["input_size"] = str(max_len)
-    try:
-        graph = open_model(model, **settings)
-    except LrpToolError as error:
-        if "--input-size" in str(error) and not max_len:
-            raise LrpToolError(f"{error}; for a text model give --max-len") from None
-        raise
+    from .text_frontend import read_text_model
+
+    text_model = read_text_model(model)
+    if text_model is not None:
+        graph, chosen = text_model
+        if tokenizer != "bytes":
+            click.echo(f"lrptool: note: the model reads raw text with its own tokenizer; --tokenizer {tokenizer} is "
+                       "not used", err=True)
+    else:
+        try:
+            graph = open_model(model, **settings)
+        except LrpToolError as error:
+            if "--input-size" in str(error) and not max_len:
+                raise LrpToolError(f"{error}; for a text model give --max-len") from None
+            raise
     name, length, bag = token_input(graph, max_len)
-    chosen = make_tokenizer(tokenizer, model, unknown=-1 if bag else None)
+    if text_model is None:
+        chosen = make_tokenizer(tokenizer, model, unknown=-1 if bag else None)
     if bag and chosen.kind == "bytes":
         raise LrpToolError(f"{model}: the input {name!r} takes {length} features, not token ids: a bag-of-words model "
                            "needs the vocabulary that maps words to features (--tokenizer vocab.json)")
@@ -306,8 +328,11 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
         length_note = f"the first {max_len} of the model's {length} positions"
     else:
         length_note = f"{length} positions"
-    click.echo(f"lrptool: tokenizer: {chosen.describe()}; {length_note}, layout {layout}, padding id {pad}; "
-               f"explained with {method}", err=True)
+    if text_model is not None:
+        click.echo(f"lrptool: tokenizer: {chosen.describe()}; explained with {method}", err=True)
+    else:
+        click.echo(f"lrptool: tokenizer: {chosen.describe()}; {length_note}, layout {layout}, padding id {pad}; "
+                   f"explained with {method}", err=True)
     say_notes()
     runner = TextRunner(explainer, chosen, outdir, wanted, fixed_target, top_k, label_names, pad, layout, batch_size,
                         resume, max_len=max_len)

@@ -1,0 +1,206 @@
+"""Models that read raw text: scikit-learn pipelines (CountVectorizer / TfidfVectorizer → a linear model) trained
+here on the bundled corpus and exported with skl2onnx, string input and all. Scores against onnxruntime's run of
+the whole model and scikit-learn's decision function; each word's relevance against w · x computed by hand from
+scikit-learn's own vectorizer and coefficients; conservation; the CLI's JSON lines and page."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import lrptool
+
+sklearn = pytest.importorskip("sklearn", reason="scikit-learn is a test extra (pip install -e '.[test]')")
+skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is a test extra (pip install -e '.[test]')")
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer  # noqa: E402
+from sklearn.linear_model import LogisticRegression, Ridge  # noqa: E402
+from sklearn.pipeline import Pipeline  # noqa: E402
+from sklearn.svm import LinearSVC  # noqa: E402
+from skl2onnx.common.data_types import StringTensorType  # noqa: E402
+
+CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample_models", "text",
+                      "corpus.txt")
+COMMAND = [sys.executable, "-m", "lrptool.cli"]
+# words the corpus knows, a repeated word, upper case, punctuation, a word it does not know ("xyzzy")
+PROBES = ["Brilliant, brilliant film!", "boring and dull film, waste of time", "The STORY was moving and superb",
+          "xyzzy", "great cast great story great film", "loved every minute of the family cinema"]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    texts, labels = [], []
+    for line in open(CORPUS, encoding="utf-8"):
+        text, _, label = line.rstrip("\n").rpartition("\t")
+        texts.append(text)
+        labels.append(int(label))
+    three = [2 if ("cinema" in t or "family" in t) else y for t, y in zip(texts, labels)]
+    return texts, np.array(labels), np.array(three)
+
+
+def export(pipeline, path, **classifier_options):
+    """The pipeline as ONNX with a string input; StringNormalizer's locale C.UTF-8 exists on every Linux (the default,
+    en_US.UTF-8, may not, and onnxruntime then refuses the model)."""
+    vectorizer, model = pipeline.steps[0][1], pipeline.steps[-1][1]
+    options = {id(vectorizer): {"locale": "C.UTF-8"}}
+    if classifier_options:
+        options[id(model)] = classifier_options
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_model = skl2onnx.convert_sklearn(pipeline, initial_types=[("text", StringTensorType([None, 1]))],
+                                              options=options)
+    path.write_bytes(onnx_model.SerializeToString())
+    return path
+
+
+def onnxruntime_scores(path, texts):
+    session = onnxruntime.InferenceSession(str(path))
+    scores = session.run(None, {"text": np.array(texts, dtype=object).reshape(-1, 1)})[-1]
+    if isinstance(scores, list):   # ZipMap: one {class: score} per text
+        scores = [[row[key] for key in sorted(row)] for row in scores]
+    return np.asarray(scores, dtype=np.float64).reshape(len(texts), -1)
+
+
+def expected_token_relevance(tokens, vectorizer, relevance_per_feature):
+    """By hand: a feature's relevance in equal parts to the occurrences of its n-gram, an occurrence's part in
+    equal parts to its n words (tokens as the model's tokenizer splits them, lower-cased)."""
+    words = [t.lower() for t in tokens]
+    low, high = vectorizer.ngram_range
+    occurrences = []
+    for n in range(low, high + 1):
+        for start in range(len(words) - n + 1):
+            feature = vectorizer.vocabulary_.get(" ".join(words[start:start + n]))
+            if feature is not None:
+                occurrences.append((feature, range(start, start + n)))
+    counts = {}
+    for feature, _ in occurrences:
+        counts[feature] = counts.get(feature, 0) + 1
+    expected = np.zeros(len(tokens))
+    for feature, positions in occurrences:
+        for position in positions:
+            expected[position] += relevance_per_feature[feature] / counts[feature] / len(positions)
+    return expected
+
+
+CASES = {
+    # name: (vectorizer, model, skl2onnx options of the model, labels)
+    "tfidf-logistic": (lambda: TfidfVectorizer(), lambda: LogisticRegression(), {"zipmap": False, "raw_scores": True},
+                       "two"),
+    "tfidf-logistic-3": (lambda: TfidfVectorizer(), lambda: LogisticRegression(),
+                         {"zipmap": False, "raw_scores": True}, "three"),
+    "count-bigrams-linear-svc": (lambda: CountVectorizer(ngram_range=(1, 2)), lambda: LinearSVC(),
+                                 {"raw_scores": True}, "two"),
+    "tfidf-l2-ridge": (lambda: TfidfVectorizer(norm="l2"), lambda: Ridge(alpha=0.5), {}, "two"),
+}
+
+
+def decision_weights(model, target):
+    """(w, b) of the explained score from scikit-learn's fitted model: onnxruntime's binary scores are (−d, d)."""
+    coef, intercept = np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_)
+    if coef.shape[0] == 1:
+        sign = 1.0 if target == 1 or not hasattr(model, "classes_") else -1.0
+        return sign * coef[0], sign * intercept[0]
+    return coef[target], intercept[target]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_words_get_w_times_x_of_their_features(tmp_path, corpus, case):
+    texts, two, three = corpus
+    make_vectorizer, make_model, options, labels = CASES[case]
+    pipeline = Pipeline([("vectorizer", make_vectorizer()), ("model", make_model())])
+    pipeline.fit(texts, two if labels == "two" else three)
+    path = export(pipeline, tmp_path / "model.onnx", **options)
+    vectorizer, model = pipeline.steps[0][1], pipeline.steps[-1][1]
+    results = lrptool.explain_text(str(path), PROBES, method="zero", dtype=np.float64)
+    reference = onnxruntime_scores(path, PROBES)
+    decision = model.decision_function(vectorizer.transform(PROBES)) if hasattr(model, "decision_function") \
+        else model.predict(vectorizer.transform(PROBES))
+    for index, (text, result) in enumerate(zip(PROBES, results)):
+        target = result.target
+        # the score: onnxruntime's output of the whole model, and scikit-learn's decision function
+        assert result.score == pytest.approx(float(reference[index, target]), rel=1e-5, abs=1e-6)
+        expected_score = decision[index] if np.ndim(decision) == 1 else decision[index, target]
+        if np.ndim(decision) == 1 and target == 0 and hasattr(model, "classes_"):
+            expected_score = -expected_score
+        assert result.score == pytest.approx(float(expected_score), rel=1e-5, abs=1e-6)
+        # each word: w_f · x_f of its features, x from scikit-learn's vectorizer, w from its coefficients
+        weight, bias = decision_weights(model, target)
+        features = vectorizer.transform([text]).toarray()[0]
+        expected = expected_token_relevance(result.tokens, vectorizer, weight * features)
+        np.testing.assert_allclose(result.relevance, expected, rtol=1e-5, atol=1e-6)
+        # conservation: the words and the bias make the score
+        assert float(np.sum(result.relevance)) + bias == pytest.approx(result.score, rel=1e-5, abs=1e-6)
+        assert result.score - result.total == pytest.approx(bias, rel=1e-5, abs=1e-6)
+        # the text's own words, as the model's tokenizer splits them
+        assert all(text[s:e] == token for token, (s, e) in zip(result.tokens, result.spans))
+    assert results[3].tokens == ["xyzzy"] and results[3].relevance.tolist() == [0.0]
+    assert results[0].tokens == ["Brilliant", "brilliant", "film"]
+    assert results[0].relevance[0] == results[0].relevance[1]   # one feature, two occurrences, equal parts
+
+
+def test_conservation_is_exact_in_float64(tmp_path, corpus):
+    texts, two, _ = corpus
+    pipeline = Pipeline([("v", CountVectorizer(ngram_range=(1, 2))), ("m", LogisticRegression())]).fit(texts, two)
+    path = export(pipeline, tmp_path / "model.onnx", zipmap=False, raw_scores=True)
+    for result in lrptool.explain_text(str(path), PROBES, method="zero", dtype=np.float64):
+        bias = (1 if result.target == 1 else -1) * np.float32(pipeline.steps[-1][1].intercept_[0])
+        assert abs(result.total + float(bias) - result.score) < 1e-9 * max(1.0, abs(result.score))
+
+
+def run(*args):
+    return subprocess.run(COMMAND + [str(a) for a in args], capture_output=True)
+
+
+def test_cli_explains_raw_text_with_the_models_tokenizer(tmp_path, corpus):
+    texts, two, _ = corpus
+    pipeline = Pipeline([("v", TfidfVectorizer(ngram_range=(1, 2))), ("m", LogisticRegression())]).fit(texts, two)
+    path = export(pipeline, tmp_path / "sentiment.onnx", raw_scores=True)   # default ZipMap output
+    inputs = tmp_path / "texts.txt"
+    inputs.write_text("A brilliant, brilliant film!\nboring and dull xyzzy\t1\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run("explain-text", path, inputs, "-o", out, "--preset", "zero", "--tokenizer", "words")
+    assert result.returncode == 0, result.stderr
+    errors = result.stderr.decode()
+    assert "the model reads raw text with its own tokenizer; --tokenizer words is not used" in errors
+    records = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
+    first, second = records
+    assert first["tokens"] == ["A", "brilliant", "brilliant", "film"]
+    assert first["offsets"] == [[0, 1], [2, 11], [13, 22], [23, 27]]
+    assert first["out_of_vocabulary"] == [0] and first["relevance"][0] == 0.0
+    assert second["target"] == 1 and second["out_of_vocabulary"] == [3]
+    vectorizer, model = pipeline.steps[0][1], pipeline.steps[-1][1]
+    reference = onnxruntime_scores(path, [r["text"] for r in records])
+    for index, record in enumerate(records):
+        weight, bias = decision_weights(model, record["target"])
+        features = vectorizer.transform([record["text"]]).toarray()[0]
+        expected = expected_token_relevance(record["tokens"], vectorizer, weight * features)
+        np.testing.assert_allclose(record["relevance"], expected, rtol=1e-5, atol=1e-6)
+        assert record["score"] == pytest.approx(float(reference[index, record["target"]]), rel=1e-5, abs=1e-6)
+        assert record["absorbed"] == pytest.approx(bias, rel=1e-5, abs=1e-6)
+        assert record["relevance_sum"] + record["absorbed"] == pytest.approx(record["score"], abs=1e-9)
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.count('class="t"') == sum(len(r["tokens"]) for r in records)
+    assert "brilliant" in page and "xyzzy" in page
+
+
+def test_a_tokenizer_lrptool_cannot_reproduce_is_refused_in_one_line(tmp_path, corpus):
+    texts, two, _ = corpus
+    vectorizer = CountVectorizer(token_pattern=r"[a-z]+|[0-9]+")
+    pipeline = Pipeline([("v", vectorizer), ("m", LogisticRegression())]).fit(texts, two)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_model = skl2onnx.convert_sklearn(pipeline, initial_types=[("text", StringTensorType([None, 1]))],
+                                              options={id(vectorizer): {"tokenexp": ""}})
+    path = tmp_path / "alternation.onnx"
+    path.write_bytes(onnx_model.SerializeToString())
+    inputs = tmp_path / "texts.txt"
+    inputs.write_text("a fine film\n")
+    result = run("explain-text", path, inputs, "-o", tmp_path / "out")
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "'[a-z]+|[0-9]+'" in lines[0] and "export the vectorizer" in lines[0], lines
+    assert not (tmp_path / "out" / "explanations.jsonl").exists()
