@@ -21,6 +21,14 @@ def explain_text(graph, texts, tokenizer="bytes", method="epsilon", **options):
     return explain_texts(graph, texts, tokenizer=tokenizer, method=method, **options)
 
 
+def explain_signal(model, signals, target="max", method="epsilon", **options):
+    """Explain a 1-D signal model (audio, sensors) for arrays or WAV/.npy paths: per-sample relevance.
+    See ``lrptool.signal.explain_signal``."""
+    from .signal import explain_signal as explain_signals
+
+    return explain_signals(model, signals, target=target, method=method, **options)
+
+
 def __getattr__(name):
     # ``lrptool.explain_folder`` is the module of that name, callable as the Python form of
     # ``lrptool explain`` (lrptool.api.explain_folder); imported on first use, as the CLI does

@@ -457,6 +457,55 @@ def explain_text(model, input_file, outdir, weights, model_config, random_weight
         sys.exit(1)
 
 
+@cli.command("explain-signal")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", metavar="INPUT…", nargs=-1, required=True)
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the .npy, .png, explanations.jsonl and index.html.")
+@model_options
+@click.option("--bind", "binds", multiple=True, metavar="NAME=VALUE",
+              help="Fix a model input besides the signal: a number broadcast to its shape, or a .npy file "
+                   "(repeatable), e.g. --bind h=0 --bind c=0.")
+@click.option("--model-output", help="The model output to explain, where it has several.")
+@click.option("--frame", type=click.IntRange(1), help="Frame length in samples where the model leaves it free.")
+@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "sequence", "frames"]),
+              help="sequence: the input's first axis is the sequence of frames (the clip is one sequence); frames: "
+                   "each frame on its own; auto: sequence when that axis is named like one (sequence_length, …).")
+@click.option("--sample-rate", help="The rate the model expects, in Hz (default: a bound sr input or the model's "
+                                    "metadata); a WAV at another rate is refused. 'any': explain files at any rate.")
+@click.option("--target", default="max", show_default=True,
+              help="The explained frame: max (the highest output), N (counted from 0), A:B or all (their sum).")
+@click.option("--class", "klass", default="pred", show_default=True,
+              help="Which value of a frame's output, where it has several: pred or an index.")
+@click.option("--preset", "--method", "method", help="LRP preset, gradient or gradient-x-input; default epsilon.")
+@click.option("--rules", "rule_spec", help="Rule map 'selector=rule,…' or a JSON file; overrides --preset.")
+@click.option("--recurrent-bias", default="absorb", show_default=True, type=click.Choice(["absorb", "spread"]),
+              help="LSTM/GRU biases keep their share of relevance, or spread it over the inputs (exact conservation).")
+@click.option("--format", "formats", default="npy,png,jsonl,html", show_default=True,
+              help="Any of npy,png,jsonl,html.")
+@click.option("--clip", default=99.5, show_default=True, type=click.FloatRange(0, 100, min_open=True),
+              help="Colours saturate at this percentile of |R| (per pixel column).")
+@click.option("--cmap", default="bwr", show_default=True, help="Diverging colour map of the waveform.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1),
+              help="Frames per forward pass (frames layout).")
+@click.option("--resume", is_flag=True, help="Skip files the output folder's manifest records as finished.")
+def explain_signal(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size,
+                   binds, model_output, frame, layout, sample_rate, target, klass, method, rule_spec, recurrent_bias,
+                   formats, clip, cmap, batch_size, resume):
+    """Explain a 1-D signal model (audio, sensors) for WAV files (PCM or float, mixed to mono) and 1-D .npy
+    arrays, or folders of them. The signal is cut into the model's frames, the last padded with zeros;
+    relevance is per input sample. Exit status 1 when some file failed."""
+    from .signal_runner import run_explain_signal
+
+    failures = run_explain_signal(model, inputs, outdir, dict(
+        weights=weights, model_config=model_config, random_weights=random_weights, keras1_backend=keras1_backend,
+        input_size=model_input_size), binds, model_output, frame, layout, sample_rate,
+        combined_rule_spec(method, rule_spec, "epsilon"), recurrent_bias, target, klass, formats, clip, cmap,
+        batch_size, resume)
+    if failures:
+        sys.exit(1)
+
+
 @cli.command()
 def methods():
     """List the LRP presets and gradient methods."""
