@@ -86,11 +86,14 @@ def convert_svm_classifier(ctx, node, a):
     if kernel != "LINEAR":
         raise Unsupported(f"kernel {kernel} (lrptool reads linear-kernel SVMs only: a kernel SVM is no linear model)")
     labels = a.get("classlabels_ints") or a.get("classlabels_strings") or []
-    if len(labels) != 2:
-        raise Unsupported(f"{len(labels)} classes (lrptool reads two-class SVMs: one-vs-one voting is no linear model)")
     if a.get("prob_a") or a.get("prob_b"):
         raise Unsupported("Platt-scaled probabilities (export the SVM without probability=True)")
     features = features_of(ctx, node)
+    if len(labels) > 2:
+        add_pairwise(ctx, node, a, features, len(labels))
+        return
+    if len(labels) != 2:
+        raise Unsupported(f"{len(labels)} classes")
     vectors = np.asarray(a.get("support_vectors", []), dtype=np.float64)
     coefficients = np.asarray(a.get("coefficients", []), dtype=np.float64)
     if not vectors.size or vectors.size % features or coefficients.size != vectors.size // features:
@@ -104,6 +107,24 @@ def convert_svm_classifier(ctx, node, a):
         raise Unsupported("no score output (Z)")
     add_linear(ctx, node, np.stack([-direction, direction]), np.array([-offset, offset]),
                text(a.get("post_transform", b"NONE")), node.output[1])
+
+
+def add_pairwise(ctx, node, a, features, classes):
+    """A one-vs-one SVM's scores: its k(k−1)/2 pairwise decision values d_ij = w_ij·x + ρ_ij, each linear in x
+    (converters.onnx_svm_votes)."""
+    from .onnx_svm_votes import pairwise_decisions
+
+    if not a.get("vectors_per_class"):
+        raise Unsupported(f"a {classes}-class SVM without support vectors")
+    decided = pairwise_decisions(a, features)
+    if decided is None:
+        raise ctx.invalid(f"support vectors, coefficients and rho do not fit {classes} classes of {features} features")
+    if text(a.get("post_transform", b"NONE")) != "NONE":
+        raise Unsupported(f"post_transform {text(a.get('post_transform'))} on pairwise decision values")
+    drop_label(ctx, node)
+    if len(node.output) < 2 or not node.output[1]:
+        raise Unsupported("no score output (Z)")
+    add_linear(ctx, node, decided[0], decided[1], "NONE", node.output[1])
 
 
 @converter("Normalizer")

@@ -51,15 +51,16 @@ class Model:
     def computed_inputs(self, node):
         return [t for t in node.input if t and t not in self.static]
 
-    def region(self, x, y, allowed):
-        """The nodes between x and y when they form a closed region of ``allowed`` operators, else None."""
+    def region(self, x, y, allowed, limit=40):
+        """The nodes between x and y when they form a closed region of at most ``limit`` ``allowed`` operators,
+        else None."""
         found, stack = {}, [y]
         while stack:
             tensor = stack.pop()
             if tensor == x:
                 continue
             node = self.producer.get(tensor)
-            if node is None or node.op_type not in allowed or len(found) > 40:
+            if node is None or node.op_type not in allowed or len(found) > limit:
                 return None
             if id(node) in found:
                 continue

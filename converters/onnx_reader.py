@@ -21,6 +21,7 @@ from . import onnx_recurrent, onnx_shape_ops  # noqa: F401  (registers the recur
 from .builder import GraphBuilder, Unsupported
 from .onnx_ml import ML_DOMAIN, ML_OPS
 from .onnx_patterns import FUSED
+from .onnx_svm_votes import explain_sums
 from .onnx_checks import (ATTRIBUTE_KINDS, DAMAGED, attribute_values, check_against_schema, check_structure,
                           default_opset, load_onnx_proto, node_label, read_initializers, refuse, tensor_shape)
 from .onnx_folding import fold_constant_node, shortened
@@ -424,6 +425,7 @@ def read_checked(model_or_path, bind, input_size):
     check_structure(model, source)
     opset = default_opset(model, source)
     model = fused_operators(model)
+    model, notes = explain_sums(model)
     initializers = read_initializers(model, source, folder)
     bind = dict(bind or {})
     options = dict(bind=bind, input_size=input_size, opset=opset, folder=folder, initializers=initializers)
@@ -435,4 +437,5 @@ def read_checked(model_or_path, bind, input_size):
         except BatchAxisError:
             raise GraphError(f"{source}: {first}; the model declares no fixed batch size to fall back on") from None
     graph.metadata = {prop.key: prop.value for prop in model.metadata_props}
+    graph.notes = notes
     return graph

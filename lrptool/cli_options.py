@@ -213,8 +213,10 @@ def open_model(model, weights=None, model_config=None, random_weights=False, ker
 
     sizes = parse_sizes(input_size, "--input-size", counts=(1, 2, 3), example="sizes like 12x12",
                         square=False)
-    return load_model(model, weights=weights, model_config=model_config, random_weights=random_weights,
-                      keras1_backend=keras1_backend, input_size=sizes)
+    graph = load_model(model, weights=weights, model_config=model_config, random_weights=random_weights,
+                       keras1_backend=keras1_backend, input_size=sizes)
+    NOTES.extend(getattr(graph, "notes", []))
+    return graph
 
 
 def preprocessing_options(function):

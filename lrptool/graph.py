@@ -91,6 +91,7 @@ class Graph:
         self.outputs = list(outputs)
         self.shapes = {}
         self.metadata = {}      # the model file's key/value metadata (ONNX metadata_props), where it has any
+        self.notes = []         # what reading changed about the model's outputs, for the user to be told once
         self._check()
 
     def _check(self):

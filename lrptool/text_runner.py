@@ -264,7 +264,8 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
     """The ``explain-text`` command after option parsing; returns the failures."""
     import click
 
-    from .cli_options import check_labels, check_target_range, open_model, parse_target, read_labels, say_notes
+    from .cli_options import (NOTES, check_labels, check_target_range, open_model, parse_target, read_labels,
+                              say_notes)
     from .errors import LrpToolError
     from .files import regular_file_problem
     from .lrp import Explainer
@@ -287,6 +288,7 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
     text_model = read_text_model(model)
     if text_model is not None:
         graph, chosen = text_model
+        NOTES.extend(graph.notes)
         if tokenizer != "bytes":
             click.echo(f"lrptool: note: the model reads raw text with its own tokenizer; --tokenizer {tokenizer} is "
                        "not used", err=True)

@@ -204,3 +204,31 @@ def test_a_tokenizer_lrptool_cannot_reproduce_is_refused_in_one_line(tmp_path, c
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "'[a-z]+|[0-9]+'" in lines[0] and "export the vectorizer" in lines[0], lines
     assert not (tmp_path / "out" / "explanations.jsonl").exists()
+
+
+def test_cli_explains_a_one_vs_one_svm_on_raw_text_and_says_what_its_score_is(tmp_path, corpus):
+    from sklearn.svm import SVC
+
+    texts, _, three = corpus
+    pipeline = Pipeline([("v", TfidfVectorizer()), ("m", SVC(kernel="linear"))]).fit(texts, three)
+    path = export(pipeline, tmp_path / "svm.onnx", zipmap=False)
+    inputs = tmp_path / "texts.txt"
+    inputs.write_text("\n".join(PROBES) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run("explain-text", path, inputs, "-o", out, "--preset", "zero")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().count("explained as each class's sum of its 2 pairwise decision values") == 1
+    records = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
+    vectorizer, model = pipeline.steps[0][1], pipeline.steps[-1][1]
+    x = vectorizer.transform(PROBES).toarray()
+    pairwise = model.set_params(decision_function_shape="ovo")    # the same fit, its pairwise decision values
+    signs = np.array([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0], [0.0, 1.0, -1.0]])   # pairs (0,1), (0,2), (1,2)
+    sums = pairwise.decision_function(x) @ signs
+    weights, biases = signs.T @ pairwise.coef_.toarray(), signs.T @ pairwise.intercept_
+    for index, record in enumerate(records):
+        target = record["target"]
+        assert target == int(np.argmax(sums[index]))
+        assert record["score"] == pytest.approx(float(sums[index, target]), rel=1e-5, abs=1e-6)
+        expected = expected_token_relevance(record["tokens"], vectorizer, weights[target] * x[index])
+        np.testing.assert_allclose(record["relevance"], expected, rtol=1e-5, atol=1e-6)
+        assert record["absorbed"] == pytest.approx(float(biases[target]), rel=1e-5, abs=1e-6)
