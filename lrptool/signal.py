@@ -131,7 +131,7 @@ def read_npy_bytes(data):
 
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
+    except Exception as error:  # noqa: BLE001 - a damaged header raises ValueError, SyntaxError, TokenError, …
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SignalError(f"not a readable .npy array ({reason})") from None
     if array.dtype.kind not in "iuf":
@@ -290,7 +290,7 @@ def read_npy_file(path):
         raise LrpToolError(f"{path}: {problem}")
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
+    except Exception as error:  # noqa: BLE001 - a damaged header raises ValueError, SyntaxError, TokenError, …
         raise LrpToolError(f"{path}: not a readable .npy array ({str(error).splitlines()[0] if str(error) else ''})")\
             from None
     if array.dtype.kind not in "iuf" or not np.all(np.isfinite(array)):

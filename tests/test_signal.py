@@ -97,6 +97,41 @@ def test_unreadable_signals_say_why(tmp_path, content, message):
         read_signal(str(tmp_path / "x.wav"))
 
 
+def test_chunks_before_the_data_and_odd_sizes_are_skipped(tmp_path):
+    values = np.array([100, -200, 300], dtype="<i2")
+    fmt = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
+    data = values.tobytes()
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"LIST" + struct.pack("<I", 3) + b"abc\x00"
+            + b"data" + struct.pack("<I", len(data)) + data)
+    (tmp_path / "a.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    np.testing.assert_array_equal(read_signal(str(tmp_path / "a.wav")).samples, values / 32768)
+
+
+def test_damaged_wav_and_npy_files_are_refused_with_a_reason_never_a_crash(tmp_path):
+    import io
+
+    write_pcm(tmp_path / "a.wav", np.arange(-300, 300) * 50, 8000, 3, channels=2)
+    buffer = io.BytesIO()
+    np.save(buffer, np.linspace(-1, 1, 50))
+    seeds = [(tmp_path / "a.wav").read_bytes(), buffer.getvalue()]
+    rng = np.random.default_rng(7)
+    for index in range(400):
+        data = bytearray(seeds[index % 2])
+        for _ in range(int(rng.integers(1, 5))):
+            position = int(rng.integers(len(data)))
+            if rng.random() < 0.5:
+                data[position] = int(rng.integers(256))
+            else:
+                del data[position:position + int(rng.integers(1, 30))]
+        (tmp_path / "m").write_bytes(bytes(data))
+        try:
+            signal = read_signal(str(tmp_path / "m"))
+        except SignalError as error:
+            assert str(error) and "\n" not in str(error)
+            continue
+        assert signal.samples.ndim == 1 and signal.samples.size and np.all(np.isfinite(signal.samples))
+
+
 # -- a synthetic Conv1D model, relevance derived by hand ----------------------------------------------
 
 def conv_model(seed=0):
@@ -194,6 +229,60 @@ def test_a_model_with_a_fixed_batch_takes_its_frames_that_many_at_a_time(tmp_pat
         own, score = conv_relevance_by_hand(weights, signal[index * FRAME:(index + 1) * FRAME], 2)
         assert result.scores[index] == pytest.approx(score, rel=1e-9)
         np.testing.assert_allclose(result.relevance[index * FRAME:(index + 1) * FRAME], own, rtol=1e-7, atol=1e-10)
+
+
+def test_gradient_times_input_and_the_predicted_class(tmp_path):
+    """gradient-x-input by hand: d score / d x of a ReLU-max network is the winning windows' filters times
+    the output weights; --class pred takes the class of the clip's highest output."""
+    model, weights = conv_model(seed=3)
+    onnx.save(model, str(tmp_path / "conv.onnx"))
+    signal = np.random.default_rng(8).normal(size=2 * FRAME)
+    result = SignalModel(str(tmp_path / "conv.onnx"), method="gradient-x-input").explain(signal, "max")
+    session = onnxruntime.InferenceSession(str(tmp_path / "conv.onnx"), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"x": signal.reshape(2, 1, FRAME).astype(np.float32)})[0]
+    frame, klass = np.unravel_index(np.argmax(outputs), outputs.shape)
+    assert result.frames == [frame] and result.klass == klass
+    W, B, V = weights["W"], weights["B"], weights["V"]
+    x = signal[frame * FRAME:(frame + 1) * FRAME]
+    padded = np.pad(x, 2)
+    conv = np.stack([padded[t:t + 5] for t in range(FRAME)]) @ W[:, 0, :].T + B
+    gradient = np.zeros(FRAME + 4)
+    for channel in range(4):
+        t = int(np.argmax(np.maximum(conv[:, channel], 0)))
+        if conv[t, channel] > 0:
+            gradient[t:t + 5] += V[klass, channel] * W[channel, 0]
+    expected = np.zeros(2 * FRAME)
+    expected[frame * FRAME:(frame + 1) * FRAME] = gradient[2:-2] * x
+    np.testing.assert_allclose(result.relevance, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_keras_conv1d_signal_model(tmp_path):
+    """A Keras Conv1D (channels last, 'same' padding) read from .h5 explains as the same ONNX network does."""
+    from test_keras_reader import dense_config, write_model
+
+    _, weights = conv_model(seed=4)
+    kernel = np.transpose(weights["W"], (2, 1, 0))            # (5, 1, 4): Keras' (width, in, out)
+    config = dense_config([
+        {"class_name": "Conv1D", "config": {"name": "conv", "filters": 4, "kernel_size": [5], "padding": "same",
+                                            "activation": "relu"}},
+        {"class_name": "GlobalMaxPooling1D", "config": {"name": "pool"}},
+        {"class_name": "Dense", "config": {"name": "out", "units": 3, "activation": "linear"}}], [FRAME, 1])
+    path = write_model(tmp_path / "signal.h5", config, {"conv": [kernel, weights["B"]],
+                                                        "out": [weights["V"].T, weights["c"]]})
+    signal = np.random.default_rng(9).normal(size=3 * FRAME)
+    np.save(tmp_path / "s.npy", signal)
+    result = run("explain-signal", path, tmp_path / "s.npy", "-o", tmp_path / "out", "--class", "0", "--target", "1")
+    assert result.returncode == 0, result.stderr
+    own, score = conv_relevance_by_hand(weights, signal[FRAME:2 * FRAME], 0)
+    relevance = np.load(tmp_path / "out" / "s.relevance.npy")
+    np.testing.assert_allclose(relevance[FRAME:2 * FRAME], own, rtol=1e-7, atol=1e-10)
+    assert not relevance[:FRAME].any() and not relevance[2 * FRAME:].any()
+    assert json.loads((tmp_path / "out" / "explanations.jsonl").read_text())["score"] == pytest.approx(score)
+    beyond = run("explain-signal", path, tmp_path / "s.npy", "-o", tmp_path / "out2", "--class", "0", "--target", "3")
+    assert beyond.returncode == 1
+    assert b"skipped " + bytes(tmp_path / "s.npy") + b": frame 3 is beyond the signal's 3 frame(s)" in beyond.stderr
+    bind = run("explain-signal", path, tmp_path / "s.npy", "-o", tmp_path / "out3", "--bind", "h=0")
+    assert bind.returncode == 2 and b"not an ONNX model; only ONNX inputs can be bound" in bind.stderr
 
 
 def test_resume_skips_finished_files_and_redoes_changed_ones(tmp_path):
