@@ -404,8 +404,10 @@ def tensor_shape(value_info, source="", what="value"):
                      "declare it as a tensor with a shape")
     t = value_info.type.tensor_type
     if t.elem_type not in TYPED_FIELDS or t.elem_type == TensorProto.STRING:
+        text = " (a model that reads raw text, as skl2onnx exports a text pipeline: `lrptool explain-text` reads it)" \
+            if t.elem_type == TensorProto.STRING and what == "input" else ""
         raise refuse(source, f"{what} {value_info.name!r}", f"has element type {data_type_name(t.elem_type)}",
-                     "lrptool reads numeric tensors only")
+                     "lrptool reads numeric tensors only" + text)
     if not t.HasField("shape"):
         return None
     if len(t.shape.dim) > MOST_AXES:

@@ -419,9 +419,13 @@ def read_counter(a, source, where):
             ngram_id += 1
     weights = np.asarray(a.get("weights", []), dtype=np.float32)
     size = max(indexes) + 1
-    if weights.size and weights.size < size:
-        raise FrontEndError(f"{source}: node {where}: {weights.size} weights for {size} features")
-    return Counter(ngrams, min_n, max_n, int(a.get("max_skip_count", 0)), mode, weights[:size], size)
+    if weights.size and weights.size != len(indexes):
+        raise FrontEndError(f"{source}: node {where}: {weights.size} weights for {len(indexes)} n-grams")
+    if weights.size:   # the i-th weight is the i-th n-gram's (the ONNX specification, onnxruntime)
+        by_column = np.zeros(size, dtype=np.float32)
+        by_column[indexes] = weights
+        weights = by_column
+    return Counter(ngrams, min_n, max_n, int(a.get("max_skip_count", 0)), mode, weights, size)
 
 
 def numeric_model(model, nodes, features, size):

@@ -232,3 +232,86 @@ def test_cli_explains_a_one_vs_one_svm_on_raw_text_and_says_what_its_score_is(tm
         expected = expected_token_relevance(record["tokens"], vectorizer, weights[target] * x[index])
         np.testing.assert_allclose(record["relevance"], expected, rtol=1e-5, atol=1e-6)
         assert record["absorbed"] == pytest.approx(float(biases[target]), rel=1e-5, abs=1e-6)
+
+
+# -- front ends written by hand: every setting lrptool reproduces, against onnxruntime ----------------------------
+
+UNIGRAMS = ["film", "great", "story", "dull", "a", "fun", "ok"]
+BIGRAMS = [("great", "film"), ("dull", "story"), ("a", "great")]
+TRIGRAMS = [("a", "great", "film")]
+FORM_TEXTS = ["A great film, a GREAT film!", "dull story... dull", "great, great film", "fun", "a.ok", "...",
+              "a great film a great film great", "Dull, dull STORY ok"]
+FORMS = {
+    # name: (StringNormalizer attributes, Tokenizer attributes, TfIdfVectorizer settings, scalings after it)
+    "expression-lower": ({"case_change_action": "LOWER"}, {"tokenexp": "[a-z]+"}, {}, []),
+    "expression-upper-min-2": ({"case_change_action": "UPPER"}, {"tokenexp": "[A-Z]+", "mincharnum": 2}, {}, []),
+    "separators": ({"case_change_action": "LOWER"}, {"separators": [" ", "[.,!]"]}, {}, [("Normalizer", "L1")]),
+    "separators-min-3-marked": ({"case_change_action": "LOWER"}, {"separators": [" ", ",", "[.]+"], "mincharnum": 3,
+                                                                 "mark": 1}, {}, [("Normalizer", "MAX")]),
+    "skip-grams": ({"case_change_action": "LOWER"}, {"tokenexp": "[a-z]+"}, {"max_skip_count": 1},
+                   [("Normalizer", "L2")]),
+    "bigrams-only": ({"case_change_action": "LOWER"}, {"tokenexp": "[a-z]+"}, {"min_gram_length": 2}, []),
+    "idf": ({"case_change_action": "LOWER"}, {"tokenexp": "[a-z]+"}, {"mode": "IDF"}, [("Div", 2.0)]),
+    "tfidf": ({"case_change_action": "LOWER"}, {"tokenexp": "[a-z]+"}, {"mode": "TFIDF"}, [("Normalizer", "L2")]),
+    "case-kept": ({"case_change_action": "NONE"}, {"tokenexp": "\\w+"}, {}, []),
+    "characters": ({"case_change_action": "LOWER"}, {"separators": [""]}, {"characters": True}, []),
+}
+
+
+def hand_built_model(normalizer, tokenizer, counting, scalings, seed=0):
+    """text (N,) → StringNormalizer → Tokenizer → TfIdfVectorizer → scalings → LinearRegressor, the pool in a
+    random order of output columns."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    counting = dict(counting)
+    if counting.pop("characters", False):
+        grams = [["a"], ["e"], ["t"], [" "], ["l"]], [["a", " "], ["l", "m"], ["r", "e"]], []
+    else:
+        grams = [[w] for w in UNIGRAMS], [list(b) for b in BIGRAMS], [list(t) for t in TRIGRAMS]
+    pool, starts = [], []
+    for n_grams in grams:
+        starts.append(len(pool))
+        pool += [w for gram in n_grams for w in gram]
+    count = sum(len(g) for g in grams)
+    size = count
+    indexes = rng.permutation(size)
+    settings = {"min_gram_length": 1, "max_gram_length": 3, "max_skip_count": 0, "mode": "TF", **counting}
+    nodes = [helper.make_node("StringNormalizer", ["text"], ["normal"], locale="C.UTF-8", **normalizer),
+             helper.make_node("Tokenizer", ["normal"], ["tokens"], domain="com.microsoft", pad_value="#",
+                              **{"mark": 0, "mincharnum": 1, **tokenizer}),
+             helper.make_node("TfIdfVectorizer", ["tokens"], ["x0"], pool_strings=pool, ngram_counts=starts,
+                              ngram_indexes=indexes.tolist(), weights=rng.uniform(0.5, 2.0, size).tolist(),
+                              **settings)]
+    initializers = []
+    for index, (op, value) in enumerate(scalings):
+        if op == "Normalizer":
+            nodes.append(helper.make_node("Normalizer", [f"x{index}"], [f"x{index + 1}"], domain="ai.onnx.ml",
+                                          norm=value))
+        else:
+            initializers.append(helper.make_tensor(f"c{index}", TensorProto.FLOAT, [], [value]))
+            nodes.append(helper.make_node(op, [f"x{index}", f"c{index}"], [f"x{index + 1}"]))
+    weight = rng.normal(size=size)
+    nodes.append(helper.make_node("LinearRegressor", [f"x{len(scalings)}"], ["y"], domain="ai.onnx.ml",
+                                  coefficients=weight.tolist(), intercepts=[0.25]))
+    graph = helper.make_graph(nodes, "text", [helper.make_tensor_value_info("text", TensorProto.STRING, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+                              initializer=initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_hand_built_front_ends_give_onnxruntimes_scores(tmp_path, form):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(hand_built_model(*FORMS[form]).SerializeToString())
+    session = onnxruntime.InferenceSession(str(path))
+    results = lrptool.explain_text(str(path), FORM_TEXTS, method="zero", dtype=np.float64)
+    for text, result in zip(FORM_TEXTS, results):
+        expected = session.run(None, {"text": np.array([text], dtype=object)})[0]
+        assert result.score == pytest.approx(float(expected.reshape(-1)[0]), rel=1e-5, abs=1e-6), text
+        assert result.total + 0.25 == pytest.approx(result.score, rel=1e-9, abs=1e-9)
+        assert all(text[s:e].lower() == token.lower() for token, (s, e) in zip(result.tokens, result.spans))
+    # the whole batch at once: onnxruntime pads the tokens of the shorter texts; the scores do not change
+    batch = session.run(None, {"text": np.array(FORM_TEXTS, dtype=object)})[0].reshape(-1)
+    np.testing.assert_allclose([r.score for r in results], batch, rtol=1e-5, atol=1e-6)
