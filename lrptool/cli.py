@@ -468,6 +468,8 @@ def explain_text(model, input_file, outdir, weights, model_config, random_weight
                    "(repeatable), e.g. --bind h=0 --bind c=0.")
 @click.option("--model-output", help="The model output to explain, where it has several.")
 @click.option("--frame", type=click.IntRange(1), help="Frame length in samples where the model leaves it free.")
+@click.option("--hop", type=click.IntRange(1), help="Samples between frame starts (default: the frame length); "
+                                                   "less makes frames overlap, e.g. a model's context samples.")
 @click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "sequence", "frames"]),
               help="sequence: the input's first axis is the sequence of frames (the clip is one sequence); frames: "
                    "each frame on its own; auto: sequence when that axis is named like one (sequence_length, …).")
@@ -490,8 +492,8 @@ def explain_text(model, input_file, outdir, weights, model_config, random_weight
               help="Frames per forward pass (frames layout).")
 @click.option("--resume", is_flag=True, help="Skip files the output folder's manifest records as finished.")
 def explain_signal(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size,
-                   binds, model_output, frame, layout, sample_rate, target, klass, method, rule_spec, recurrent_bias,
-                   formats, clip, cmap, batch_size, resume):
+                   binds, model_output, frame, hop, layout, sample_rate, target, klass, method, rule_spec,
+                   recurrent_bias, formats, clip, cmap, batch_size, resume):
     """Explain a 1-D signal model (audio, sensors) for WAV files (PCM or float, mixed to mono) and 1-D .npy
     arrays, or folders of them. The signal is cut into the model's frames, the last padded with zeros;
     relevance is per input sample. Exit status 1 when some file failed."""
@@ -501,7 +503,7 @@ def explain_signal(model, inputs, outdir, weights, model_config, random_weights,
         weights=weights, model_config=model_config, random_weights=random_weights, keras1_backend=keras1_backend,
         input_size=model_input_size), binds, model_output, frame, layout, sample_rate,
         combined_rule_spec(method, rule_spec, "epsilon"), recurrent_bias, target, klass, formats, clip, cmap,
-        batch_size, resume)
+        batch_size, resume, hop)
     if failures:
         sys.exit(1)
 

@@ -327,6 +327,8 @@ class SignalModel:
     ``model``: an ONNX, Keras or Caffe file (``bind`` and the ``sequence`` layout: ONNX only);
     ``bind``: {input name: number, array or ``.npy`` path}; ``output``: the explained output's name
     (needed where the model has several); ``frame``: the frame length where the model leaves it free;
+    ``hop``: samples between the starts of consecutive frames (default: the frame length; less makes
+    frames overlap, and a sample's relevance is the sum over the frames holding it);
     ``sample_rate``: the rate the model expects (default: a bound ``sr``-like input, or the model's
     metadata); further options go to ``lrptool.lrp.Explainer`` (``recurrent_bias="spread"`` conserves
     relevance exactly through recurrent layers)."""
@@ -334,7 +336,7 @@ class SignalModel:
     KEPT = 4
 
     def __init__(self, model, bind=None, output=None, frame=None, layout="auto", method="epsilon",
-                 sample_rate=None, model_options=None, **options):
+                 sample_rate=None, model_options=None, hop=None, **options):
         from .lrp import GRADIENT_METHODS
 
         if layout not in LAYOUTS:
@@ -358,6 +360,10 @@ class SignalModel:
                 raise LrpToolError("--layout sequence needs an ONNX model (read at each clip's frame count)")
             self.open_other(output, frame, model_options or {})
         self.sample_rate = sample_rate if sample_rate is not None else self.model_rate()
+        if hop is not None and not 1 <= hop <= self.frame:
+            raise LrpToolError(f"--hop {hop}: give 1 to the frame length ({self.frame}); frames farther apart "
+                               "would leave samples out")
+        self.hop = hop or self.frame
 
     # reading
 
@@ -464,7 +470,8 @@ class SignalModel:
     def describe(self):
         bound = ", ".join(f"{k}={format_value(v)}" for k, v in self.bound.items())
         rate = f"{self.sample_rate} Hz" if self.sample_rate else "any sample rate"
-        return (f"input {self.input!r}, frames of {self.frame} samples ({self.layout} layout), output "
+        hop = f" every {self.hop}" if self.hop != self.frame else ""
+        return (f"input {self.input!r}, frames of {self.frame} samples{hop} ({self.layout} layout), output "
                 f"{self.output!r}, {rate}" + (f"; bound: {bound}" if bound else ""))
 
     # explaining
@@ -484,13 +491,23 @@ class SignalModel:
         return found
 
     def framed(self, samples):
-        """(frames × input shape, padding count): ``samples`` cut into frames, the last padded with zeros."""
-        count = -(-len(samples) // self.frame)
-        padded = np.zeros(count * self.frame, dtype=np.float64)
+        """(frames × input shape, padding count): ``samples`` cut into frames ``hop`` samples apart, the
+        last padded with zeros."""
+        count = 1 if len(samples) <= self.frame else 1 + -(-(len(samples) - self.frame) // self.hop)
+        padded = np.zeros((count - 1) * self.hop + self.frame, dtype=np.float64)
         padded[:len(samples)] = samples
+        frames = np.lib.stride_tricks.sliding_window_view(padded, self.frame)[::self.hop][:count]
         shape = [count] + [self.frame if d in (None, self.frame) and i == self.long_axis() else 1
                            for i, d in enumerate(self.input_dims[1:])]
-        return padded.reshape(shape), count * self.frame - len(samples)
+        return np.ascontiguousarray(frames).reshape(shape), len(padded) - len(samples)
+
+    def overlap_add(self, relevance):
+        """Per-sample relevance of the padded signal from per-frame relevance (frames × frame length)."""
+        count = relevance.shape[0]
+        positions = (np.arange(count)[:, None] * self.hop + np.arange(self.frame)[None, :]).reshape(-1)
+        out = np.zeros((count - 1) * self.hop + self.frame, dtype=np.float64)
+        np.add.at(out, positions, relevance.reshape(-1))
+        return out
 
     def long_axis(self):
         return next(i for i, d in enumerate(self.input_dims[1:]) if d != 1)
@@ -554,11 +571,11 @@ class SignalModel:
                 part, report = self.backward(owner, xs, values, batch_outputs, here, klass)
                 relevance[start:start + size] = part[:min(size, frames - start)]
                 reports.append(report)
-        flat = relevance.reshape(-1)
+        flat = self.overlap_add(relevance) if self.hop != self.frame else relevance.reshape(-1)
         length = len(signal.samples)
         explained = float(np.sum(scores[chosen]))
         return SignalExplanation(flat[:length].copy(), float(np.sum(flat[length:])), scores, chosen, klass,
-                                 explained, self.frame, padding, signal.rate, outputs.shape[1], reports)
+                                 explained, self.frame, padding, signal.rate, outputs.shape[1], reports, self.hop)
 
     def check_class(self, klass, outputs):
         values = outputs.shape[1]
@@ -617,6 +634,7 @@ class SignalExplanation:
     rate: int = None
     values: int = 1           # output values per frame
     reports: list = field(default_factory=list)   # the walk's conservation reports (one per batch of frames)
+    hop: int = None           # samples from one frame's start to the next (the frame length: no overlap)
 
     @property
     def total(self):

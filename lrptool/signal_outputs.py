@@ -35,8 +35,10 @@ def column_sums(values, starts, stops):
 
 
 def signal_png(samples, relevance, scores, frames, frame_length, rate=None, title="", output_name="output",
-               clip=99.5, colormap="bwr"):
-    """PNG bytes: see the module's documentation. ``frames``: the explained frame indices."""
+               clip=99.5, colormap="bwr", hop=None):
+    """PNG bytes: see the module's documentation. ``frames``: the explained frame indices; ``hop``: samples
+    between frame starts (default: the frame length). Frame i covers samples [i·hop, i·hop + length);
+    its output is drawn over [i·hop, (i + 1)·hop), the last over its whole length."""
     from .grid import font
 
     samples = np.asarray(samples, dtype=np.float64)
@@ -52,7 +54,8 @@ def signal_png(samples, relevance, scores, frames, frame_length, rate=None, titl
     draw.text((MARGIN, 6), title, fill=INK, font=face)
 
     length = len(samples)
-    total = max(length, len(scores) * frame_length)   # the time axis covers the padded last frame too
+    hop = hop or frame_length
+    total = max(length, (len(scores) - 1) * hop + frame_length)   # the axis covers the padded last frame too
 
     def x_of(sample):
         return MARGIN + plot * sample / total
@@ -62,7 +65,7 @@ def signal_png(samples, relevance, scores, frames, frame_length, rate=None, titl
     score_top = top + WAVE + STRIP + 12
     score_box = (MARGIN, score_top, MARGIN + plot, score_top + SCORES)
     for first, last in runs(frames):
-        left, right = x_of(first * frame_length), x_of((last + 1) * frame_length)
+        left, right = x_of(first * hop), x_of(last * hop + frame_length)
         for box in (wave_box, score_box):
             draw.rectangle((left, box[1], max(left + 1, right), box[3]), fill=SHADE)
 
@@ -96,8 +99,8 @@ def signal_png(samples, relevance, scores, frames, frame_length, rate=None, titl
     image.paste(WAVE_INK, (0, 0), mask)
     if len(frames) <= MARKED:
         for first, last in runs(frames):
-            for edge in (first, last + 1):
-                draw.line((x_of(edge * frame_length), top, x_of(edge * frame_length), top + WAVE), fill=EDGE)
+            for edge in (first * hop, last * hop + frame_length):
+                draw.line((x_of(edge), top, x_of(edge), top + WAVE), fill=EDGE)
     draw.rectangle(wave_box, outline=GRID)
     draw.text((4, top), "wave", fill=INK, font=face)
     draw.text((4, top + WAVE + 1), "R", fill=INK, font=face)
@@ -114,19 +117,21 @@ def signal_png(samples, relevance, scores, frames, frame_length, rate=None, titl
             return score_top + SCORES - 4 - (SCORES - 8) * (value - low) / span
         points = []
         for index, value in enumerate(scores):
-            points += [(x_of(index * frame_length), y_of(value)), (x_of((index + 1) * frame_length), y_of(value))]
+            end = index * hop + (frame_length if index == len(scores) - 1 else hop)
+            points += [(x_of(index * hop), y_of(value)), (x_of(end), y_of(value))]
         if low < 0 < high:
             draw.line((MARGIN, y_of(0), MARGIN + plot, y_of(0)), fill=GRID)
         draw.line(points, fill=INK, width=2)
         for index in (frames if len(frames) <= MARKED else []):
-            centre = x_of((index + 0.5) * frame_length)
+            centre = x_of(index * hop + frame_length / 2)
             draw.ellipse((centre - 4, y_of(scores[index]) - 4, centre + 4, y_of(scores[index]) + 4),
                          fill=(200, 30, 30))
         draw.text((MARGIN + plot + 4, score_top), f"{high:.3g}", fill=INK, font=face)
         draw.text((MARGIN + plot + 4, score_top + SCORES - line), f"{low:.3g}", fill=INK, font=face)
     draw.rectangle(score_box, outline=GRID)
     draw.text((4, score_top), "out", fill=INK, font=face)
-    draw.text((MARGIN, score_top + SCORES + 2), f"{output_name} per frame ({frame_length} samples)", fill=INK,
+    draw.text((MARGIN, score_top + SCORES + 2), f"{output_name} per frame ({frame_length} samples"
+              + (f", every {hop})" if hop != frame_length else ")"), fill=INK,
               font=face)
 
     # time axis

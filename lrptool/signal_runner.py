@@ -65,7 +65,7 @@ class SignalRunner:
         self.explained = self.resumed = 0
         self.jsonl = None
         self.settings = json.dumps({"model": os.path.abspath(model.path), "output": model.output,
-                                    "layout": model.layout, "frame": model.frame, "method": str(model.method),
+                                    "layout": model.layout, "frame": model.frame, "hop": model.hop, "method": str(model.method),
                                     "options": {k: str(v) for k, v in sorted(model.options.items())},
                                     "bound": {k: digest(np.ascontiguousarray(v).tobytes() + str(v.dtype).encode())
                                               for k, v in sorted(model.bound.items())},
@@ -161,7 +161,7 @@ class SignalRunner:
                      f"{result.score:.4g} · sum R {result.total:.4g}")
             files[f"{stem}.heatmap.png"] = signal_png(signal.samples, result.relevance, result.scores, result.frames,
                                                       result.frame_length, rate, title, self.model.output, self.clip,
-                                                      self.colormap)
+                                                      self.colormap, result.hop)
         record = self.record(path, stem, sha, signal, result, rate)
         for relative, payload in files.items():
             write_atomically(os.path.join(self.outdir, relative), payload, root=self.outdir)
@@ -186,13 +186,15 @@ class SignalRunner:
         if result.padded and "padded" not in self.noted:
             self.noted.add("padded")
             self.report(f"note: {path}: {len(signal.samples)} samples fill {len(result.scores)} frames of "
-                        f"{result.frame_length} with {result.padded} zeros at the end; the relevance on them is "
+                        f"{result.frame_length}{f' every {result.hop}' if result.hop != result.frame_length else ''} "
+                        f"with {result.padded} zeros at the end; the relevance on them is "
                         "reported as padding_relevance (said once)")
 
     def record(self, path, stem, sha, signal, result, rate):
         score, total = result.score, result.total
         return {"file": path, "stem": stem, "kind": signal.kind, "samples": len(signal.samples),
                 "sample_rate": rate, "channels": signal.channels, "frame_length": result.frame_length,
+                "hop": result.hop,
                 "frames": len(result.scores), "padded": result.padded, "output": self.model.output,
                 "class": result.klass, "explained_frames": [int(f) for f in result.frames],
                 "frame": int(result.frames[0]) if len(result.frames) == 1 else None,
@@ -209,7 +211,7 @@ class SignalRunner:
 
 
 def run_explain_signal(model, inputs, outdir, model_settings, binds, model_output, frame, layout, sample_rate, method,
-                       recurrent_bias, target, klass, formats, clip, colormap, batch_size, resume):
+                       recurrent_bias, target, klass, formats, clip, colormap, batch_size, resume, hop=None):
     """The ``explain-signal`` command after option parsing; returns the failures."""
     import click
 
@@ -228,7 +230,7 @@ def run_explain_signal(model, inputs, outdir, model_settings, binds, model_outpu
     paths = signal_files(inputs)
     signal_model = SignalModel(model, bind=parse_binds(binds), output=model_output, frame=frame, layout=layout,
                                method=method, sample_rate=rate if isinstance(rate, int) else None,
-                               model_options=model_settings, recurrent_bias=recurrent_bias)
+                               model_options=model_settings, recurrent_bias=recurrent_bias, hop=hop)
     click.echo(f"lrptool: {signal_model.describe()}; explained with {method}", err=True)
     say_notes()
     runner = SignalRunner(signal_model, outdir, wanted, frames, chosen_class, rate, clip, colormap, batch_size, resume)

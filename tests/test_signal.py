@@ -285,6 +285,34 @@ def test_keras_conv1d_signal_model(tmp_path):
     assert bind.returncode == 2 and b"not an ONNX model; only ONNX inputs can be bound" in bind.stderr
 
 
+def test_overlapping_frames_add_their_relevance_where_they_overlap(tmp_path):
+    model, weights = conv_model(seed=5)
+    onnx.save(model, str(tmp_path / "conv.onnx"))
+    hop = 48
+    signal = np.random.default_rng(10).normal(size=200)       # frames at 0, 48, 96, 144: the last padded by 8
+    prepared = SignalModel(str(tmp_path / "conv.onnx"), hop=hop)
+    padded = np.r_[signal, np.zeros(8)]
+    starts = [0, 48, 96, 144]
+    session = onnxruntime.InferenceSession(str(tmp_path / "conv.onnx"), providers=["CPUExecutionProvider"])
+    frames = np.stack([padded[s:s + FRAME] for s in starts])
+    expected = session.run(None, {"x": frames[:, None].astype(np.float32)})[0][:, 2]
+    every = prepared.explain(signal, "all", 2)
+    np.testing.assert_allclose(every.scores, expected, rtol=1e-5, atol=1e-6)
+    assert every.padded == 8 and every.hop == hop
+    total = np.zeros(208)
+    for index, start in enumerate(starts):
+        own, _ = conv_relevance_by_hand(weights, frames[index], 2)
+        total[start:start + FRAME] += own
+        single = prepared.explain(signal, index, 2)
+        alone = np.zeros(208)
+        alone[start:start + FRAME] = own
+        np.testing.assert_allclose(single.relevance, alone[:200], rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(every.relevance, total[:200], rtol=1e-7, atol=1e-10)
+    assert every.padding == pytest.approx(total[200:].sum(), abs=1e-10)
+    with pytest.raises(Exception, match="--hop 65: give 1 to the frame length"):
+        SignalModel(str(tmp_path / "conv.onnx"), hop=65)
+
+
 def test_resume_skips_finished_files_and_redoes_changed_ones(tmp_path):
     model, _ = conv_model()
     onnx.save(model, str(tmp_path / "conv.onnx"))
@@ -446,6 +474,14 @@ def test_silero_vad_sequence_form_matches_onnxruntime_is_causal_and_conserves_in
     assert np.any(relevance[best] != 0)
     lstm = next(n for n in result.reports[0].nodes if n.op == "LSTM")
     assert abs(lstm.absorbed) <= 1e-9 * abs(lstm.relevance_out)
+    # as silero-vad is run: 512 new samples a chunk, after the previous chunk's last 64
+    overlapping = SignalModel(str(path), bind={"h": "0", "c": "0"}, output="speech_probs", hop=512)
+    samples = read_signal(str(wav)).samples
+    chunks = overlapping.framed(samples)[0].astype(np.float32)
+    assert chunks.shape == (1 + -(-(samples.size - CHUNK) // 512), CHUNK)
+    np.testing.assert_array_equal(chunks[1, :64], chunks[0, 512:])
+    reference = session.run(["speech_probs"], {"input": chunks, "h": zeros, "c": zeros})[0].reshape(-1)
+    np.testing.assert_allclose(overlapping.explain(samples).scores, reference, atol=1e-5)
 
     out = tmp_path / "out"
     cli = run("explain-signal", path, wav, "-o", out, "--bind", "h=0", "--bind", "c=0", "--model-output",
