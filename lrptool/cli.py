@@ -118,7 +118,8 @@ def convert(model, output, weights, model_config, random_weights, keras1_backend
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The explainer's ONNX file.")
 @model_options
 @click.option("--preset", "--method", "method",
-              help="LRP preset or gradient method (see `lrptool methods`); default epsilon-plus-flat.")
+              help="LRP preset or gradient method (see `lrptool methods`), or several separated by commas (one "
+                   "forward pass, an output relevance/METHOD each); default epsilon-plus-flat.")
 @click.option("--rules", "rule_spec", help="Rule map 'selector=rule,…' or a JSON file; overrides --preset.")
 @click.option("--target", default="pred", show_default=True,
               help="The class explained when the caller gives none: pred or a class index.")
@@ -129,9 +130,9 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
                     mean_file):
     """Compile the explanation of MODEL into one ONNX model that any onnxruntime runs, without
     lrptool: input x (and an optional int64 target per sample, -1 for the prediction); outputs
-    logits, relevance (shaped like x) and explained_target. The preprocessing options give the
-    input's bounds, which the zB rule needs."""
-    from .lrp.compile import compile_explainer, write_explainer
+    logits, relevance (shaped like x; relevance/METHOD for each of several methods) and
+    explained_target. The preprocessing options give the input's bounds, which the zB rule needs."""
+    from .lrp.compile import compile_explainer, compile_methods, write_explainer
 
     fixed_target, _ = parse_target(target, top=False)
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
@@ -143,13 +144,19 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
     if len(next(iter(graph.inputs.values()))) == 4:  # pictures: the preprocessing gives the input's range
         bounds = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                      std, mean_file).bounds()
-    spec = combined_rule_spec(method, rule_spec, "epsilon-plus-flat")
-    if spec == "random":
+    specs = method_list(method, rule_spec)
+    if "random" in specs:
         raise LrpToolError("--method random: the random baseline has no compiled form")
+    if node_sums and len(specs) > 1:
+        raise LrpToolError("--node-sums takes one method; compile the others without it")
     check_target_range(fixed_target, None, graph.output_size())
+    default = None if fixed_target == "pred" else fixed_target
     # compile_explainer refuses unroutable nodes with the check, and the words, of inspect --preset
-    explainer = compile_explainer(graph, spec, bounds=bounds, node_sums=node_sums,
-                                  target=None if fixed_target == "pred" else fixed_target)
+    if len(specs) > 1:
+        explainer = compile_methods(graph, specs, bounds=bounds, target=default)
+    else:
+        explainer = compile_explainer(graph, specs[0], bounds=bounds, node_sums=node_sums, target=default)
+    spec = ", ".join(specs)
     say_notes()
     try:
         written = write_explainer(explainer, output)
@@ -234,7 +241,8 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     explainers = [(spec, Explainer(graph, spec, bounds=preprocessing.bounds(),
                                    primitives="numpy" if low_memory else "onnxruntime",
                                    forward_backend="lrptool" if low_memory else "auto",
-                                   providers=provider_list(providers), quiet=index > 0))
+                                   providers=provider_list(providers), quiet=index > 0,
+                                   compile_later=len(specs) > 1))   # one graph for them all: SharedForward
                   for index, spec in enumerate(specs)]
     explainer = explainers[0][1]
     check_target_range(fixed_target, top_k, explainer.output_size())

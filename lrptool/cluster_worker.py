@@ -26,7 +26,7 @@ from .images import ImageError, load_picture, to_tensor
 from .lrp import Explainer
 
 #: FolderExplainer attributes that stay with the client: its streams, records and counters.
-CLIENT_ONLY = {"explainer", "methods", "jsonl", "manifest", "report", "recorded", "failures", "explained", "written",
+CLIENT_ONLY = {"explainer", "methods", "shared", "jsonl", "manifest", "report", "recorded", "failures", "explained", "written",
                "resumed", "progress"}
 
 
@@ -79,6 +79,7 @@ class ChunkExplainer(FolderExplainer):
         runner.methods = [(name, Explainer(graph, **explainer_threads(settings, hosts)))
                           for name, graph, settings in recipe["methods"]]
         runner.explainer = runner.methods[0][1]
+        runner.shared = None
         runner.noted = set(runner.noted)
         return runner
 

@@ -305,14 +305,16 @@ def evaluate_methods(graph, images, methods, target="pred", patch=4, steps=20, o
 
 
 def prepared_methods(graph, methods, bounds=(0.0, 1.0), seed=0, explainer_options=None):
-    """({method: Explainer} with ``random`` always among them, the scorer): what scoring a batch needs."""
+    """(the methods' ``SharedForward``, ``random`` always among them, and the scorer): what scoring a
+    batch needs. The methods share one forward pass per batch."""
     from .lrp import Explainer
+    from .lrp.several import SharedForward
 
     methods = list(dict.fromkeys(list(methods) + ["random"]))
-    options = dict(bounds=bounds, quiet=True, seed=seed)
+    options = dict(bounds=bounds, quiet=True, seed=seed, compile_later=True)
     options.update(explainer_options or {})
-    explainers = {m: Explainer(graph, m, **options) for m in methods}
-    return explainers, onnxruntime_scorer(next(iter(explainers.values())).graph)
+    explainers = SharedForward([(m, Explainer(graph, m, **options)) for m in methods])
+    return explainers, onnxruntime_scorer(explainers.explainers[0][1].graph)
 
 
 def batch_curves(explainers, score, x, target, patch, steps, orders, replacement, bounds, seed, batch_size,
@@ -322,8 +324,9 @@ def batch_curves(explainers, score, x, target, patch, steps, orders, replacement
     from .lrp import select_targets
 
     targets = select_targets(score.outputs(x), target)
+    explained = explainers.explain(x, target=targets, names=[m for m in explainers.names if m != "random"])
     relevances = {method: random_relevance(x.shape, seed, first_index) if method == "random"
-                  else explainer.explain(x, target=targets).relevance for method, explainer in explainers.items()}
+                  else explained[method].relevance for method in explainers.names}
     curves = perturbation_curves(score, x, targets, relevances, patch, steps, orders, replacement, bounds, seed,
                                  batch_size=batch_size, first_index=first_index, snapshots=snapshots)
     return curves, relevances

@@ -80,6 +80,7 @@ class FolderExplainer:
                  page=None):
         # several methods in one run: [(name, Explainer), …], one output column each
         self.methods = list(methods) if methods else [(getattr(explainer, "method", None), explainer)]
+        self.shared = None      # the methods' shared forward pass, made on first use (also on a cluster worker)
         explainer = self.methods[0][1]
         self.explainer = explainer
         self.preprocessing = preprocessing
@@ -302,18 +303,21 @@ class FolderExplainer:
 
     def explain_columns(self, x, items):
         """[((method, rank), Explanation)] for every column. The first method picks the classes; every
-        other method explains the same ones, so that a row compares like with like."""
-        first = self.explainer.explain(x, target=self.targets_for(items))
-        ranking = top_k_targets(first.outputs, self.top_k) if self.top_k else first.targets[None]
+        other method explains the same ones, so that a row compares like with like. Several methods
+        share one forward pass per class rank (``lrp.several.SharedForward``)."""
+        if self.shared is None:
+            from .lrp.several import SharedForward
+
+            self.shared = SharedForward(self.methods)
+        rows = [self.shared.explain(x, target=self.targets_for(items))]
+        if self.top_k:
+            ranking = top_k_targets(rows[0][self.methods[0][0]].outputs, self.top_k)
+            rows += [self.shared.explain(x, target=ranking[row]) for row in range(1, ranking.shape[0])]
         runs = []
         for method, rank in self.columns():
-            explainer = dict(self.methods)[method] if method is not None else self.explainer
-            if not runs:
-                runs.append(((method, rank), first))
-                continue
             row = rank - 1 if rank else 0
-            if row < ranking.shape[0]:
-                runs.append(((method, rank), explainer.explain(x, target=ranking[row])))
+            if row < len(rows):
+                runs.append(((method, rank), rows[row][self.methods[0][0] if method is None else method]))
         return runs
 
     def check_conservation(self, item, x, explanation, index):

@@ -5,6 +5,7 @@ One LocalCluster of two worker processes serves the whole module (starting one c
 it allows one worker death per task (Dask's default: three) before Dask gives the task up.
 """
 
+import io
 import json
 import os
 import signal
@@ -124,6 +125,23 @@ def test_two_workers_write_what_one_process_writes(cluster, digits, reference, t
     assert errors.count("images/s") == 3                           # two workers and the total
     assert f"explained {IMAGES} image(s)" in errors and "0 failed" in errors
     assert not leftovers(out)
+
+
+def test_several_presets_on_two_workers_write_what_one_process_writes(cluster, digits, tmp_path, capsys):
+    """Each worker builds the methods' shared forward pass again from the recipe."""
+    local, _ = cluster
+    options = ["--format", "npy", "--preset", "zero,gradient", "--batch-size", "8"]
+    assert run_cli("explain", MODEL, digits / "even", "-o", tmp_path / "one", *options) == 0
+    assert run_cli("explain", MODEL, digits / "even", "-o", tmp_path / "two", *options,
+                   "--scheduler", local.scheduler_address, "--chunk-size", "16") == 0
+    expected, found = npy_files(tmp_path / "one"), npy_files(tmp_path / "two")
+    assert len(expected) == IMAGES and set(found) == set(expected)
+    for name, data in expected.items():
+        # a worker's onnxruntime has one thread, this process's two: sums may round differently
+        reference = np.load(io.BytesIO(data))
+        np.testing.assert_allclose(np.load(io.BytesIO(found[name])), reference, rtol=1e-5,
+                                   atol=1e-6 * np.abs(reference).max())
+    capsys.readouterr()
 
 
 class KillOnce(WorkerPlugin):

@@ -92,7 +92,7 @@ peepholes and the gradient methods through them are explained eagerly.
     def __init__(self, graph, method="epsilon-plus-flat", bounds=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
                  maxpool="winner", dtype=np.float32, start=None, samples=32, noise=0.1, steps=64, seed=0,
                  forward_backend="auto", primitives="onnxruntime", quiet=False, compiled="auto", providers=None,
-                 report=False, recurrent_epsilon=1e-3, recurrent_bias="absorb", threads=None):
+                 report=False, recurrent_epsilon=1e-3, recurrent_bias="absorb", threads=None, compile_later=False):
         settings = {k: v for k, v in locals().items() if k not in ("self", "graph", "__class__")}
         # Explainer(self.original, **self.settings) builds it again (also in another process: lrptool.cluster_worker)
         self.settings = settings
@@ -103,6 +103,7 @@ peepholes and the gradient methods through them are explained eagerly.
             # prepared per size on first use; what the rules and notes need is known only then
             self.graph, self.settings, self.by_size = graph, settings, {}
             self.rules, self.compiled, self.prepared, self.dtype = {}, None, False, np.dtype(dtype)
+            self.compile_pending = False
             return
         self.graph, self.canonization = canonize(graph)
         if self.canonization["softmax_removed"] and not quiet:
@@ -137,29 +138,36 @@ peepholes and the gradient methods through them are explained eagerly.
             if any(r.name == "zbox" for r in self.rules.values()) and self.bounds is None:
                 raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
         self.compiled = None
-        if compiled and method != "random" and (compiled is True or (
-                self.dtype == np.float32 and forward_backend == "auto" and primitives == "onnxruntime")):
-            self.compiled = self.compile(graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers,
-                                         strict=compiled is True, report=report, threads=threads)
+        # compile_later: the compiled explainer is built on first use, unless ``lrp.several.SharedForward``
+        # builds one graph for this and other methods first
+        self.compile_pending = bool(compiled and method != "random" and (compiled is True or (
+            self.dtype == np.float32 and forward_backend == "auto" and primitives == "onnxruntime")))
+        if self.compile_pending:
+            from .compile import resolve_providers
 
-    def compile(self, graph, method, bounds, epsilon, stabiliser, gamma, maxpool, start, providers, strict, report,
-                threads=None):
-        """The compiled explainer's session, or None where the graph has no compiled form (then the
-        eager walk serves; with ``strict`` that is an error)."""
-        from .compile import CompiledSession, compile_explainer, resolve_providers
+            resolve_providers(providers)  # an unavailable provider is the user's mistake, said at once
+            if not compile_later:
+                self.compile_now()
 
-        resolve_providers(providers)  # an unavailable provider is the user's mistake, never a fallback
+    def compile_now(self):
+        """Build, once, the compiled explainer this explainer's options ask for; where the graph has no
+        compiled form the eager walk serves (with ``compiled=True`` that is an error)."""
+        if not self.compile_pending:
+            return
+        from .compile import CompiledSession, compile_explainer
+
+        self.compile_pending = False
+        s = self.settings
         try:
             external = {}
-            model = compile_explainer(graph, method, bounds=bounds, epsilon=epsilon, stabiliser=stabiliser, gamma=gamma,
-                                      maxpool=maxpool, start=start, external=external, node_sums=report,
-                                      recurrent_epsilon=self.walk.recurrent_epsilon,
-                                      recurrent_bias=self.walk.recurrent_bias)
-            return CompiledSession(model, providers, threads=threads, external=external)
+            model = compile_explainer(self.original, s["method"], bounds=s["bounds"], epsilon=s["epsilon"],
+                                      stabiliser=s["stabiliser"], gamma=s["gamma"], maxpool=s["maxpool"],
+                                      start=s["start"], external=external, node_sums=s["report"],
+                                      recurrent_epsilon=s["recurrent_epsilon"], recurrent_bias=s["recurrent_bias"])
+            self.compiled = CompiledSession(model, s["providers"], threads=s["threads"], external=external)
         except Exception:  # noqa: BLE001 - the eager walk computes the same explanation
-            if strict:
+            if s["compiled"] is True:
                 raise
-            return None
 
     def output_size(self):
         """How many outputs a sample has (the range of class indices), or None where it is free."""
@@ -243,6 +251,7 @@ peepholes and the gradient methods through them are explained eagerly.
         x = self.input_array(x)
         if self.by_size is not None:
             return self.at_size(x).explain(x, target, layers)
+        self.compile_now()
         if self.compiled is not None and not layers:
             return self.explain_compiled(x, target)
         input_name = next(iter(self.graph.inputs))
@@ -262,6 +271,7 @@ peepholes and the gradient methods through them are explained eagerly.
     def gradient(self, x, targets, values=None):
         """d score / d x; from the compiled gradient graph where there is one and no forward pass was
         recorded (the sampling loops), else from the eager walk over ``values``."""
+        self.compile_now()
         if values is None and self.compiled is not None:
             return self.compiled.run(x, targets)["relevance"]
         values = values if values is not None else self.walk.forward(x)

@@ -61,6 +61,55 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     conservation report.
     ``external``: a dict that receives the large arrays, which the model then only names (for
     onnxruntime's ``add_external_initializers``: no serialised copy of the weights)."""
+    return build_explainer(graph, [method], bounds, target, node_sums, epsilon, stabiliser, gamma, maxpool, start,
+                           input_name, external, recurrent_epsilon, recurrent_bias)
+
+
+def compile_methods(graph, methods, bounds=None, target=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
+                    maxpool="winner", input_name="x", external=None, recurrent_epsilon=1e-3, recurrent_bias="absorb"):
+    """One ONNX model explaining ``graph`` with several methods at once: one forward pass, then one
+    reverse walk per method, all for the same class. Outputs ``logits``, ``explained_target`` and
+    ``relevance/METHOD`` per method (``method_label`` names them); the options are those of
+    ``compile_explainer``. Modified weights two methods share (W⁺ of the z⁺ rule, …) are stored once."""
+    methods = list(methods)
+    labels = [method_label(m, i) for i, m in enumerate(methods)]
+    if len(set(labels)) != len(labels):
+        raise LrpToolError(f"methods {', '.join(labels)}: a method is named twice")
+    return build_explainer(graph, methods, bounds, target, False, epsilon, stabiliser, gamma, maxpool, None,
+                           input_name, external, recurrent_epsilon, recurrent_bias, several=True)
+
+
+def method_label(method, index):
+    """The output name's part for ``method``: its name, or ``rules-INDEX`` for a rule map given as a list or dict."""
+    return method if isinstance(method, str) else f"rules-{index}"
+
+
+def is_gradient(method):
+    return isinstance(method, str) and method in COMPILED_GRADIENTS
+
+
+def method_walk(canonical, method, bounds, epsilon, stabiliser, gamma, maxpool, recurrent_epsilon, recurrent_bias):
+    """The float32 reverse walk of one method over the canonical graph; its relevance steps are emitted
+    once the walk is given the emitting ops."""
+    if is_gradient(method):
+        recurrent = next((n for n in canonical.nodes if reverse_of(n).kind == "recurrent"), None)
+        if recurrent is not None:  # refused before anything is built
+            raise LrpToolError(f"node {recurrent.name!r} ({recurrent.op}): the gradient through a recurrent layer "
+                               "has no compiled form; the eager walk computes it")
+        return ReverseWalk(canonical, mode="gradient", relu_policy=COMPILED_GRADIENTS[method], dtype=np.float32,
+                           primitives="numpy")
+    if method == "random":
+        raise LrpToolError("the random baseline has no compiled form (it needs no model)")
+    rules = assign_rules(canonical, rule_map_from_spec(method, epsilon, stabiliser, gamma))
+    if any(r.name == "zbox" for r in rules.values()) and bounds is None:
+        raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
+    return ReverseWalk(canonical, mode="lrp", rules=rules, bounds=bounds, maxpool=maxpool, stabiliser=stabiliser,
+                       dtype=np.float32, primitives="numpy", recurrent_epsilon=recurrent_epsilon,
+                       recurrent_bias=recurrent_bias)
+
+
+def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabiliser, gamma, maxpool, start, input_name,
+                    external, recurrent_epsilon, recurrent_bias, several=False):
     from converters.onnx_writer import graph_to_onnx
 
     if graph.free_sizes():
@@ -70,32 +119,18 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     if len(canonical.inputs) != 1 or len(canonical.outputs) != 1:
         raise LrpToolError(f"the model has {len(canonical.inputs)} inputs and {len(canonical.outputs)} outputs; "
                            "the compiled explainer takes one of each")
-    gradient = method in COMPILED_GRADIENTS
-    recurrent = next((n for n in canonical.nodes if reverse_of(n).kind == "recurrent"), None)
-    if recurrent is not None and gradient:  # refused before anything is built
-        raise LrpToolError(f"node {recurrent.name!r} ({recurrent.op}): the gradient through a recurrent layer has no "
-                           "compiled form; the eager walk computes it")
-    if not gradient and method == "random":
-        raise LrpToolError("the random baseline has no compiled form (it needs no model)")
-    if gradient:
-        walk = ReverseWalk(canonical, mode="gradient", relu_policy=COMPILED_GRADIENTS[method], dtype=np.float32,
-                           primitives="numpy")
-    else:
-        rules = assign_rules(canonical, rule_map_from_spec(method, epsilon, stabiliser, gamma))
-        if any(r.name == "zbox" for r in rules.values()) and bounds is None:
-            raise LrpToolError("the zB (box) rule needs the input's bounds: give bounds=(low, high)")
-        walk = ReverseWalk(canonical, mode="lrp", rules=rules, bounds=bounds, maxpool=maxpool, stabiliser=stabiliser,
-                           dtype=np.float32, primitives="numpy", recurrent_epsilon=recurrent_epsilon,
-                           recurrent_bias=recurrent_bias)
+    walks = [method_walk(canonical, m, bounds, epsilon, stabiliser, gamma, maxpool, recurrent_epsilon, recurrent_bias)
+             for m in methods]
+    labels = [f"relevance/{method_label(m, i)}" for i, m in enumerate(methods)] if several else ["relevance"]
 
     forward = graph_to_onnx(canonical, external=external)
     taken = {t for n in forward.graph.node for t in list(n.input) + list(n.output)}
     taken |= {i.name for i in forward.graph.initializer} | {i.name for i in forward.graph.input}
-    taken |= {input_name, "target", "logits", "relevance", "explained_target"}
+    interface = {input_name, "target", "logits", "explained_target", *labels}
+    taken |= interface
     emit = Emitter(taken, external)
     ops = OnnxOps(emit, canonical.shapes)
     ops.sums = node_sums
-    walk.ops = ops
     positive = nonnegative_tensors(canonical)
     values = {t: Sym(t, shape, t in positive) for t, shape in canonical.shapes.items()}
     (source,) = canonical.inputs
@@ -109,27 +144,31 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     chosen = emit.node("Where", [emit.node("Less", ["target", emit.ints([0])]), predicted, "target"])
     chosen = emit.node("Add", [chosen, emit.node("Mul", [predicted, emit.ints([0])])])  # one entry per sample
     one_hot = emit.node("OneHot", [chosen, emit.ints([classes]), emit.constant(np.array([0.0, 1.0]))], {"axis": -1})
-    start = start or default_start(method, gradient)
-    explained = emit.node("Relu", [flat]) if start == "positive" else flat
-    seed = one_hot if start == "one" else emit.node("Mul", [one_hot, explained])
-    seed = Sym(emit.node("Reshape", [seed, emit.node("Shape", [output])]), out_shape)
-
-    result, report = walk.run(values, {output: seed})
-    relevance = result[source]
-    if method == "sensitivity":
-        relevance = ops.mul(relevance, relevance)
-    elif method == "gradient-x-input":
-        relevance = ops.mul(relevance, values[source])
+    seeds = {}
+    relevances, report = [], None
+    for method, walk in zip(methods, walks):
+        origin = start or default_start(method, is_gradient(method))
+        if origin not in seeds:
+            explained = emit.node("Relu", [flat]) if origin == "positive" else flat
+            seed = one_hot if origin == "one" else emit.node("Mul", [one_hot, explained])
+            seeds[origin] = Sym(emit.node("Reshape", [seed, emit.node("Shape", [output])]), out_shape)
+        walk.ops = ops
+        result, report = walk.run(values, {output: seeds[origin]})
+        relevance = result[source]
+        if method == "sensitivity":
+            relevance = ops.mul(relevance, relevance)
+        elif method == "gradient-x-input":
+            relevance = ops.mul(relevance, values[source])
+        relevances.append(relevance)
 
     nodes = list(forward.graph.node) + emit.nodes
     initializers = list(forward.graph.initializer) + emit.initializers
     # the model's own tensors give way to the explainer's interface names
-    interface = {input_name, "target", "logits", "relevance", "explained_target"}
     model_names = {t for n in forward.graph.node for t in list(n.input) + list(n.output)}
     model_names |= {i.name for i in forward.graph.initializer}
     rename = {source: input_name}
     for name in sorted(model_names - {source}):
-        if name in interface or name.startswith("relevance_"):
+        if name in interface or name.startswith("relevance"):
             rename[name] = emit.fresh(f"model/{name}")
     for node in nodes:
         node.input[:] = [rename.get(t, t) for t in node.input]
@@ -143,12 +182,13 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     def final(source_name, name):
         nodes.append(helper.make_node("Identity", [rename.get(source_name, source_name)], [name], name=f"lrp/{name}"))
     final(output, "logits")
-    final(ops.name(relevance), "relevance")
     final(chosen, "explained_target")
     dims = ["batch" if d is None else int(d) for d in canonical.shapes[source]]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch"] + [int(d) for d in out_shape[1:]]),
-               helper.make_tensor_value_info("relevance", TensorProto.FLOAT, dims),
                helper.make_tensor_value_info("explained_target", TensorProto.INT64, ["batch"])]
+    for label, relevance in zip(labels, relevances):
+        final(ops.name(relevance), label)
+        outputs.insert(len(outputs) - 1, helper.make_tensor_value_info(label, TensorProto.FLOAT, dims))
     if node_sums:
         sums = [("relevance_start", report.start)]
         for entry in report.nodes:
@@ -170,11 +210,12 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
     element = TensorProto.INT64 if source in canonical.token_inputs() else TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(input_name, element, dims),
               helper.make_tensor_value_info("target", TensorProto.INT64, ["targets"])]
-    model = helper.make_model(helper.make_graph(nodes, f"{canonical.name or 'model'} explained by {method}", inputs,
+    described = ", ".join(str(m) if isinstance(m, str) else method_label(m, i) for i, m in enumerate(methods))
+    model = helper.make_model(helper.make_graph(nodes, f"{canonical.name or 'model'} explained by {described}", inputs,
                                                 outputs, initializer=initializers),
                               opset_imports=[helper.make_opsetid("", 19)], producer_name="lrptool")
     model.ir_version = 9
-    model.metadata_props.add(key="lrptool.method", value=str(method))
+    model.metadata_props.add(key="lrptool.method", value=described)
     if external is None:
         onnx.checker.check_model(model)
     return model

@@ -84,7 +84,7 @@ def default_start(method, gradient):
     for LRP, max(value, 0) for iNNvestigate's Deep Taylor."""
     if gradient:
         return "one"
-    return "positive" if method in POSITIVE_OUTPUT else "value"
+    return "positive" if isinstance(method, str) and method in POSITIVE_OUTPUT else "value"
 
 
 def make_preset(name, epsilon=1e-6, stabiliser=1e-6, gamma=0.25):
