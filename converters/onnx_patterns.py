@@ -381,9 +381,14 @@ def fuse(model):
             names.append(f"{kind} ({x} → {y})")
         elif id(node) not in taken:
             nodes.append(node)
-    fused = onnx.ModelProto()
-    fused.CopyFrom(model)
-    del fused.graph.node[:]
-    fused.graph.node.extend(nodes)
-    fused.graph.initializer.extend(initializers)
-    return fused, names
+    return with_nodes(model, nodes, initializers), names
+
+
+def with_nodes(model, nodes, initializers=()):
+    """A copy of ``model`` with ``nodes`` in place of its own and ``initializers`` added."""
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    del changed.graph.node[:]
+    changed.graph.node.extend(nodes)
+    changed.graph.initializer.extend(initializers)
+    return changed

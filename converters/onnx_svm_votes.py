@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .onnx_patterns import Model, close
+from .onnx_patterns import Model, close, with_nodes
 
 VOTING = {"Cast", "Less", "Greater", "Neg", "ArrayFeatureExtractor", "Sum", "Add", "Sub", "Concat", "Abs", "Mul",
           "Div", "Identity", "Where", "Reshape", "Not", "Equal"}
@@ -154,9 +154,5 @@ def explain_sums(model):
             nodes.append(replaced[id(node)][0])
         elif id(node) not in dropped:
             nodes.append(node)
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(model)
-    del rewritten.graph.node[:]
-    rewritten.graph.node.extend(nodes)
-    return rewritten, notes
+    return with_nodes(model, nodes), notes
 

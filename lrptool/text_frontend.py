@@ -46,8 +46,8 @@ def as_text(value):
 
 def compile_pattern(pattern, source, node):
     if RE2_ONLY.search(pattern):
-        raise FrontEndError(f"{source}: node {node} uses the regular expression {pattern!r}, whose alternatives or lazy "
-                            f"parts RE2 and Python match differently; {EXPORT_HINT}")
+        raise FrontEndError(f"{source}: node {node} uses the regular expression {pattern!r}, whose alternatives or "
+                            f"lazy parts RE2 and Python match differently; {EXPORT_HINT}")
     try:
         return re.compile(pattern, re.ASCII)   # RE2's \w, \d, \s and \b are ASCII
     except re.error as error:
@@ -56,7 +56,7 @@ def compile_pattern(pattern, source, node):
 
 
 @dataclass
-class Normalizer:
+class TextNormalizer:
     """StringNormalizer: case change of the whole text; a text equal to a stop word is removed."""
     case: str
     stopwords: frozenset
@@ -129,7 +129,7 @@ class Splitter:
 
 
 @dataclass
-class Counter:
+class NgramCounter:
     """TfIdfVectorizer on strings: n-grams of ``min_n``…``max_n`` tokens with 0…``max_skip`` tokens skipped between
     neighbours, counted into their output columns; ``mode`` TF (counts), IDF (weight where present) or TFIDF."""
     ngrams: dict           # tuple of strings → output column
@@ -298,7 +298,7 @@ def read_text_model(model_path):
 
 def split_front_end(model, name, source):
     """(StringFrontEnd, the rest of the model as a ModelProto whose input is the feature vector)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for node in model.graph.node:
@@ -330,7 +330,7 @@ def split_front_end(model, name, source):
             if node.op_type == "Cast" and a.get("to") == TensorProto.BOOL:
                 scalings.append(("binary", lambda x: (x != 0).astype(np.float32)))
         elif node.op_type == "StringNormalizer" and splitter is None:
-            normalizer = Normalizer(as_text(a.get("case_change_action", b"NONE")),
+            normalizer = TextNormalizer(as_text(a.get("case_change_action", b"NONE")),
                                     frozenset(as_text(s) if a.get("is_case_sensitive", 0) else as_text(s).lower()
                                               for s in a.get("stopwords", [])),
                                     bool(a.get("is_case_sensitive", 0)))
@@ -345,8 +345,9 @@ def split_front_end(model, name, source):
             counter = read_counter(a, source, where(node))
             for marker in (pad_value if isinstance(pad_value, tuple) else (pad_value,)):
                 if (marker,) in counter.ngrams or any(marker in words for words in counter.ngrams):
-                    raise FrontEndError(f"{source}: node {where(node)}: the vocabulary holds the Tokenizer's padding or "
-                                        "marker token, so a text's features would depend on the other texts of a batch")
+                    raise FrontEndError(f"{source}: node {where(node)}: the vocabulary holds the Tokenizer's padding "
+                                        "or marker token, so a text's features would depend on the other texts of a "
+                                        "batch")
         elif node.op_type in ("Mul", "Div") and counter is not None:
             scalings.append(scaling(node, constants[node.input[1] if node.input[0] == tensor else node.input[0]]))
         elif node.op_type == "Normalizer" and counter is not None:
@@ -425,7 +426,7 @@ def read_counter(a, source, where):
         by_column = np.zeros(size, dtype=np.float32)
         by_column[indexes] = weights
         weights = by_column
-    return Counter(ngrams, min_n, max_n, int(a.get("max_skip_count", 0)), mode, weights, size)
+    return NgramCounter(ngrams, min_n, max_n, int(a.get("max_skip_count", 0)), mode, weights, size)
 
 
 def numeric_model(model, nodes, features, size):

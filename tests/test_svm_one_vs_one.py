@@ -3,7 +3,6 @@ trained here on the bundled corpus's count vectors: the pairwise decision values
 one-vs-rest output (votes + a bounded fraction) as each class's sum of signed pairwise decision values —
 against scikit-learn's decision functions and onnxruntime."""
 
-import os
 import warnings
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 from converters.onnx_reader import read_onnx
 from lrptool.lrp import Explainer
+from text_support import corpus_texts
 
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn is a test extra (pip install -e '.[test]')")
 skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is a test extra (pip install -e '.[test]')")
@@ -19,21 +19,12 @@ from sklearn.feature_extraction.text import CountVectorizer  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 from skl2onnx.common.data_types import FloatTensorType  # noqa: E402
 
-CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample_models", "text",
-                      "corpus.txt")
-
-
 @pytest.fixture(scope="module")
 def counts():
-    texts, labels = [], []
-    for line in open(CORPUS, encoding="utf-8"):
-        text, _, label = line.rstrip("\n").rpartition("\t")
-        texts.append(text)
-        labels.append(int(label))
+    texts, _, three = corpus_texts()
     x = CountVectorizer().fit_transform(texts).toarray().astype(np.float32)
-    # four classes: sentences naming the cinema or the family, sentences about the story, then by sentiment
-    four = np.array([2 if ("cinema" in t or "family" in t) else 3 if "story" in t else y for t, y in zip(texts, labels)])
-    three = np.where(four == 3, np.array(labels), four)
+    # a fourth class: the other sentences about the story
+    four = np.where((three != 2) & np.array(["story" in t for t in texts]), 3, three)
     return x, {3: three, 4: four}
 
 

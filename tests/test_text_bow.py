@@ -3,7 +3,6 @@ trained here with scikit-learn on the bundled corpus and exported with skl2onnx:
 onnxruntime, and word relevance R = w_word · x_word exactly."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 from converters.onnx_reader import read_onnx
 from lrptool.executor import run_graph
 from lrptool.lrp import Explainer
+from text_support import corpus_texts
 
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn is a test extra (pip install -e '.[test]')")
 skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is a test extra (pip install -e '.[test]')")
@@ -22,22 +22,12 @@ from sklearn.linear_model import LinearRegression, LogisticRegression  # noqa: E
 from sklearn.svm import SVC  # noqa: E402
 from skl2onnx.common.data_types import FloatTensorType  # noqa: E402
 
-CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample_models", "text",
-                      "corpus.txt")
-
-
 @pytest.fixture(scope="module")
 def corpus():
-    texts, labels = [], []
-    for line in open(CORPUS, encoding="utf-8"):
-        text, _, label = line.rstrip("\n").rpartition("\t")
-        texts.append(text)
-        labels.append(int(label))
+    texts, labels, three = corpus_texts()
     vectorizer = CountVectorizer().fit(texts)
     counts = vectorizer.transform(texts).toarray().astype(np.float32)
-    # a third class for the multi-class case: sentences that name the cinema or the family
-    three = np.array([2 if ("cinema" in t or "family" in t) else y for t, y in zip(texts, labels)])
-    return texts, np.array(labels), three, vectorizer, counts
+    return texts, labels, three, vectorizer, counts
 
 
 def exported(model, features, **options):

@@ -4,7 +4,6 @@ the whole model and scikit-learn's decision function; each word's relevance agai
 scikit-learn's own vectorizer and coefficients; conservation; the CLI's JSON lines and page."""
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -14,6 +13,7 @@ import onnxruntime
 import pytest
 
 import lrptool
+from text_support import corpus_texts
 
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn is a test extra (pip install -e '.[test]')")
 skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is a test extra (pip install -e '.[test]')")
@@ -23,8 +23,6 @@ from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.svm import LinearSVC  # noqa: E402
 from skl2onnx.common.data_types import StringTensorType  # noqa: E402
 
-CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample_models", "text",
-                      "corpus.txt")
 COMMAND = [sys.executable, "-m", "lrptool.cli"]
 # words the corpus knows, a repeated word, upper case, punctuation, a word it does not know ("xyzzy")
 PROBES = ["Brilliant, brilliant film!", "boring and dull film, waste of time", "The STORY was moving and superb",
@@ -33,13 +31,7 @@ PROBES = ["Brilliant, brilliant film!", "boring and dull film, waste of time", "
 
 @pytest.fixture(scope="module")
 def corpus():
-    texts, labels = [], []
-    for line in open(CORPUS, encoding="utf-8"):
-        text, _, label = line.rstrip("\n").rpartition("\t")
-        texts.append(text)
-        labels.append(int(label))
-    three = [2 if ("cinema" in t or "family" in t) else y for t, y in zip(texts, labels)]
-    return texts, np.array(labels), np.array(three)
+    return corpus_texts()
 
 
 def export(pipeline, path, **classifier_options):

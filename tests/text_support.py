@@ -1,6 +1,8 @@
 """Small text models for the tests: ONNX text CNNs made node by node, and the IR graph that holds every
 text operator (the completeness check in test_compiled reads it)."""
 
+import os
+
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
@@ -108,3 +110,19 @@ def onnx_decomposed_transformer_block(seed=0, opset=17, layer_norm="decomposed",
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
                               initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample_models", "text",
+                      "corpus.txt")
+
+
+def corpus_texts():
+    """(texts, labels (0/1), three classes: sentences naming the cinema or the family are class 2) of the bundled
+    sentiment corpus."""
+    texts, labels = [], []
+    for line in open(CORPUS, encoding="utf-8"):
+        text, _, label = line.rstrip("\n").rpartition("\t")
+        texts.append(text)
+        labels.append(int(label))
+    three = np.array([2 if ("cinema" in t or "family" in t) else y for t, y in zip(texts, labels)])
+    return texts, np.array(labels), three
