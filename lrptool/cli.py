@@ -45,7 +45,7 @@ def inspect(model, weights, model_config, random_weights, keras1_backend, model_
     width = None if wide else shutil.get_terminal_size((100, 24)).columns
 
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size,
-                       needs_weights=check_image is not None)
+                       needs_weights=check_image is not None, pictures=check_image is not None)
     if check_image is not None:
         preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale,
                                             mean, std, mean_file)
@@ -234,7 +234,8 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
     chosen(cluster_spec, scheduler, scheduler_file)
     label_names = read_labels(labels) if labels else None
     specs = method_list(method, rule_spec)
-    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
+    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size,
+                       pictures=True)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std, mean_file, native_size)
     require_runnable(graph, model)
@@ -325,7 +326,8 @@ def evaluate(model, inputs, outdir, weights, model_config, random_weights, keras
     target, _ = parse_target(target, top=False)
     from .cluster import chosen, connected, evaluate_on_cluster
     on_cluster = chosen(cluster_spec, scheduler, scheduler_file)
-    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
+    graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size,
+                       pictures=True)
     preprocessing = build_preprocessing(model, graph, preprocess_preset, config, size, resize, channels, scale, mean,
                                         std, mean_file)
     require_runnable(graph, model)

@@ -199,9 +199,11 @@ def load_custom_layers(context, parameter, sources):
 
 
 def open_model(model, weights=None, model_config=None, random_weights=False, keras1_backend=None, input_size=None,
-               needs_weights=True):
+               needs_weights=True, pictures=False):
     """The model's graph. ``needs_weights``: a Caffe prototxt alone (no --weights, no --random-weights) is
-    refused, since its parameters would all be zero; ``inspect`` looks at the structure only."""
+    refused, since its parameters would all be zero; ``inspect`` looks at the structure only.
+    ``pictures``: the graph is fed preprocessed pictures, channels first; a model that takes them
+    channels-last and transposes them first (tf2onnx's exports) takes them channels-first instead."""
     import os
 
     from converters import load_model
@@ -216,7 +218,18 @@ def open_model(model, weights=None, model_config=None, random_weights=False, ker
     graph = load_model(model, weights=weights, model_config=model_config, random_weights=random_weights,
                        keras1_backend=keras1_backend, input_size=sizes)
     NOTES.extend(getattr(graph, "notes", []))
+    if pictures:
+        turned = graph.channels_first()
+        if turned is not None:
+            (name, shape), = graph.inputs.items()
+            NOTES.append(f"{model} takes channels-last pictures ({name}: {shape_text(shape)}) and transposes them "
+                         "first; they are fed channels-first, and relevance (.npy) is channels-first too")
+            graph = turned
     return graph
+
+
+def shape_text(shape):
+    return "×".join("N" if d is None else str(d) for d in shape)
 
 
 def preprocessing_options(function):

@@ -147,6 +147,25 @@ class Graph:
         nodes = [copy.copy(node) for node in self.nodes]
         return Graph(inputs, nodes, self.outputs, self.name)
 
+    def channels_first(self):
+        """This graph taking channels-first pictures, where it takes channels-last ones (N, H, W, C) that
+        a Transpose turns channels-first before anything else reads them (tf2onnx's exports): the
+        Transpose's output becomes the input. None where the graph is not of that kind."""
+        if len(self.inputs) != 1:
+            return None
+        ((name, shape),) = self.inputs.items()
+        readers = self.consumers().get(name, [])
+        if len(shape) != 4 or len(readers) != 1 or name in self.outputs:
+            return None
+        (first,) = readers
+        if first.op != "Transpose" or list(first.attrs.get("perm", ())) != [0, 3, 1, 2] or \
+                first.outputs[0] in self.outputs:
+            return None
+        inputs = {first.outputs[0]: (shape[0], shape[3], shape[1], shape[2])}
+        graph = Graph(inputs, [node for node in self.nodes if node is not first], self.outputs, self.name)
+        graph.metadata, graph.notes = dict(self.metadata), list(self.notes)
+        return graph
+
     def token_inputs(self):
         """Inputs that hold token ids: read by Embedding nodes and nothing else. They are fed as
         int64; every other input is fed as floats."""

@@ -212,3 +212,55 @@ def test_paddle_export_loads_matches_paddle_and_its_gradient_is_onnxruntimes(bat
         minus[(0,) + pixel] -= step
         numeric = (onnxruntime_outputs(model, plus)[0, target] - onnxruntime_outputs(model, minus)[0, target]) / (2 * step)
         assert explanation.relevance[(sample,) + pixel] == pytest.approx(numeric, rel=2e-2, abs=2e-3)
+
+
+def test_explain_feeds_a_channels_last_export_channels_first(tmp_path):
+    """`lrptool explain` on a tf2onnx export (input N×H×W×C, transposed first): the pictures go in
+    channels-first, the scores are onnxruntime's on the channels-last picture, and the relevance is the
+    channels-last graph's own, transposed."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from lrptool.images import load_picture, preprocessing_for, to_tensor
+
+    path = MODELS / "keras_cnn.tf2onnx.onnx"
+    rng = np.random.default_rng(8)
+    (tmp_path / "in").mkdir()
+    for index in range(3):
+        Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8), "RGB").save(tmp_path / "in" / f"p{index}.png")
+    done = subprocess.run([sys.executable, "-m", "lrptool.cli", "explain", str(path), str(tmp_path / "in"), "-o",
+                           str(tmp_path / "out"), "--format", "npy", "--preset", "epsilon"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "channels-last" in done.stderr and "Traceback" not in done.stderr
+    graph = read_onnx(str(path))
+    (name, shape), = graph.inputs.items()
+    assert shape[1:] == (16, 16, 3)
+    turned = graph.channels_first()
+    preprocessing = preprocessing_for(turned.inputs[next(iter(turned.inputs))])
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) == 3
+    for record in records:
+        chw = to_tensor(load_picture(record["path"], preprocessing), preprocessing)
+        hwc = chw.transpose(1, 2, 0)[None].astype(np.float32)
+        (logits,) = session.run(None, {session.get_inputs()[0].name: hwc})
+        assert record["target"] == int(np.argmax(logits[0]))
+        assert record["score"] == pytest.approx(float(logits[0].max()), rel=1e-5)
+        exact = Explainer(graph, "epsilon", dtype=np.float64, compiled=False, quiet=True).explain(
+            hwc.astype(np.float64), target=[record["target"]])
+        relevance = np.load(tmp_path / "out" / (pathlib.Path(record["path"]).name + ".npy"))
+        assert relevance.shape == chw.shape
+        np.testing.assert_allclose(relevance, exact.relevance[0].transpose(2, 0, 1), rtol=1e-4,
+                                   atol=1e-6 * np.abs(exact.relevance).max())
+
+
+def test_only_a_leading_channels_last_transpose_is_turned():
+    graph = read_onnx(str(MODELS / "keras_cnn.tf2onnx.onnx"))
+    assert graph.channels_first() is not None
+    assert graph.channels_first().channels_first() is None          # already channels-first
+    legacy = read_onnx(str(MODELS / "avgpool_net.legacy.onnx"))
+    assert legacy.channels_first() is None
