@@ -71,6 +71,8 @@ class TextNormalizer:
         pieces, origin = [], []
         for index, character in enumerate(text):
             changed = change(character)
+            if len(changed) != 1:   # towlower/towupper map one character to one (Unicode's simple case mapping)
+                changed = "i" if character == "\u0130" and self.case == "LOWER" else character
             pieces.append(changed)
             origin += [index] * len(changed)
         return "".join(pieces), origin
@@ -186,6 +188,7 @@ class StringFrontEnd:
         self.scalings = scalings
         self.pad_value = pad_value
         self.unigrams = {words[0]: column for words, column in counter.ngrams.items() if len(words) == 1}
+        self.reference = None    # onnxruntime's run of the whole model, where the explained output is its own
 
     def describe(self):
         parts = ["the model's own"]
@@ -293,7 +296,57 @@ def read_text_model(model_path):
     if list(graph.inputs.values()) != [(None, front.counter.size)]:
         raise FrontEndError(f"{source}: the linear model after the text front end takes {list(graph.inputs.values())}, "
                             f"not the {front.counter.size} features")
+    from converters.onnx_svm_votes import explain_sums
+
+    if len(graph.outputs) == 1 and explain_sums(numeric)[0] is numeric:   # the explained output is the model's own
+        front.reference = Reference(model, name, graph.outputs[0])
     return graph, front
+
+
+class Reference:
+    """onnxruntime running the whole model on texts, for the explained output: the scores lrptool explains must be
+    the ones it gives. Where onnxruntime cannot run the model (its StringNormalizer's locale is not installed), the
+    same model with the locale C.UTF-8 is run, which changes the case of ASCII letters the same way."""
+
+    def __init__(self, model, text_input, output):
+        self.model, self.text_input, self.output = model, text_input, output
+        self.session, self.problem = None, None
+
+    def open(self):
+        import onnxruntime
+        from onnx import helper
+
+        from converters.onnx_patterns import with_nodes
+
+        probed = with_nodes(self.model, list(self.model.graph.node))
+        del probed.graph.output[:]
+        probed.graph.output.append(helper.make_empty_tensor_value_info(self.output))
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4
+        try:
+            return onnxruntime.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - then try the portable locale, else say why there is no check
+            first = str(error)
+        for node in probed.graph.node:
+            if node.op_type == "StringNormalizer":
+                kept = [a for a in node.attribute if a.name != "locale"]
+                del node.attribute[:]
+                node.attribute.extend(kept + [helper.make_attribute("locale", "C.UTF-8")])
+        try:
+            return onnxruntime.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001
+            self.problem = first.strip().splitlines()[-1][:200] if first.strip() else "it cannot run the model"
+            return None
+
+    def scores(self, texts):
+        """(N, outputs) onnxruntime's output for ``texts``, or None when it cannot run the model."""
+        if self.session is None and self.problem is None:
+            self.session = self.open()
+        if self.session is None:
+            return None
+        rank = len(next(i for i in self.model.graph.input if i.name == self.text_input).type.tensor_type.shape.dim)
+        feed = np.array(list(texts), dtype=object).reshape((-1, 1) if rank == 2 else (-1,))
+        return np.asarray(self.session.run(None, {self.text_input: feed})[0], dtype=np.float64).reshape(len(texts), -1)
 
 
 def split_front_end(model, name, source):

@@ -228,11 +228,11 @@ def test_cli_explains_a_one_vs_one_svm_on_raw_text_and_says_what_its_score_is(tm
 
 # -- front ends written by hand: every setting lrptool reproduces, against onnxruntime ----------------------------
 
-UNIGRAMS = ["film", "great", "story", "dull", "a", "fun", "ok"]
+UNIGRAMS = ["film", "great", "story", "dull", "a", "fun", "ok", "istanbul", "straße"]
 BIGRAMS = [("great", "film"), ("dull", "story"), ("a", "great")]
 TRIGRAMS = [("a", "great", "film")]
 FORM_TEXTS = ["A great film, a GREAT film!", "dull story... dull", "great, great film", "fun", "a.ok", "...",
-              "a great film a great film great", "Dull, dull STORY ok"]
+              "a great film a great film great", "Dull, dull STORY ok", "İSTANBUL, Straße: a great film"]
 FORMS = {
     # name: (StringNormalizer attributes, Tokenizer attributes, TfIdfVectorizer settings, scalings after it)
     "expression-lower": ({"case_change_action": "LOWER"}, {"tokenexp": "[a-z]+"}, {}, []),
@@ -307,3 +307,20 @@ def test_hand_built_front_ends_give_onnxruntimes_scores(tmp_path, form):
     # the whole batch at once: onnxruntime pads the tokens of the shorter texts; the scores do not change
     batch = session.run(None, {"text": np.array(FORM_TEXTS, dtype=object)})[0].reshape(-1)
     np.testing.assert_allclose([r.score for r in results], batch, rtol=1e-5, atol=1e-6)
+
+
+def test_a_text_onnxruntime_reads_otherwise_is_reported_not_explained(tmp_path):
+    """RE2's \\s is [\\t\\n\\f\\r ], Python's also takes the vertical tab: "a\\vb" is one token for onnxruntime, two
+    for Python. The CLI compares each text's output with onnxruntime's run of the whole model."""
+    model = hand_built_model({"case_change_action": "LOWER"}, {"tokenexp": "[^\\s]+"}, {}, [])
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    inputs = tmp_path / "texts.txt"
+    inputs.write_bytes(b"a great film\na\x0bgreat film\n")
+    result = run("explain-text", path, inputs, "-o", tmp_path / "out", "--preset", "zero")
+    assert result.returncode == 1
+    errors = result.stderr.decode()
+    assert f"skipped {inputs}:2: onnxruntime's output for this text is [" in errors
+    assert "lrptool's reading of the model's text front end differs here" in errors
+    records = [json.loads(line) for line in (tmp_path / "out" / "explanations.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in records] == [1]
