@@ -106,7 +106,7 @@ class FolderExplainer:
         self.written = 0
         self.resumed = 0
         self.classes = explainer.output_size() if hasattr(explainer, "output_size") else None
-        self.manifest = Manifest(outdir)
+        self.manifest = Manifest(outdir, keep="html" in self.formats)
         self.noted = set()
         self.preprocessing_settings = preprocessing.describe()
         self.page = dict(page or {}, colormap=colormap)
@@ -190,6 +190,8 @@ class FolderExplainer:
                         self.emit(record)
             if self.resumed:
                 self.report(f"resuming: {self.resumed} image(s) already explained")
+            if not self.manifest.keep:
+                self.manifest.entries.clear()   # what resuming needed; no page will ask for them
             items = remaining
         return items
 

@@ -43,10 +43,14 @@ def whole(path, size, sha256):
 
 
 class Manifest:
-    def __init__(self, outdir):
+    """``entries``: what ``load`` read, and with ``keep`` what ``append`` wrote since (a report page
+    needs them all; a run without one keeps none of its own, however many images it explains)."""
+
+    def __init__(self, outdir, keep=True):
         self.outdir = outdir
         self.path = os.path.join(outdir, NAME)
         self.entries = {}
+        self.keep = keep
         self.descriptor = None
 
     def load(self):
@@ -93,7 +97,8 @@ class Manifest:
                                       0o666)
         os.write(self.descriptor, line.encode("utf-8"))
         self.entries.pop((stem, rank, method), None)  # a redone image moves to the end, as in the file
-        self.entries[(stem, rank, method)] = (dict(files), record)
+        if self.keep:
+            self.entries[(stem, rank, method)] = (dict(files), record)
 
     def close(self):
         if self.descriptor is not None:

@@ -225,3 +225,32 @@ def test_an_interrupt_inside_compiled_code_stops_the_run(tmp_path, tree):
         assert not runner.failures
     finally:
         explain_folder.STOP.clear()
+
+
+@pytest.mark.parametrize("formats, kept", [(("npy",), 0), (("npy", "html"), 4)])
+def test_the_manifest_keeps_records_in_memory_only_for_the_page(tmp_path, formats, kept):
+    from lrptool import explain_folder
+    from lrptool.images import preprocessing_for
+    from lrptool.lrp import Explainer
+    from converters import load_model
+
+    model = bias_free_mnist(tmp_path / "mnist.onnx")
+    rng = np.random.default_rng(4)
+    (tmp_path / "in").mkdir()
+    for index in range(4):
+        Image.fromarray(digit(rng)).save(tmp_path / "in" / f"d{index}.png")
+    graph = load_model(str(model))
+    pre = preprocessing_for(graph.inputs["x"])
+
+    def run_once(resume):
+        runner = explain_folder.FolderExplainer(Explainer(graph, quiet=True), pre, str(tmp_path / "out"), formats,
+                                                resume=resume, jsonl=open(os.devnull, "w"))
+        runner.run([(str(p), None) for p in sorted((tmp_path / "in").iterdir())])
+        return runner
+
+    first = run_once(False)
+    assert first.explained == 4 and len(first.manifest.entries) == kept
+    lines = (tmp_path / "out" / ".lrptool-manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    again = run_once(True)
+    assert again.resumed == 4 and again.explained == 0 and len(again.manifest.entries) == kept
