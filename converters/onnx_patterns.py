@@ -151,6 +151,9 @@ def probe(model, tensors, structure):
     """Values of ``tensors`` for random inputs (two draws, stacked on the batch axis), or None."""
     import onnxruntime
 
+    feeds = probe_inputs(model, structure, np.random.default_rng(0))
+    if feeds is None:
+        return None
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
     del probed.graph.output[:]
@@ -159,9 +162,6 @@ def probe(model, tensors, structure):
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4
     session = onnxruntime.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feeds = probe_inputs(model, structure, np.random.default_rng(0))
-    if feeds is None:
-        return None
     return dict(zip(tensors, session.run(None, feeds)))
 
 
