@@ -18,7 +18,7 @@ from text_support import corpus_texts
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn is a test extra (pip install -e '.[test]')")
 skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is a test extra (pip install -e '.[test]')")
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer  # noqa: E402
-from sklearn.linear_model import LogisticRegression, Ridge  # noqa: E402
+from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.svm import LinearSVC  # noqa: E402
 from skl2onnx.common.data_types import StringTensorType  # noqa: E402
@@ -87,6 +87,8 @@ CASES = {
     "count-bigrams-linear-svc": (lambda: CountVectorizer(ngram_range=(1, 2)), lambda: LinearSVC(),
                                  {"raw_scores": True}, "two"),
     "tfidf-l2-ridge": (lambda: TfidfVectorizer(norm="l2"), lambda: Ridge(alpha=0.5), {}, "two"),
+    "tfidf-trigrams-binary-sgd": (lambda: TfidfVectorizer(ngram_range=(1, 3), binary=True),
+                                  lambda: SGDClassifier(random_state=0), {"zipmap": False, "raw_scores": True}, "three"),
 }
 
 
