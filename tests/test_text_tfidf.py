@@ -136,6 +136,30 @@ def test_words_get_w_times_x_of_their_features(tmp_path, corpus, case):
     assert results[0].relevance[0] == results[0].relevance[1]   # one feature, two occurrences, equal parts
 
 
+def test_a_character_analyzer_gives_each_character_its_share(tmp_path, corpus):
+    texts, two, _ = corpus
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3))
+    pipeline = Pipeline([("v", vectorizer), ("m", LogisticRegression())]).fit(texts, two)
+    path = export(pipeline, tmp_path / "characters.onnx", zipmap=False, raw_scores=True)
+    results = lrptool.explain_text(str(path), PROBES, method="zero", dtype=np.float64)
+    reference = onnxruntime_scores(path, PROBES)
+    decision = pipeline.decision_function(PROBES)
+    for index, (text, result) in enumerate(zip(PROBES, results)):
+        assert result.tokens == list(text)
+        assert result.score == pytest.approx(float(reference[index, result.target]), rel=1e-5, abs=1e-6)
+        assert result.score == pytest.approx((1 if result.target == 1 else -1) * float(decision[index]), rel=1e-5)
+        weight, bias = decision_weights(pipeline.steps[-1][1], result.target)
+        share = weight * vectorizer.transform([text]).toarray()[0]
+        lowered, expected = text.lower(), np.zeros(len(text))
+        grams = [(lowered[i:i + n], i, n) for n in (1, 2, 3) for i in range(len(text) - n + 1)
+                 if lowered[i:i + n] in vectorizer.vocabulary_]
+        for gram, start, n in grams:
+            occurrences = sum(1 for other, _, _ in grams if other == gram)
+            expected[start:start + n] += share[vectorizer.vocabulary_[gram]] / occurrences / n
+        np.testing.assert_allclose(result.relevance, expected, rtol=1e-5, atol=1e-7)
+        assert float(np.sum(result.relevance)) + bias == pytest.approx(result.score, rel=1e-5, abs=1e-6)
+
+
 def test_conservation_is_exact_in_float64(tmp_path, corpus):
     texts, two, _ = corpus
     pipeline = Pipeline([("v", CountVectorizer(ngram_range=(1, 2))), ("m", LogisticRegression())]).fit(texts, two)
