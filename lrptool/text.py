@@ -292,7 +292,8 @@ def explain_text(graph, texts, tokenizer="bytes", method="epsilon", target="pred
                  batch_size=64, explainer=None, max_len=None, **options):
     """Explain a model that reads token ids, for a list of texts: one ``TextExplanation`` per text.
 
-    ``graph``: a Graph or a model path; ``tokenizer``: ``bytes``, ``words``, ``chars``, a vocabulary file
+    ``graph``: a Graph or a model path (an ONNX model that reads raw text, as skl2onnx exports a text pipeline,
+    uses its own tokenizer: ``lrptool.text_frontend``); ``tokenizer``: ``bytes``, ``words``, ``chars``, a vocabulary file
     or a ``Tokenizer``; ``pad``: the id that fills the input past a text's end; ``layout``: ``start``, ``end`` or
     ``head-tail``; ``target``: ``pred``, a class index, or one per text; ``max_len``: the length where the model
     leaves it free. Further options go to
