@@ -382,6 +382,10 @@ def split_front_end(model, name, source):
         if node.op_type in SHAPE_OPS or node.op_type == "Cast" and counter is not None:
             if node.op_type == "Cast" and a.get("to") == TensorProto.BOOL:
                 scalings.append(("binary", lambda x: (x != 0).astype(np.float32)))
+            elif node.op_type == "Cast" and a.get("to") not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+                raise FrontEndError(f"{source}: node {where(node)} casts the features to "
+                                    f"{TensorProto.DataType.Name(a.get('to', 0))}; lrptool reads casts to bool "
+                                    "(binary=True) and to floats")
         elif node.op_type == "StringNormalizer" and splitter is None:
             normalizer = TextNormalizer(as_text(a.get("case_change_action", b"NONE")),
                                     frozenset(as_text(s) if a.get("is_case_sensitive", 0) else as_text(s).lower()
