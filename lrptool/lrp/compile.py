@@ -143,7 +143,14 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
     predicted = emit.node("ArgMax", [flat], {"axis": 1, "keepdims": 0})
     chosen = emit.node("Where", [emit.node("Less", ["target", emit.ints([0])]), predicted, "target"])
     chosen = emit.node("Add", [chosen, emit.node("Mul", [predicted, emit.ints([0])])])  # one entry per sample
-    one_hot = emit.node("OneHot", [chosen, emit.ints([classes]), emit.constant(np.array([0.0, 1.0]))], {"axis": -1})
+    # the one-hot mask scattered into zeros shaped like the logits, so that every tensor of the
+    # reverse walk keeps the symbolic batch axis under shape inference (onnxruntime's blocked
+    # layout takes element-wise steps only between tensors it can prove to be of equal shape)
+    zeros = emit.node("Cast", [emit.node("Greater", [flat, flat])], {"to": TensorProto.FLOAT})
+    ones = emit.node("Cast", [emit.node("Unsqueeze", [emit.node("Equal", [chosen, chosen]), emit.ints([1])])],
+                     {"to": TensorProto.FLOAT})
+    one_hot = emit.node("ScatterElements", [zeros, emit.node("Unsqueeze", [chosen, emit.ints([1])]), ones],
+                        {"axis": 1})
     seeds = {}
     relevances, report = [], None
     for method, walk in zip(methods, walks):
@@ -151,7 +158,8 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
         if origin not in seeds:
             explained = emit.node("Relu", [flat]) if origin == "positive" else flat
             seed = one_hot if origin == "one" else emit.node("Mul", [one_hot, explained])
-            seeds[origin] = Sym(emit.node("Reshape", [seed, emit.node("Shape", [output])]), out_shape)
+            seeds[origin] = Sym(emit.node("Reshape", [seed, emit.ints([0] + [int(d) for d in out_shape[1:]])]),
+                                out_shape)
         walk.ops = ops
         result, report = walk.run(values, {output: seeds[origin]})
         relevance = result[source]
@@ -266,6 +274,25 @@ def resolve_providers(providers):
     return names
 
 
+_ARENA = []
+
+
+def shared_cpu_arena():
+    """Register, once per process, the CPU arena the compiled sessions share; False where this
+    onnxruntime refuses it (the sessions then allocate without an arena)."""
+    import onnxruntime
+
+    if not _ARENA:
+        try:
+            info = onnxruntime.OrtMemoryInfo("Cpu", onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                             onnxruntime.OrtMemType.DEFAULT)
+            onnxruntime.create_and_register_allocator(info, onnxruntime.OrtArenaCfg({"arena_extend_strategy": 1}))
+            _ARENA.append(True)
+        except Exception:  # an older onnxruntime, or an allocator registered by the caller
+            _ARENA.append(False)
+    return _ARENA[0]
+
+
 class CompiledSession:
     """An onnxruntime session of a compiled explainer: ``run(x, targets)`` → (logits, relevance, targets)."""
 
@@ -278,9 +305,14 @@ class CompiledSession:
                                                                for a in external.values()])
         options.log_severity_level = 3
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # the arena would keep the largest working set it ever saw (measured: ResNet-50 at batch 16
-        # peaks 8 % lower without it, at no cost in time)
+        # memory: one process-wide arena that grows by exactly what is asked (no power-of-two
+        # overshoot), tensor by tensor (no per-run memory pattern, which the arena would keep
+        # besides the first run's chunks); it spares the page faults of fresh allocations on every
+        # call (see docs/performance.md). Without it, no arena at all.
         options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        if shared_cpu_arena():
+            options.add_session_config_entry("session.use_env_allocators", "1")
         if threads:
             options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,

@@ -338,18 +338,38 @@ class OnnxOps:
         """To each window's winner: MaxPool's indices, then a scatter-add into zeros shaped like x."""
         emit = self.emit
         if node.op == "GlobalMaxPool":
-            attrs = {"kernel_shape": [int(d) for d in x.shape[2:]]}
+            window = [int(d) for d in x.shape[2:]]
+            attrs = {"kernel_shape": window, "strides": window}
         else:
             a = node.attrs
             attrs = {"kernel_shape": list(a["kernel_shape"]), "strides": list(a["strides"]),
                      "dilations": list(a["dilations"]), "pads": list(a["pads"]), "ceil_mode": int(a["ceil_mode"])}
         _, indices = emit.node("MaxPool", [self.name(x)], attrs, outputs=2)
+        if self.unpool_fits(attrs, x.shape, g.shape):
+            # windows that do not overlap: each input has at most one window, so MaxUnpool's
+            # placing equals the scatter-add, at about half its cost
+            attrs = {k: attrs[k] for k in ("kernel_shape", "strides", "pads") if k in attrs}
+            return Sym(emit.node("MaxUnpool", [self.name(g), indices], attrs), x.shape)
         flat_shape = emit.node("Shape", [emit.node("Reshape", [self.name(x), emit.ints([-1])])])
         zeros = emit.node("ConstantOfShape", [flat_shape])
         scattered = emit.node("ScatterElements", [zeros, emit.node("Reshape", [indices, emit.ints([-1])]),
                                                   emit.node("Reshape", [self.name(g), emit.ints([-1])])],
                               {"axis": 0, "reduction": "add"})
-        return Sym(emit.node("Reshape", [scattered, emit.node("Shape", [self.name(x)])]), x.shape)
+        target = [-1] + [int(d) for d in x.shape[1:]]  # constant, so shape inference keeps the batch axis
+        return Sym(emit.node("Reshape", [scattered, emit.ints(target)]), x.shape)
+
+    @staticmethod
+    def unpool_fits(attrs, in_shape, out_shape):
+        """Whether MaxUnpool routes a max-pool's relevance exactly: windows that do not overlap
+        (kernel ≤ stride, no dilation) and MaxUnpool's own output size equal to the input's."""
+        kernel = attrs["kernel_shape"]
+        rank = len(kernel)
+        strides = attrs.get("strides", [1] * rank)
+        pads = attrs.get("pads", [0] * 2 * rank)
+        if any(d != 1 for d in attrs.get("dilations", [1] * rank)) or any(k > s for k, s in zip(kernel, strides)):
+            return False
+        sizes = [(out_shape[2 + i] - 1) * strides[i] + kernel[i] - pads[i] - pads[rank + i] for i in range(rank)]
+        return sizes == [int(d) for d in in_shape[2:]]
 
     def max_elementwise(self, inputs, g):
         """Each element to the first input holding the maximum."""
