@@ -344,6 +344,10 @@ class SignalModel:
         if method in GRADIENT_METHODS and method not in SIGNAL_GRADIENTS:
             raise LrpToolError(f"{method}: signals are explained with an LRP preset or rule map, gradient or "
                                "gradient-x-input")
+        if method not in SIGNAL_GRADIENTS:
+            from .lrp.presets import rule_map_from_spec
+
+            rule_map_from_spec(method)      # an unknown preset or rule is refused before any file is read
         self.path = str(model)
         self.method = method
         self.options = dict(options)
@@ -364,6 +368,8 @@ class SignalModel:
             raise LrpToolError(f"--hop {hop}: give 1 to the frame length ({self.frame}); frames farther apart "
                                "would leave samples out")
         self.hop = hop or self.frame
+        if self.layout == "frames":
+            self.explainer(None)            # the rules are assigned (and refused) before any file is read
 
     # reading
 

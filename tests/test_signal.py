@@ -432,6 +432,8 @@ def test_a_sequence_model_explains_one_frame_from_it_and_the_frames_before(tmp_p
     (["--bind", "h=0", "--model-output", "nope"], "--model-output 'nope': the model's outputs are prob, Y_h"),
     (["--bind", "h=0", "--model-output", "prob", "--frame", "9"], "--frame 9: the model's input 'x' takes frames of 8"),
     (["--bind", "h=0", "--model-output", "prob", "--target", "first"], "--target 'first': give max, all"),
+    (["--bind", "h=0", "--model-output", "prob", "--preset", "nonsense"], "unknown preset 'nonsense'"),
+    (["--bind", "h=0", "--model-output", "prob", "--preset", "smoothgrad"], "smoothgrad: signals are explained with"),
 ])
 def test_model_and_option_mistakes_are_one_line(tmp_path, args, message):
     onnx.save(tiny_lstm(), str(tmp_path / "lstm.onnx"))
