@@ -482,7 +482,8 @@ def explain_text(model, input_file, outdir, weights, model_config, random_weight
                                                    "less makes frames overlap, e.g. a model's context samples.")
 @click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "sequence", "frames"]),
               help="sequence: the input's first axis is the sequence of frames (the clip is one sequence); frames: "
-                   "each frame on its own; auto: sequence when that axis is named like one (sequence_length, …).")
+                   "each frame on its own; auto: sequence when that axis is named like one (sequence_length, …) "
+                   "or the model moves it (an LSTM's time axis).")
 @click.option("--sample-rate", help="The rate the model expects, in Hz (default: a bound sr input or the model's "
                                     "metadata); a WAV at another rate is refused. 'any': explain files at any rate.")
 @click.option("--target", default="max", show_default=True,

@@ -395,12 +395,13 @@ class SignalModel:
         if unknown:
             listing = ", ".join(f"{i.name} ({i.describe()})" for i in inputs)
             raise LrpToolError(f"--bind {unknown[0]}: the model has no input of that name; its inputs: {listing}")
-        self.bound = {name: value if isinstance(value, np.ndarray) else bound_value(str(value), by_name[name])
-                      for name, value in bind.items()}
+        self.bound = {name: np.ascontiguousarray(value, dtype=by_name[name].dtype) if isinstance(value, np.ndarray)
+                      else bound_value(str(value), by_name[name]) for name, value in bind.items()}
         free = [i for i in inputs if i.name not in self.bound]
         if not free:
             raise LrpToolError("every input of the model is bound; leave the signal's input unbound")
-        for extra in free[1:]:
+        if len(free) > 1:
+            extra = free[1]
             raise LrpToolError(f"{self.path}: the input {extra.name!r} ({extra.describe()}) is not bound; give "
                                f"--bind {extra.name}=VALUE (a number broadcast to its shape, or a .npy file)")
         signal = free[0]
@@ -415,7 +416,8 @@ class SignalModel:
         keep = [o for o in proto.graph.output if o.name == self.output]
         del proto.graph.output[:]
         proto.graph.output.extend(keep)
-        if layout == "auto":
+        guessed = layout == "auto"
+        if guessed:
             axis = signal.names[0] or ""
             layout = "sequence" if SEQUENCE_AXIS.search(axis) else "frames"
         self.layout = layout
@@ -425,7 +427,13 @@ class SignalModel:
         self.proto = proto
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         if layout == "frames":
-            self.graph = self.read(None)
+            try:
+                self.graph = self.read(None)
+            except LrpToolError as error:
+                # a model that moves its first axis elsewhere (an LSTM's time axis) reads it as a sequence
+                if not (guessed and "moves the batch axis" in str(error)):
+                    raise
+                self.layout = "sequence"
 
     def read(self, frames):
         """The graph, its first axis fixed to ``frames`` (the sequence layout) or left as read."""

@@ -409,6 +409,13 @@ def test_a_sequence_model_explains_one_frame_from_it_and_the_frames_before(tmp_p
     model = SignalModel(str(path), bind={"h": "0.1"}, output="prob", recurrent_bias="spread", epsilon=1e-12,
                         stabiliser=1e-12)
     assert model.layout == "sequence" and model.frame == 8
+    unnamed = tiny_lstm()
+    unnamed.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    onnx.save(unnamed, str(tmp_path / "unnamed.onnx"))
+    # the first axis is named like a batch, but the LSTM takes it as its time axis: still a sequence
+    assert SignalModel(str(tmp_path / "unnamed.onnx"), bind={"h": "0.1"}, output="prob").layout == "sequence"
+    with pytest.raises(Exception, match="moves the batch axis; .* give --layout sequence"):
+        SignalModel(str(tmp_path / "unnamed.onnx"), bind={"h": "0.1"}, output="prob", layout="frames")
     result = model.explain(signal, 3)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     expected = session.run(["prob"], {"x": signal.reshape(6, 8).astype(np.float32),
