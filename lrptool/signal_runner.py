@@ -228,6 +228,9 @@ def run_explain_signal(model, inputs, outdir, model_settings, binds, model_outpu
     chosen_class = parse_class(klass)
     rate = parse_rate(sample_rate)
     paths = signal_files(inputs)
+    size = str(model_settings.get("input_size") or "").strip()
+    if size.isdigit() and frame is None:
+        frame = int(size)       # --input-size N: the free frame length, as --frame N
     signal_model = SignalModel(model, bind=parse_binds(binds), output=model_output, frame=frame, layout=layout,
                                method=method, sample_rate=rate if isinstance(rate, int) else None,
                                model_options=model_settings, recurrent_bias=recurrent_bias, hop=hop)
