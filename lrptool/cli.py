@@ -486,6 +486,8 @@ def explain_text(model, input_file, outdir, weights, model_config, random_weight
                    "or the model moves it (an LSTM's time axis).")
 @click.option("--sample-rate", help="The rate the model expects, in Hz (default: a bound sr input or the model's "
                                     "metadata); a WAV at another rate is refused. 'any': explain files at any rate.")
+@click.option("--channel", type=click.IntRange(0), help="Take this channel of a WAV (from 0) instead of the "
+                                                          "average of all.")
 @click.option("--target", default="max", show_default=True,
               help="The explained frame: max (the highest output), N (counted from 0), A:B or all (their sum).")
 @click.option("--class", "klass", default="pred", show_default=True,
@@ -503,7 +505,7 @@ def explain_text(model, input_file, outdir, weights, model_config, random_weight
               help="Frames per forward pass (frames layout).")
 @click.option("--resume", is_flag=True, help="Skip files the output folder's manifest records as finished.")
 def explain_signal(model, inputs, outdir, weights, model_config, random_weights, keras1_backend, model_input_size,
-                   binds, model_output, frame, hop, layout, sample_rate, target, klass, method, rule_spec,
+                   binds, model_output, frame, hop, layout, sample_rate, channel, target, klass, method, rule_spec,
                    recurrent_bias, formats, clip, cmap, batch_size, resume):
     """Explain a 1-D signal model (audio, sensors) for WAV files (PCM or float, mixed to mono) and 1-D .npy
     arrays, or folders of them. The signal is cut into the model's frames, the last padded with zeros;
@@ -514,7 +516,7 @@ def explain_signal(model, inputs, outdir, weights, model_config, random_weights,
         weights=weights, model_config=model_config, random_weights=random_weights, keras1_backend=keras1_backend,
         input_size=model_input_size), binds, model_output, frame, layout, sample_rate,
         combined_rule_spec(method, rule_spec, "epsilon"), recurrent_bias, target, klass, formats, clip, cmap,
-        batch_size, resume, hop)
+        batch_size, resume, hop, channel)
     if failures:
         sys.exit(1)
 

@@ -49,15 +49,16 @@ class Signal:
 
 # -- reading signals -------------------------------------------------------------------------------
 
-def read_signal(path):
-    """A WAV file or a 1-D ``.npy`` array as a ``Signal``, by its content; ``SignalError`` says why not."""
+def read_signal(path, channel=None):
+    """A WAV file or a 1-D ``.npy`` array as a ``Signal``, by its content; ``SignalError`` says why not.
+    ``channel``: take that channel of a WAV (counted from 0) instead of the average of all."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
         raise SignalError(f"cannot read ({error.strerror or error})") from None
     if data[:4] in (b"RIFF", b"RIFX", b"RF64"):
-        return read_wav_bytes(data)
+        return read_wav_bytes(data, channel)
     if data[:6] == b"\x93NUMPY":
         return read_npy_bytes(data)
     if not data:
@@ -65,7 +66,7 @@ def read_signal(path):
     raise SignalError("not a WAV file or a .npy array; give a PCM or float WAV, or a 1-D .npy array")
 
 
-def read_wav_bytes(data):
+def read_wav_bytes(data, channel=None):
     """Little-endian RIFF/WAVE: PCM 8 (unsigned), 16, 24 or 32-bit, or 32/64-bit float, in
     ``WAVE_FORMAT_EXTENSIBLE`` too. Integers are scaled to [-1, 1); several channels are averaged."""
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
@@ -105,6 +106,10 @@ def read_wav_bytes(data):
     values = values.reshape(count, channels)
     if not np.all(np.isfinite(values)):
         raise SignalError(f"the WAV holds NaN or Inf at sample {int(np.argmin(np.isfinite(values).all(axis=1)))}")
+    if channel is not None:
+        if channel >= channels:
+            raise SignalError(f"--channel {channel}: the WAV has {channels} channel(s), counted from 0")
+        return Signal(values[:, channel], rate, channels, "wav")
     return Signal(values.mean(axis=1) if channels > 1 else values[:, 0], rate, channels, "wav")
 
 
@@ -150,13 +155,17 @@ def read_npy_bytes(data):
 SIGNAL_SUFFIXES = (".wav", ".wave", ".npy")
 
 
-def signal_files(inputs):
-    """The files to explain: files as given, folders as their WAV and .npy files (sorted, not recursive)."""
+def signal_files(inputs, outdir=None):
+    """The files to explain: files as given, folders as their WAV and .npy files (sorted, not recursive;
+    not the relevance files of ``outdir`` where a folder is the output folder)."""
+    from .files import inside as within
     found = []
     for item in inputs:
         if os.path.isdir(item):
             inside = sorted(os.path.join(item, name) for name in os.listdir(item)
-                            if name.lower().endswith(SIGNAL_SUFFIXES) and os.path.isfile(os.path.join(item, name)))
+                            if name.lower().endswith(SIGNAL_SUFFIXES) and os.path.isfile(os.path.join(item, name))
+                            and not (outdir and name.endswith(".relevance.npy")
+                                     and within(outdir, os.path.join(item, name))))
             if not inside:
                 raise LrpToolError(f"{item}: no .wav or .npy file in this folder")
             found += inside

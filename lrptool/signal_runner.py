@@ -48,12 +48,13 @@ class SignalRunner:
     """Explains signal files one by one with a ``SignalModel``; see ``lrptool explain-signal --help``."""
 
     def __init__(self, model, outdir, formats=FORMATS, target="max", klass=None, sample_rate=None, clip=99.5,
-                 colormap="bwr", batch_size=256, resume=False, report=None):
+                 colormap="bwr", batch_size=256, resume=False, report=None, channel=None):
         self.model = model
         self.outdir = outdir
         self.formats = tuple(formats)
         self.target = target
         self.klass = klass
+        self.channel = channel
         self.any_rate = sample_rate == "any"
         self.clip = clip
         self.colormap = colormap
@@ -70,7 +71,7 @@ class SignalRunner:
                                     "bound": {k: digest(np.ascontiguousarray(v).tobytes() + str(v.dtype).encode())
                                               for k, v in sorted(model.bound.items())},
                                     "target": str(target), "class": klass, "formats": sorted(self.formats),
-                                    "clip": clip, "colormap": colormap}, sort_keys=True)
+                                    "clip": clip, "colormap": colormap, "channel": channel}, sort_keys=True)
 
     def expected_files(self, stem):
         return [name for name, kind in ((f"{stem}.relevance.npy", "npy"), (f"{stem}.heatmap.png", "png"))
@@ -137,7 +138,7 @@ class SignalRunner:
         if problem:
             return self.fail(path, problem)
         try:
-            signal = read_signal(path)
+            signal = read_signal(path, self.channel)
             self.check_rate(signal)
             with np.errstate(all="ignore"):
                 result = self.model.explain(signal, self.target, self.klass, self.batch_size)
@@ -180,9 +181,10 @@ class SignalRunner:
                           "--sample-rate any to explain it as it is)")
 
     def notes(self, path, signal, result):
-        if signal.channels > 1 and "channels" not in self.noted:
+        if signal.channels > 1 and self.channel is None and "channels" not in self.noted:
             self.noted.add("channels")
-            self.report(f"note: {path} has {signal.channels} channels: they are averaged to one (said once)")
+            self.report(f"note: {path} has {signal.channels} channels: they are averaged to one (--channel N takes one; said "
+                        "once)")
         if result.padded and "padded" not in self.noted:
             self.noted.add("padded")
             self.report(f"note: {path}: {len(signal.samples)} samples fill {len(result.scores)} frames of "
@@ -193,7 +195,7 @@ class SignalRunner:
     def record(self, path, stem, sha, signal, result, rate):
         score, total = result.score, result.total
         return {"file": path, "stem": stem, "kind": signal.kind, "samples": len(signal.samples),
-                "sample_rate": rate, "channels": signal.channels, "frame_length": result.frame_length,
+                "sample_rate": rate, "channels": signal.channels, "channel": self.channel, "frame_length": result.frame_length,
                 "hop": result.hop,
                 "frames": len(result.scores), "padded": result.padded, "output": self.model.output,
                 "class": result.klass, "explained_frames": [int(f) for f in result.frames],
@@ -211,7 +213,8 @@ class SignalRunner:
 
 
 def run_explain_signal(model, inputs, outdir, model_settings, binds, model_output, frame, layout, sample_rate, method,
-                       recurrent_bias, target, klass, formats, clip, colormap, batch_size, resume, hop=None):
+                       recurrent_bias, target, klass, formats, clip, colormap, batch_size, resume, hop=None,
+                       channel=None):
     """The ``explain-signal`` command after option parsing; returns the failures."""
     import click
 
@@ -227,7 +230,7 @@ def run_explain_signal(model, inputs, outdir, model_settings, binds, model_outpu
     frames = parse_frames(target)
     chosen_class = parse_class(klass)
     rate = parse_rate(sample_rate)
-    paths = signal_files(inputs)
+    paths = signal_files(inputs, outdir)
     size = str(model_settings.get("input_size") or "").strip()
     if size.isdigit() and frame is None:
         frame = int(size)       # --input-size N: the free frame length, as --frame N
@@ -236,7 +239,8 @@ def run_explain_signal(model, inputs, outdir, model_settings, binds, model_outpu
                                model_options=model_settings, recurrent_bias=recurrent_bias, hop=hop)
     click.echo(f"lrptool: {signal_model.describe()}; explained with {method}", err=True)
     say_notes()
-    runner = SignalRunner(signal_model, outdir, wanted, frames, chosen_class, rate, clip, colormap, batch_size, resume)
+    runner = SignalRunner(signal_model, outdir, wanted, frames, chosen_class, rate, clip, colormap, batch_size, resume,
+                          channel=channel)
     try:
         failures = runner.run(paths)
     except OSError as error:

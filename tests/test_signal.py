@@ -78,6 +78,9 @@ def test_stereo_is_averaged_and_float_wavs_are_read(tmp_path):
     signal = read_signal(str(tmp_path / "s.wav"))
     assert signal.channels == 2
     np.testing.assert_array_equal(signal.samples, stereo.mean(axis=1) / 32768)
+    np.testing.assert_array_equal(read_signal(str(tmp_path / "s.wav"), channel=1).samples, stereo[:, 1] / 32768)
+    with pytest.raises(SignalError, match="--channel 2: the WAV has 2 channel"):
+        read_signal(str(tmp_path / "s.wav"), channel=2)
     values = np.array([0.5, -0.25, 1.0, 0.0], dtype=np.float32)
     for extensible in (False, True):
         write_float_wav(tmp_path / "f.wav", values, 22050, extensible)
@@ -331,6 +334,10 @@ def test_resume_skips_finished_files_and_redoes_changed_ones(tmp_path):
     np.save(inputs / "a.npy", rng.normal(size=3 * FRAME))
     third = run("explain-signal", tmp_path / "conv.onnx", inputs, "-o", out, "--class", "0", "--resume")
     assert b"resuming: 1 file(s)" in third.stderr and b"explained 1 file(s)" in third.stderr
+    # the input folder as the output folder: the relevance written there is not an input the next time
+    for _ in range(2):
+        inner = run("explain-signal", tmp_path / "conv.onnx", inputs, "-o", inputs, "--class", "0")
+        assert inner.returncode == 0 and b"explained 2 file(s)" in inner.stderr, inner.stderr
 
 
 # -- bad input ---------------------------------------------------------------------------------------
