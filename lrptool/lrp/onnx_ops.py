@@ -560,12 +560,20 @@ class ConvEmitter(EmittingAdapter):
                    x.nonnegative and mode in ("pos", "ones", "square") and bias_mode in (None, "pos", "square"))
 
     def transpose(self, s, mode, gamma=0.0):
-        weight = self.node.params["weight"]
-        a = self.node.attrs
-        rank = weight.ndim - 2
+        if mode == "ones":
+            return self.transpose_of_ones(s)
         flipped = self.as_flipped_convolution(s, mode, gamma)
         if flipped is not None:
             return flipped
+        name = self.emit.node("ConvTranspose", [self.ops.name(s), self.weight("weight", mode, gamma)],
+                              self.transpose_attrs())
+        return Sym(name, (s.shape[0],) + self.input_shape[1:])
+
+    def transpose_attrs(self):
+        """ConvTranspose's attributes for the adjoint of this convolution (output size = input size)."""
+        weight = self.node.params["weight"]
+        a = self.node.attrs
+        rank = weight.ndim - 2
         out = self.out_shape()
         extra = []
         for i in range(rank):
@@ -578,8 +586,31 @@ class ConvEmitter(EmittingAdapter):
             if e < 0:
                 pads[rank + i] -= e
         attrs["pads"] = pads
-        name = self.emit.node("ConvTranspose", [self.ops.name(s), self.weight("weight", mode, gamma)], attrs)
-        return Sym(name, (s.shape[0],) + self.input_shape[1:])
+        return attrs
+
+    def transpose_of_ones(self, s):
+        """The transpose with an all-ones kernel (the flat rule): every input channel of a group gets
+        the same value, so sum the group's output channels first, transpose one channel per group,
+        and repeat it over the group's input channels (a fraction of the full transpose's work)."""
+        weight = self.node.params["weight"]
+        emit = self.emit
+        group = self.node.attrs["group"]
+        out_per_group, in_per_group = weight.shape[0] // group, weight.shape[1]
+        spatial = [int(d) for d in s.shape[2:]]
+        name = self.ops.name(s)
+        if out_per_group > 1:
+            name = emit.node("Reshape", [name, emit.ints([0, group, out_per_group] + spatial)])
+            name = emit.node("ReduceSum", [name, emit.ints([2])], {"keepdims": 0})
+        kernel = np.ones((group, 1) + weight.shape[2:])
+        name = emit.node("ConvTranspose", [name, emit.constant(kernel, key=("ones-kernel", kernel.shape))],
+                         self.transpose_attrs())
+        shape = (s.shape[0],) + self.input_shape[1:]
+        if in_per_group > 1:
+            size = [int(d) for d in self.input_shape[2:]]
+            name = emit.node("Unsqueeze", [name, emit.ints([2])])
+            name = emit.node("Expand", [name, emit.ints([1, group, in_per_group] + size)])
+            name = emit.node("Reshape", [name, emit.ints([0] + [int(d) for d in self.input_shape[1:]])])
+        return Sym(name, shape)
 
 
     def as_flipped_convolution(self, s, mode, gamma):
