@@ -14,7 +14,8 @@ from converters.onnx_reader import read_onnx
 from converters.onnx_writer import EXPORTERS
 from lrptool.graph import Graph, Node
 from lrptool.lrp import GRADIENT_METHODS, PRESET_NAMES, Explainer
-from lrptool.lrp.compile import CompiledSession, compile_explainer
+from lrptool.lrp.canonize import canonize
+from lrptool.lrp.compile import CompiledSession, compile_explainer, method_walk, rectified_sums
 from lrptool.lrp.presets import innvestigate_presets
 from lrptool.lrp.reverse import REVERSE
 from lrptool.ops.base import OPERATORS
@@ -217,6 +218,27 @@ def test_targets_explicit_per_sample_and_top_k(architectures):
         assert relative_error(compiled.explain(x, target=row).relevance, eager.explain(x, target=row).relevance) < 1e-5
     with pytest.raises(Exception, match="out of range"):
         compiled.explain(x, target=99)
+
+
+def test_residual_sums_divide_by_their_relu_only_where_relevance_vanishes_below_zero(architectures):
+    # a residual sum y read by a ReLU alone divides by ReLU(y) + ε when every reader of the ReLU's
+    # output passes relevance back in proportion to it; the eager walk's y ± ε is the reference
+    graph = architectures["resnet"]
+    canonical, _ = canonize(graph)
+    x = np.random.default_rng(41).uniform(-1, 1, size=(3, 3, 32, 32))
+    flat_pool = {"preset": "epsilon-plus", "rules": {"avgpool": "flat"}}
+    found = {}
+    for method in ("epsilon-plus-flat", "epsilon-alpha2-beta1-flat", flat_pool):
+        walk = method_walk(canonical, method, (-1.0, 1.0), 1e-6, 1e-6, 0.25, "winner", 1e-3, "absorb")
+        found[str(method)] = rectified_sums(canonical, walk)
+        # (flat on pooled near-zero sums is only float32-accurate to 2e-4 with either denominator;
+        # dividing that sum by ReLU(y) + ε would be off by a factor of 10⁴)
+        compare(graph, x, method, bound=1e-3 if method is flat_pool else 1e-5)
+    assert len(found["epsilon-plus-flat"]) == 2
+    # the flat rule at the pooling spreads relevance onto zeros too: that sum keeps y ± ε
+    pooled = next(n.inputs[0] for n in canonical.nodes if n.op == "GlobalAveragePool")
+    assert found[str(flat_pool)] == {y: r for y, r in found["epsilon-plus-flat"].items() if r != pooled}
+    assert len(found[str(flat_pool)]) == 1
 
 
 def test_max_pool_ties_go_to_the_same_winner(architectures):

@@ -88,6 +88,43 @@ def is_gradient(method):
     return isinstance(method, str) and method in COMPILED_GRADIENTS
 
 
+def rectified_sums(graph, walk):
+    """{y: x} for each Add/Sum output y read only by a ReLU (x = ReLU(y)) whose relevance is zero
+    wherever x is: every reader of x passes relevance back in proportion to x (LRP rules whose terms
+    all take x, x⁺ or x⁻; proportional splits). Then the split at y may divide by x + ε instead of
+    the sign-aware y ± ε: the two are equal where y ≥ 0, and where y < 0 the relevance is zero."""
+    if walk.mode != "lrp":
+        return {}
+    readers = {}
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            readers.setdefault(tensor, []).append(node)
+
+    def in_proportion(node, tensor):
+        entry = reverse_of(node)
+        if entry.kind == "split":
+            return True
+        rule = walk.rules.get(node.name)
+        return (entry.kind == "rule" and node.inputs[0] == tensor and tensor not in node.inputs[1:]
+                and rule is not None and bool(rule.parts)
+                and all(term.inputs in ("x", "pos", "neg") for part in rule.parts for term in part.terms))
+
+    outputs = set(graph.outputs)
+    producers = graph.producers()
+    pairs = {}
+    for node in graph.nodes:
+        if node.op != "Relu":
+            continue
+        (y,), (x,) = node.inputs, node.outputs
+        source = producers.get(y)
+        if (source is None or source.op not in ("Add", "Sum") or y in outputs or x in outputs
+                or len(readers.get(y, [])) != 1 or not readers.get(x)):
+            continue
+        if all(in_proportion(reader, x) for reader in readers[x]):
+            pairs[y] = x
+    return pairs
+
+
 def method_walk(canonical, method, bounds, epsilon, stabiliser, gamma, maxpool, recurrent_epsilon, recurrent_bias):
     """The float32 reverse walk of one method over the canonical graph; its relevance steps are emitted
     once the walk is given the emitting ops."""
@@ -161,7 +198,11 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
             seeds[origin] = Sym(emit.node("Reshape", [seed, emit.ints([0] + [int(d) for d in out_shape[1:]])]),
                                 out_shape)
         walk.ops = ops
-        result, report = walk.run(values, {output: seeds[origin]})
+        walk_values = dict(values)
+        for y, x in rectified_sums(canonical, walk).items():
+            walk_values[y] = Sym(y, values[y].shape, values[y].nonnegative)
+            walk_values[y].rectified = values[x]
+        result, report = walk.run(walk_values, {output: seeds[origin]})
         relevance = result[source]
         if method == "sensitivity":
             relevance = ops.mul(relevance, relevance)

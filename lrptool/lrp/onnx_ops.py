@@ -28,6 +28,7 @@ class Sym:
         self.nonnegative = nonnegative
         self.value = value          # a compile-time constant (float64, leading axis 1), or None
         self.zero = zero            # known to be all zeros
+        self.rectified = None       # ReLU(self), where the relevance divided by self vanishes wherever that is 0
 
     @property
     def ndim(self):
@@ -185,6 +186,8 @@ class OnnxOps:
         if z.value is not None:
             shift = np.float32(epsilon)
             return self.known(z.value + np.where(z.value >= 0, shift, -shift))
+        if z.rectified is not None:  # see compile.rectified_sums: ReLU(z) + ε serves, and is never below zero
+            return Sym(self.emit.node("Add", [self.name(z.rectified), self.emit.scalar(epsilon)]), z.shape, True)
         name = self.name(z)
         if z.nonnegative:  # z⁺ denominators: sign(z) is +1 everywhere, one addition does
             return Sym(self.emit.node("Add", [name, self.emit.scalar(epsilon)]), z.shape, True)
