@@ -100,14 +100,15 @@ def swatch_css(colormap):
         f"rgb({r},{g},{b}) {100 * i / (len(stops) - 1):.1f}%" for i, (r, g, b) in enumerate(colours)) + ")"
 
 
-def render_page(entries, outdir, title="lrptool explanations", colormap=None, settings=None, running=False):
-    """The page's HTML text."""
+def render_page(entries, outdir, title="lrptool explanations", colormap=None, settings=None, running=False,
+                item="image"):
+    """The page's HTML text; ``item``: what a row is (an image, a file)."""
     columns, rows = table_rows(entries, outdir)
-    data = {"columns": columns, "rows": rows, "pageSize": PAGE_SIZE}
+    data = {"columns": columns, "rows": rows, "pageSize": PAGE_SIZE, "item": item}
     payload = json.dumps(data, allow_nan=False).replace("<", "\\u003c").replace(">", "\\u003e")
     settings_text = " · ".join(f"{k}: {v}" for k, v in (settings or {}).items() if v not in (None, ""))
-    status = (f"run in progress — {len(rows)} image(s) so far; reload for more" if running
-              else f"{len(rows)} image(s)")
+    status = (f"run in progress — {len(rows)} {item}(s) so far; reload for more" if running
+              else f"{len(rows)} {item}(s)")
     swatch = ""
     if colormap:
         swatch = (f'<div class="swatch"><span>−</span><div class="bar" title="{html.escape(colormap)}" '
@@ -252,7 +253,7 @@ SCRIPT = r"""
   }
   function buildHead() {
     const row = document.createElement("tr");
-    const name = cell("th", "image", "sortable"); name.dataset.key = "name";
+    const name = cell("th", data.item, "sortable"); name.dataset.key = "name";
     name.addEventListener("click", function () { sortBy("name", name); });
     row.appendChild(name);
     row.appendChild(cell("th", "original"));

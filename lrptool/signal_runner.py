@@ -119,7 +119,7 @@ class SignalRunner:
 
             entries = [{"stem": s, "rank": None, "method": None, "files": self.expected_files(s),
                         "record": self.records[s]} for s in stems if s in self.records]
-            write_page(self.outdir, entries, title="lrptool explain-signal", colormap=self.colormap,
+            write_page(self.outdir, entries, title="lrptool explain-signal", colormap=self.colormap, item="file",
                        settings={"model": os.path.basename(self.model.path), "output": self.model.output,
                                  "method": self.model.method, "target": self.target})
         return self.failures
@@ -185,6 +185,11 @@ class SignalRunner:
             self.noted.add("channels")
             self.report(f"note: {path} has {signal.channels} channels: they are averaged to one (--channel N takes one; said "
                         "once)")
+        if result.score < 0 and self.model.method not in ("gradient", "gradient-x-input") \
+                and "negative" not in self.noted:
+            self.noted.add("negative")
+            self.report(f"note: {path}: the explained score is negative ({result.score:.4g}); relevance keeps its "
+                        "sign, so red and blue swap meaning for that file (said once)")
         if result.padded and "padded" not in self.noted:
             self.noted.add("padded")
             self.report(f"note: {path}: {len(signal.samples)} samples fill {len(result.scores)} frames of "

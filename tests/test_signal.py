@@ -216,7 +216,7 @@ def test_conv1d_frames_are_explained_as_derived_by_hand(tmp_path):
                                    rtol=1e-7, atol=1e-10)
     assert every.score == pytest.approx(float(np.sum(expected)), rel=1e-5)
     page = (out / "index.html").read_text()
-    assert "signal.heatmap.png" in page
+    assert "signal.heatmap.png" in page and "1 file(s)" in page
     assert (out / "signal.heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
