@@ -15,7 +15,8 @@ from converters.onnx_writer import EXPORTERS
 from lrptool.graph import Graph, Node
 from lrptool.lrp import GRADIENT_METHODS, PRESET_NAMES, Explainer
 from lrptool.lrp.canonize import canonize
-from lrptool.lrp.compile import CompiledSession, compile_explainer, method_walk, rectified_sums
+from lrptool.lrp.compile import (CompiledSession, compile_explainer, fusable_summand, method_walk,
+                                 rectified_sums)
 from lrptool.lrp.presets import innvestigate_presets
 from lrptool.lrp.reverse import REVERSE
 from lrptool.ops.base import OPERATORS
@@ -239,6 +240,24 @@ def test_residual_sums_divide_by_their_relu_only_where_relevance_vanishes_below_
     pooled = next(n.inputs[0] for n in canonical.nodes if n.op == "GlobalAveragePool")
     assert found[str(flat_pool)] == {y: r for y, r in found["epsilon-plus-flat"].items() if r != pooled}
     assert len(found[str(flat_pool)]) == 1
+
+
+def test_residual_summands_read_as_relu_minus_the_other_only_where_nothing_else_reads_them(architectures):
+    # a ⊙ s at a rectified sum reads a as ReLU(y) − b when only the split reads the convolution's
+    # output a, so the forward pass keeps convolution + sum + ReLU fused; the γ rule reads that
+    # output (its sign masks), so it keeps a
+    graph = architectures["resnet"]
+    canonical, _ = canonize(graph)
+    x = np.random.default_rng(43).uniform(-1, 1, size=(3, 3, 32, 32))
+    summands = {}
+    for method in ("epsilon-plus-flat", "epsilon-gamma-box"):
+        walk = method_walk(canonical, method, (-1.0, 1.0), 1e-6, 1e-6, 0.25, "winner", 1e-3, "absorb")
+        summands[method] = [fusable_summand(canonical, walk, y) for y in rectified_sums(canonical, walk)]
+        compare(graph, x, method)
+    producers = canonical.producers()
+    assert len(summands["epsilon-plus-flat"]) == 2
+    assert all(pair is not None and producers[pair[0]].op == "Conv" for pair in summands["epsilon-plus-flat"])
+    assert summands["epsilon-gamma-box"] == [None, None]
 
 
 def test_max_pool_ties_go_to_the_same_winner(architectures):

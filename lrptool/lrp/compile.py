@@ -125,6 +125,27 @@ def rectified_sums(graph, walk):
     return pairs
 
 
+def fusable_summand(graph, walk, y):
+    """(a, b) for a rectified residual sum y = a + b (see rectified_sums) whose summand a comes from a
+    convolution that nothing else reads, not even that convolution's rule; else None. The split's
+    share a ⊙ s may then read a as ReLU(y) − b: equal where y ≥ 0, and s is zero where y < 0. So the
+    reverse walk does not read a, and onnxruntime fuses the forward pass's convolution, sum and ReLU
+    into one node as it does without the explanation."""
+    producers = graph.producers()
+    node = producers[y]
+    if len(node.inputs) != 2 or any(graph.shapes[t] != graph.shapes[y] for t in node.inputs):
+        return None
+    readers = graph.consumers()
+    for a, b in (node.inputs, node.inputs[::-1]):
+        conv = producers.get(a)
+        rule = walk.rules.get(conv.name) if conv is not None else None
+        if (conv is None or conv.op != "Conv" or a == b or a in graph.outputs or len(readers.get(a, [])) != 1
+                or rule is None or rule.needs_output):
+            continue
+        return a, b
+    return None
+
+
 def method_walk(canonical, method, bounds, epsilon, stabiliser, gamma, maxpool, recurrent_epsilon, recurrent_bias):
     """The float32 reverse walk of one method over the canonical graph; its relevance steps are emitted
     once the walk is given the emitting ops."""
@@ -202,6 +223,11 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
         for y, x in rectified_sums(canonical, walk).items():
             walk_values[y] = Sym(y, values[y].shape, values[y].nonnegative)
             walk_values[y].rectified = values[x]
+            summands = fusable_summand(canonical, walk, y)
+            if summands is not None:
+                a, b = summands
+                walk_values[a] = Sym(None, values[a].shape)
+                walk_values[a].difference = (values[x], values[b])
         result, report = walk.run(walk_values, {output: seeds[origin]})
         relevance = result[source]
         if method == "sensitivity":

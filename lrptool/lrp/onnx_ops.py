@@ -29,6 +29,7 @@ class Sym:
         self.value = value          # a compile-time constant (float64, leading axis 1), or None
         self.zero = zero            # known to be all zeros
         self.rectified = None       # ReLU(self), where the relevance divided by self vanishes wherever that is 0
+        self.difference = None      # (p, q): emitted as p − q when first named (see compile.fusable_summand)
 
     @property
     def ndim(self):
@@ -114,6 +115,8 @@ class OnnxOps:
             x.name = self.emit.constant(x.value)
         if x.zero and x.name is None:
             x.name = self.emit.node("ConstantOfShape", [self.emit.ints([1] + [d for d in x.shape[1:]])])
+        if x.difference is not None and x.name is None:
+            x.name = self.emit.node("Sub", [self.name(p) for p in x.difference])
         return x.name
 
     def sym(self, name, shape, nonnegative=False):
