@@ -1,9 +1,10 @@
-"""Several methods in one run: one shared forward pass (``SharedForward``, one compiled graph for all
-methods) against one compiled explainer per method, on the bundled trained SqueezeNet (Caffe,
-227×227). Both are measured in the same process, interleaved, after a warm-up; printed: the median
-time per batch of each, their ratio, and the one-time cost of building each.
+"""Several methods (and class ranks) in one run: one shared forward pass (``SharedForward``, one
+compiled graph for all methods and ranks) against one compiled explainer per method run once per
+rank, on the bundled trained SqueezeNet (Caffe, 227×227). Both are measured in the same process,
+interleaved, after a warm-up; printed: the median time per batch of each, their ratio, and the
+one-time cost of building each.
 
-    python benchmarks/bench_several.py [--methods a,b,c] [--batch 8] [--repeats 5] [--threads 2]
+    python benchmarks/bench_several.py [--methods a,b,c] [--top K] [--batch 8] [--repeats 5] [--threads 2]
 """
 
 import argparse
@@ -14,7 +15,7 @@ import time
 import numpy as np
 
 from converters import load_model
-from lrptool.lrp import Explainer
+from lrptool.lrp import Explainer, top_k_targets
 from lrptool.lrp.several import SharedForward
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -25,6 +26,7 @@ WEIGHTS = ROOT / "sample_models" / "squeezenet" / "squeezenet_dc.caffemodel"
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="epsilon-plus-flat,epsilon-gamma-box,gradient")
+    parser.add_argument("--top", type=int, default=1, help="class ranks per image (--target top-K)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -39,16 +41,19 @@ def main():
     separate = [(m, Explainer(graph, m, **options)) for m in methods]
     built_separate = time.perf_counter() - start
     start = time.perf_counter()
-    shared = SharedForward([(m, Explainer(graph, m, compile_later=True, **options)) for m in methods])
+    shared = SharedForward([(m, Explainer(graph, m, compile_later=True, **options)) for m in methods], ranks=args.top)
     built_shared = time.perf_counter() - start
 
     def run_separate():
         first = separate[0][1].explain(x)
-        for _, explainer in separate[1:]:
-            explainer.explain(x, target=first.targets)
+        ranking = top_k_targets(first.outputs, args.top)
+        for rank in range(args.top):
+            for index, (_, explainer) in enumerate(separate):
+                if rank or index:
+                    explainer.explain(x, target=ranking[rank])
 
     def run_shared():
-        shared.explain(x)
+        shared.explain_ranks(x, "pred", args.top)
 
     run_separate(), run_shared()   # warm-up: onnxruntime's first call plans its memory
     times = {"separate": [], "shared": []}
@@ -58,7 +63,8 @@ def main():
             run()
             times[name].append(time.perf_counter() - start)
     separate_time, shared_time = (statistics.median(times[k]) for k in ("separate", "shared"))
-    print(f"SqueezeNet, {len(methods)} methods ({', '.join(methods)}), batch {args.batch}, {args.threads} threads")
+    print(f"SqueezeNet, {len(methods)} method(s) ({', '.join(methods)}), top-{args.top}, batch {args.batch}, "
+          f"{args.threads} threads")
     print(f"  one compiled explainer per method: {separate_time * 1000:.0f} ms per batch (built in {built_separate:.1f} s)")
     print(f"  one shared forward pass:           {shared_time * 1000:.0f} ms per batch (built in {built_shared:.1f} s)")
     print(f"  shared / separate: {shared_time / separate_time:.2f}")

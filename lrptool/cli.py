@@ -243,7 +243,7 @@ def explain(model, inputs, outdir, weights, model_config, random_weights, keras1
                                    primitives="numpy" if low_memory else "onnxruntime",
                                    forward_backend="lrptool" if low_memory else "auto",
                                    providers=provider_list(providers), quiet=index > 0,
-                                   compile_later=len(specs) > 1))   # one graph for them all: SharedForward
+                                   compile_later=len(specs) > 1 or bool(top_k)))   # one graph: SharedForward
                   for index, spec in enumerate(specs)]
     explainer = explainers[0][1]
     check_target_range(fixed_target, top_k, explainer.output_size())

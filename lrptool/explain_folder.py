@@ -22,7 +22,7 @@ import numpy as np
 from .files import OutsideOutputError, remove_stale_parts, write_atomically
 from .heatmaps import DEFAULT_CLIP, heatmap_image, overlay_image
 from .images import ImageError, geometry_for, load_original, resize, to_tensor
-from .lrp import GRADIENT_METHODS, top_k_targets
+from .lrp import GRADIENT_METHODS
 from .manifest import Manifest, digest
 
 #: Set when the run is asked to stop (Ctrl-C, SIGTERM): an interrupt that lands inside compiled
@@ -306,15 +306,12 @@ class FolderExplainer:
     def explain_columns(self, x, items):
         """[((method, rank), Explanation)] for every column. The first method picks the classes; every
         other method explains the same ones, so that a row compares like with like. Several methods
-        share one forward pass per class rank (``lrp.several.SharedForward``)."""
+        and class ranks share one forward pass (``lrp.several.SharedForward``)."""
         if self.shared is None:
             from .lrp.several import SharedForward
 
-            self.shared = SharedForward(self.methods)
-        rows = [self.shared.explain(x, target=self.targets_for(items))]
-        if self.top_k:
-            ranking = top_k_targets(rows[0][self.methods[0][0]].outputs, self.top_k)
-            rows += [self.shared.explain(x, target=ranking[row]) for row in range(1, ranking.shape[0])]
+            self.shared = SharedForward(self.methods, ranks=self.top_k or 1)
+        rows = self.shared.explain_ranks(x, self.targets_for(items), self.top_k or 1)
         runs = []
         for method, rank in self.columns():
             row = rank - 1 if rank else 0

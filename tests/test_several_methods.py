@@ -11,7 +11,7 @@ import pytest
 from converters.onnx_reader import read_onnx
 from lrptool.errors import LrpToolError
 from lrptool.images import load_picture, preprocessing_for, to_tensor
-from lrptool.lrp import Explainer
+from lrptool.lrp import Explainer, top_k_targets
 from lrptool.lrp.compile import CompiledSession, compile_methods
 from lrptool.lrp.several import SharedForward
 from test_architectures import build_resnet, build_vgg
@@ -172,3 +172,87 @@ def test_compile_command_with_several_presets_runs_in_plain_onnxruntime(tmp_path
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().count("\n") == 0 and "--node-sums" in refused.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet"])
+def test_a_ranks_graph_explains_every_class_rank_from_one_forward_pass(graphs, name):
+    graph = graphs[name]
+    x = batch(graph, 12)
+    methods = ["epsilon-plus-flat", "gradient-x-input"]
+    external = {}
+    session = CompiledSession(compile_methods(graph, methods, bounds=(-1.0, 1.0), external=external, ranks=True),
+                              external=external)
+    # three rows of the batch of three: the prediction (an explicit class for sample 1), rank 2, rank 3
+    asked = np.array([-1, 4, -1, -2, -2, -2, -3, -3, -3])
+    run = session.run(x, asked)
+    assert run["logits"].shape[0] == 3 and run["explained_target"].shape == (9,)
+    outputs = eager(graph, "zero", x, "pred").outputs
+    ranking = top_k_targets(outputs, 3)
+    expected = ranking.copy()
+    expected[0, 1] = 4
+    assert run["explained_target"].reshape(3, 3).tolist() == expected.tolist()
+    for method in methods:
+        for row in range(3):
+            targets = expected[row]
+            close_to_eager(graph, method, run[f"relevance/{method}"][3 * row:3 * row + 3], x, targets)
+
+
+def test_ranks_break_ties_as_a_stable_sort_does():
+    """Outputs 1 and 3 tie exactly (the same weights): rank 1 is the lower index, rank 2 the other."""
+    from lrptool.graph import Graph, Node
+
+    weights = np.random.default_rng(2).normal(size=(4, 6)).astype(np.float32)
+    weights[3] = weights[1]
+    graph = Graph({"x": (None, 6)}, [Node("fc", "Dense", ["x"], ["y"], params={"weight": weights})], ["y"])
+    x = np.random.default_rng(3).normal(size=(2, 6)).astype(np.float32)
+    session = CompiledSession(compile_methods(graph, ["zero", "gradient"], ranks=True))
+    run = session.run(x, np.array([-1, -1, -2, -2, -3, -3, -4, -4]))
+    np.testing.assert_array_equal(run["logits"][:, 1], run["logits"][:, 3])
+    order = run["explained_target"].reshape(4, 2).T
+    assert order.tolist() == top_k_targets(x.astype(np.float64) @ weights.T.astype(np.float64), 4).T.tolist()
+    for sample in order:
+        assert list(sample).index(1) == list(sample).index(3) - 1
+
+
+def test_top_k_with_one_method_runs_one_session_call(graphs, monkeypatch):
+    graph = graphs["vgg"]
+    x = batch(graph, 13)
+    explainers = [("epsilon-plus-flat", Explainer(graph, "epsilon-plus-flat", compile_later=True, **OPTIONS)),
+                  ("smoothgrad", Explainer(graph, "smoothgrad", compile_later=True, samples=3, **OPTIONS))]
+    shared = SharedForward(explainers, ranks=3)
+    calls = []
+    original = CompiledSession.run
+    monkeypatch.setattr(CompiledSession, "run", lambda self, *a: calls.append(len(a[1])) or original(self, *a))
+    rows = shared.explain_ranks(x, "pred", 3, names=["epsilon-plus-flat"])
+    assert calls == [9]         # three ranks of three samples in one call
+    ranking = top_k_targets(eager(graph, "zero", x, "pred").outputs, 3)
+    for rank, row in enumerate(rows):
+        assert row["epsilon-plus-flat"].targets.tolist() == ranking[rank].tolist()
+        close_to_eager(graph, "epsilon-plus-flat", row["epsilon-plus-flat"].relevance, x, ranking[rank])
+    # the method outside the graph explains each rank's classes
+    rows = shared.explain_ranks(x, "pred", 2)
+    alone = Explainer(graph, "smoothgrad", samples=3, **OPTIONS)
+    alone.explain(x, target=ranking[0])                # its noise draws follow the same sequence
+    alone = alone.explain(x, target=ranking[1])
+    assert rows[1]["smoothgrad"].targets.tolist() == ranking[1].tolist()
+    np.testing.assert_allclose(rows[1]["smoothgrad"].relevance, alone.relevance, rtol=1e-5, atol=1e-7)
+
+
+def test_explain_top_k_with_one_method_writes_each_ranks_relevance(tmp_path):
+    model = bias_free_mnist(tmp_path / "mnist.onnx")
+    images = noise_pictures(tmp_path / "images", 2, 12)
+    result = run("explain", model, images, "-o", tmp_path / "out", "--format", "npy", "--preset", "epsilon",
+                 "--target", "top-3")
+    assert result.returncode == 0, result.stderr
+    records = json_lines(result.stdout)
+    assert sorted(r["rank"] for r in records) == [1, 1, 2, 2, 3, 3]
+    graph = read_onnx(str(model))
+    preprocessing = preprocessing_for(graph.inputs["x"])
+    for record in records:
+        x = to_tensor(load_picture(record["path"], preprocessing), preprocessing)[None].astype(np.float64)
+        exact = Explainer(graph, "epsilon", dtype=np.float64, compiled=False, quiet=True).explain(x)
+        assert record["target"] == int(top_k_targets(exact.outputs, 3)[record["rank"] - 1, 0])
+        exact = Explainer(graph, "epsilon", dtype=np.float64, compiled=False, quiet=True).explain(
+            x, target=[record["target"]])
+        relevance = np.load(tmp_path / "out" / f"{os.path.basename(record['path'])}.top{record['rank']}.npy")
+        assert relative_error(relevance, exact.relevance[0]) <= 1e-5

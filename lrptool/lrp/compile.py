@@ -66,17 +66,23 @@ def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=Non
 
 
 def compile_methods(graph, methods, bounds=None, target=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
-                    maxpool="winner", input_name="x", external=None, recurrent_epsilon=1e-3, recurrent_bias="absorb"):
+                    maxpool="winner", input_name="x", external=None, recurrent_epsilon=1e-3, recurrent_bias="absorb",
+                    ranks=False):
     """One ONNX model explaining ``graph`` with several methods at once: one forward pass, then one
     reverse walk per method, all for the same class. Outputs ``logits``, ``explained_target`` and
     ``relevance/METHOD`` per method (``method_label`` names them); the options are those of
-    ``compile_explainer``. Modified weights two methods share (W⁺ of the z⁺ rule, …) are stored once."""
+    ``compile_explainer``. Modified weights two methods share (W⁺ of the z⁺ rule, …) are stored once.
+
+    ``ranks``: the model also explains several classes per sample from the one forward pass. The
+    ``target`` input then holds K·N entries for a batch of N (K rows of N, one row per class rank), and
+    −r stands for the r-th largest output (−1 the prediction); ``relevance/METHOD`` and
+    ``explained_target`` have K·N rows in the same order, ``logits`` N."""
     methods = list(methods)
     labels = [method_label(m, i) for i, m in enumerate(methods)]
     if len(set(labels)) != len(labels):
         raise LrpToolError(f"methods {', '.join(labels)}: a method is named twice")
     return build_explainer(graph, methods, bounds, target, False, epsilon, stabiliser, gamma, maxpool, None,
-                           input_name, external, recurrent_epsilon, recurrent_bias, several=True)
+                           input_name, external, recurrent_epsilon, recurrent_bias, several=True, ranks=ranks)
 
 
 def method_label(method, index):
@@ -167,7 +173,7 @@ def method_walk(canonical, method, bounds, epsilon, stabiliser, gamma, maxpool, 
 
 
 def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabiliser, gamma, maxpool, start, input_name,
-                    external, recurrent_epsilon, recurrent_bias, several=False):
+                    external, recurrent_epsilon, recurrent_bias, several=False, ranks=False):
     from converters.onnx_writer import graph_to_onnx
 
     if graph.free_sizes():
@@ -198,9 +204,18 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
 
     # the explained class: the target input where it is >= 0, else the prediction
     flat = emit.node("Reshape", [output, emit.ints([0, -1])])
-    predicted = emit.node("ArgMax", [flat], {"axis": 1, "keepdims": 0})
-    chosen = emit.node("Where", [emit.node("Less", ["target", emit.ints([0])]), predicted, "target"])
-    chosen = emit.node("Add", [chosen, emit.node("Mul", [predicted, emit.ints([0])])])  # one entry per sample
+    rows_like = output      # the tensor whose rows the seeds take
+    if ranks:
+        # K rows of the batch: every forward tensor the walks read is tiled K times, once
+        rows = emit.node("Div", [emit.node("Shape", ["target"]), emit.node("Shape", [flat], {"end": 1})])
+        values = Tiled(values, emit, rows)
+        rows_like = values[output].name
+        flat = emit.node("Reshape", [rows_like, emit.ints([0, -1])])
+        chosen = ranked_targets(emit, flat, classes)
+    else:
+        predicted = emit.node("ArgMax", [flat], {"axis": 1, "keepdims": 0})
+        chosen = emit.node("Where", [emit.node("Less", ["target", emit.ints([0])]), predicted, "target"])
+        chosen = emit.node("Add", [chosen, emit.node("Mul", [predicted, emit.ints([0])])])  # one entry per sample
     # the one-hot mask scattered into zeros shaped like the logits, so that every tensor of the
     # reverse walk keeps the symbolic batch axis under shape inference (onnxruntime's blocked
     # layout takes element-wise steps only between tensors it can prove to be of equal shape)
@@ -219,9 +234,9 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
             seeds[origin] = Sym(emit.node("Reshape", [seed, emit.ints([0] + [int(d) for d in out_shape[1:]])]),
                                 out_shape)
         walk.ops = ops
-        walk_values = dict(values)
+        walk_values = values.copy()
         for y, x in rectified_sums(canonical, walk).items():
-            walk_values[y] = Sym(y, values[y].shape, values[y].nonnegative)
+            walk_values[y] = Sym(values[y].name, values[y].shape, values[y].nonnegative)
             walk_values[y].rectified = values[x]
             summands = fusable_summand(canonical, walk, y)
             if summands is not None:
@@ -261,6 +276,9 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
     dims = ["batch" if d is None else int(d) for d in canonical.shapes[source]]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch"] + [int(d) for d in out_shape[1:]]),
                helper.make_tensor_value_info("explained_target", TensorProto.INT64, ["batch"])]
+    if ranks:
+        dims = ["rows"] + dims[1:]
+        outputs[-1] = helper.make_tensor_value_info("explained_target", TensorProto.INT64, ["rows"])
     for label, relevance in zip(labels, relevances):
         final(ops.name(relevance), label)
         outputs.insert(len(outputs) - 1, helper.make_tensor_value_info(label, TensorProto.FLOAT, dims))
@@ -294,6 +312,44 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
     if external is None:
         onnx.checker.check_model(model)
     return model
+
+
+class Tiled(dict):
+    """The forward pass's tensors, each tiled ``rows`` times along the batch axis on first use (a
+    ranks model: K class ranks of one batch, explained together). Copies share the tiled tensors."""
+
+    def __init__(self, values, emit, rows, tiled=None):
+        super().__init__()
+        self.values, self.emit, self.rows = values, emit, rows
+        self.tiled = {} if tiled is None else tiled
+
+    def __missing__(self, name):
+        if name not in self.tiled:
+            base = self.values[name]
+            repeats = self.rows
+            if len(base.shape) > 1:
+                repeats = self.emit.node("Concat", [self.rows, self.emit.ints([1] * (len(base.shape) - 1))],
+                                         {"axis": 0})
+            self.tiled[name] = Sym(self.emit.node("Tile", [base.name, repeats]), base.shape, base.nonnegative)
+        return self.tiled[name]
+
+    def copy(self):
+        twin = Tiled(self.values, self.emit, self.rows, self.tiled)
+        twin.update(self)
+        return twin
+
+
+def ranked_targets(emit, flat, classes):
+    """The class per row of a ranks model: the ``target`` entry where it is >= 0, else for −r the r-th
+    largest of the row's outputs (on ties the lower index first, as a stable sort)."""
+    negative = emit.node("Less", ["target", emit.ints([0])])
+    rank = emit.node("Max", [emit.node("Neg", ["target"]), emit.ints([1])])          # r (1 for targets >= 0)
+    deepest = emit.node("Min", [emit.node("ReduceMax", [rank], {"keepdims": 1}), emit.ints([classes])])
+    _, order = emit.node("TopK", [flat, deepest], {"axis": 1, "largest": 1, "sorted": 1}, outputs=2)
+    index = emit.node("Min", [emit.node("Sub", [rank, emit.ints([1])]), emit.node("Sub", [deepest, emit.ints([1])])])
+    picked = emit.node("GatherElements", [order, emit.node("Unsqueeze", [index, emit.ints([1])])], {"axis": 1})
+    picked = emit.node("Reshape", [picked, emit.ints([-1])])
+    return emit.node("Where", [negative, picked, "target"])
 
 
 def write_explainer(model, path):
