@@ -52,9 +52,15 @@ class Signal:
 def read_signal(path, channel=None):
     """A WAV file or a 1-D ``.npy`` array as a ``Signal``, by its content; ``SignalError`` says why not.
     ``channel``: take that channel of a WAV (counted from 0) instead of the average of all."""
+    from .limits import BudgetError, check_bytes
+
     try:
+        # 8-bit samples become 8-byte floats, then frames and relevance: about 32 bytes per byte of the file
+        check_bytes(os.path.getsize(path) * 32, "reading the signal")
         with open(path, "rb") as handle:
             data = handle.read()
+    except BudgetError as error:
+        raise SignalError(str(error)) from None
     except OSError as error:
         raise SignalError(f"cannot read ({error.strerror or error})") from None
     if data[:4] in (b"RIFF", b"RIFX", b"RF64"):

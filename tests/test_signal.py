@@ -100,6 +100,13 @@ def test_unreadable_signals_say_why(tmp_path, content, message):
         read_signal(str(tmp_path / "x.wav"))
 
 
+def test_a_signal_beyond_the_memory_budget_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    write_pcm(tmp_path / "a.wav", np.zeros(4000, dtype=np.int16), 8000, 2)
+    monkeypatch.setenv("LRPTOOL_MEMORY_BUDGET", "100K")
+    with pytest.raises(SignalError, match="reading the signal needs .* more than the memory budget"):
+        read_signal(str(tmp_path / "a.wav"))
+
+
 def test_chunks_before_the_data_and_odd_sizes_are_skipped(tmp_path):
     values = np.array([100, -200, 300], dtype="<i2")
     fmt = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
