@@ -569,8 +569,8 @@ def method_list(method, rule_spec):
 @click.option("--title", help="The page's title (default: the folder's name).")
 @click.option("--cmap", help="The colour map the heatmaps were drawn with, for the page's swatch.")
 def report(outdir, title, cmap):
-    """Write OUTDIR/index.html for a folder `lrptool explain` wrote, from the records in its manifest
-    (.lrptool-manifest.jsonl). Original pictures are linked by their paths relative to OUTDIR, as
+    """Write OUTDIR/index.html for a folder `lrptool explain` (or explain-text, explain-signal) wrote,
+    from the records in its manifest (.lrptool-manifest.jsonl). Original pictures are linked by their paths relative to OUTDIR, as
     recorded: run this from the folder the explain run ran in. A folder whose sub-folders hold runs
     gets a page linking theirs. Prints the page's path."""
     import os
@@ -592,13 +592,25 @@ def report(outdir, title, cmap):
         return
     entries = entries_of(manifest.load())
     if not entries:
-        raise LrpToolError(f"{manifest.path}: no finished image recorded")
+        raise LrpToolError(f"{manifest.path}: no finished item recorded")
     if cmap:
         from .heatmaps import check_colormap
         check_colormap(cmap)
+    # explain-text and explain-signal folders hold records of texts and signal files
+    kind = "text" if "tokens" in entries[0]["record"] else "signal" if "frame_length" in entries[0]["record"] \
+        else "image"
+    command = {"text": "explain-text", "signal": "explain-signal", "image": "explain"}[kind]
+    title = title or f"{os.path.basename(os.path.abspath(outdir))}: lrptool {command}"
     try:
-        path = write_page(outdir, entries, title=title or f"{os.path.basename(os.path.abspath(outdir))}: lrptool explain",
-                          colormap=cmap)
+        if kind == "text":
+            from .files import write_atomically
+            from .text_outputs import html_page
+
+            path = os.path.join(outdir, "index.html")
+            write_atomically(path, html_page([entry["record"] for entry in entries], title).encode("utf-8"),
+                             root=outdir)
+        else:
+            path = write_page(outdir, entries, title=title, colormap=cmap, item="file" if kind == "signal" else "image")
     except OSError as error:
         raise LrpToolError(f"{outdir}: cannot write index.html ({error.strerror or error})") from None
     click.echo(os.path.abspath(path))

@@ -225,6 +225,12 @@ def test_conv1d_frames_are_explained_as_derived_by_hand(tmp_path):
     page = (out / "index.html").read_text()
     assert "signal.heatmap.png" in page and "1 file(s)" in page
     assert (out / "signal.heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # lrptool report rebuilds the page of a signal folder, counting files
+    (out / "index.html").unlink()
+    rebuilt = run("report", out)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    page = (out / "index.html").read_text()
+    assert "signal.heatmap.png" in page and "1 file(s)" in page and "image(s)" not in page
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -279,6 +279,18 @@ def test_explain_text_writes_records_page_and_resumes(tmp_path, byte_model):
     assert (out / "index.html").read_text() == page
 
 
+def test_report_rebuilds_a_text_folders_page(tmp_path, byte_model):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first text\nsecond one\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert run("explain-text", byte_model, texts, "-o", out).returncode == 0
+    written = (out / "index.html").read_text()
+    (out / "index.html").unlink()
+    result = run("report", out, "--title", "lrptool explain-text")
+    assert result.returncode == 0, result.stderr
+    assert (out / "index.html").read_text() == written       # the same page, word spans and all
+
+
 def test_explain_text_bad_lines_are_named_and_the_rest_explained(tmp_path, byte_model):
     texts = tmp_path / "texts.txt"
     texts.write_bytes(b"good line\nbad \xff\xfe bytes\nanother\tnot-a-class\nlast\t9\n")
