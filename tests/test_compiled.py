@@ -260,6 +260,18 @@ def test_residual_summands_read_as_relu_minus_the_other_only_where_nothing_else_
     assert summands["epsilon-gamma-box"] == [None, None]
 
 
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_an_images_relevance_does_not_depend_on_its_batch(architectures, name):
+    # bit for bit: a resumed or sharded run redoes single images and must write the same files
+    # (a ReduceSum over channels once summed in another order at batch 1)
+    shape = (4, 50) if name == "conv1d" else (3, 32, 32)
+    x = np.random.default_rng(5).uniform(-1, 1, size=(4,) + shape).astype(np.float32)
+    explainer = Explainer(architectures[name], "epsilon-plus-flat", compiled=True, quiet=True)
+    whole = explainer.explain(x).relevance
+    alone = np.concatenate([explainer.explain(x[i:i + 1]).relevance for i in range(len(x))])
+    np.testing.assert_array_equal(whole, alone)
+
+
 def test_max_pool_ties_go_to_the_same_winner(architectures):
     graph = architectures["vgg"]
     x = np.full((2, 3, 32, 32), 0.25)

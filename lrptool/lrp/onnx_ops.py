@@ -604,9 +604,9 @@ class ConvEmitter(EmittingAdapter):
         out_per_group, in_per_group = weight.shape[0] // group, weight.shape[1]
         spatial = [int(d) for d in s.shape[2:]]
         name = self.ops.name(s)
-        if out_per_group > 1:
-            name = emit.node("Reshape", [name, emit.ints([0, group, out_per_group] + spatial)])
-            name = emit.node("ReduceSum", [name, emit.ints([2])], {"keepdims": 0})
+        if out_per_group > 1:  # a convolution with a ones kernel: the same sums whatever the batch size
+            ones = np.ones((group, out_per_group) + (1,) * len(spatial))
+            name = emit.node("Conv", [name, emit.constant(ones, key=("ones-kernel", ones.shape))], {"group": group})
         kernel = np.ones((group, 1) + weight.shape[2:])
         name = emit.node("ConvTranspose", [name, emit.constant(kernel, key=("ones-kernel", kernel.shape))],
                          self.transpose_attrs())
