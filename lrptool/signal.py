@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import LrpToolError
+from .lrp.canonize import model_outputs
 
 LAYOUTS = ("auto", "sequence", "frames")
 #: Names of a model input that carries the sample rate.
@@ -563,8 +564,9 @@ class SignalModel:
         if self.layout == "sequence":
             owner, xs, values = self.forward(self.explainer(frames), x)
             outputs = self.per_frame(values[owner.output], frames)
-            klass = self.check_class(klass, outputs)
-            scores = outputs[:, klass]
+            shown = model_outputs(owner.canonization, outputs)
+            klass = self.check_class(klass, shown)
+            scores = shown[:, klass]
             chosen = selected_frames(target, scores)
             relevance, report = self.backward(owner, xs, values, outputs, chosen, klass)
             reports = [report]
@@ -584,8 +586,9 @@ class SignalModel:
                 owner, _, values = self.forward(explainer, batch(start))
                 rows.append(self.per_frame(values[owner.output], len(batch(start))))
             outputs = np.concatenate(rows)[:frames]
-            klass = self.check_class(klass, outputs)
-            scores = outputs[:, klass]
+            shown = model_outputs(owner.canonization, outputs)
+            klass = self.check_class(klass, shown)
+            scores = shown[:, klass]
             chosen = selected_frames(target, scores)
             relevance = np.zeros((frames, self.frame), dtype=np.float64)
             wanted = np.zeros(frames, dtype=bool)
@@ -602,7 +605,7 @@ class SignalModel:
                 reports.append(report)
         flat = self.overlap_add(relevance) if self.hop != self.frame else relevance.reshape(-1)
         length = len(signal.samples)
-        explained = float(np.sum(scores[chosen]))
+        explained = float(np.sum(outputs[chosen, klass]))   # before an output sigmoid or softmax
         return SignalExplanation(flat[:length].copy(), float(np.sum(flat[length:])), scores, chosen, klass,
                                  explained, self.frame, padding, signal.rate, outputs.shape[1], reports, self.hop)
 
@@ -654,10 +657,10 @@ def format_value(value):
 class SignalExplanation:
     relevance: np.ndarray     # one value per input sample
     padding: float            # Σ R on the zeros that fill the last frame
-    scores: np.ndarray        # the explained output per frame
+    scores: np.ndarray        # the model's output per frame (after its output sigmoid or softmax)
     frames: list              # the explained frames
     klass: int                # the value within a frame's output
-    score: float              # Σ of the explained frames' scores
+    score: float              # Σ of the explained values of those frames (the logits: before such a sigmoid)
     frame_length: int
     padded: int               # zeros added to fill the last frame
     rate: int = None

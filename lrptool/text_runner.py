@@ -19,6 +19,7 @@ import numpy as np
 
 from .files import remove_stale_parts, write_atomically
 from .lrp import GRADIENT_METHODS, top_k_targets
+from .lrp.canonize import model_outputs
 from .manifest import Manifest, digest
 from .text import TextError, TextExplanation, fit_text, token_input, token_relevance
 from .text_outputs import ansi_line, html_page
@@ -249,9 +250,7 @@ class TextRunner:
                             "scores are not compared with its own")
             return {}
         actual = np.asarray(explained.outputs, dtype=np.float64).reshape(len(lines), -1)
-        if self.explainer.canonization.get("softmax_removed"):
-            actual = np.exp(actual - actual.max(axis=1, keepdims=True))
-            actual /= actual.sum(axis=1, keepdims=True)
+        actual = model_outputs(self.explainer.canonization, actual)
         if actual.shape != expected.shape:
             return {}
         close = np.all(np.isclose(actual, expected, rtol=1e-4, atol=1e-5), axis=1)
@@ -373,3 +372,4 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
     click.echo(f"lrptool: explained {runner.explained} text(s) into {outdir}"
                f"{f' ({runner.resumed} resumed)' if runner.resumed else ''}; {len(failures)} failed", err=True)
     return failures
+

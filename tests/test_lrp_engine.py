@@ -63,6 +63,26 @@ def test_report_accounts_for_what_biases_absorb(architecture):
     assert any(abs(n.absorbed) > 1e-6 * abs(report.start) for n in report.nodes if n.rule)
 
 
+def test_an_output_sigmoid_is_left_out_and_its_logit_explained(capsys):
+    """A binary classifier ending in a sigmoid: the score is the logit w·x + b, which LRP-0 gives the inputs as
+    w_i x_i (the bias keeps b); the model's probability comes back from it."""
+    from lrptool.lrp.canonize import model_outputs
+
+    rng = np.random.default_rng(4)
+    weight, bias = rng.normal(size=(1, 5)), np.array([0.3])
+    graph = Graph({"x": (None, 5)}, [Node("fc", "Dense", ["x"], ["z"], params={"weight": weight, "bias": bias}),
+                                     Node("p", "Sigmoid", ["z"], ["y"])], ["y"])
+    canonical, changes = canonize(graph)
+    assert changes["output_operators"] == ["Sigmoid"] and canonical.outputs == ["z"]
+    x = rng.normal(size=(3, 5))
+    result = Explainer(graph, "zero", dtype=np.float64).explain(x, target=[0, 0, 0])
+    assert "output sigmoid is left out" in capsys.readouterr().err
+    np.testing.assert_allclose(result.scores, x @ weight[0] + bias[0], rtol=1e-12)
+    np.testing.assert_allclose(result.relevance, x * weight[0], rtol=1e-5)   # the stabiliser: 1e-6
+    probabilities = run_graph(graph, x, dtype=np.float64)["y"]
+    np.testing.assert_allclose(model_outputs(changes, result.outputs), probabilities, rtol=1e-12)
+
+
 def test_canonization_folds_batchnorm_and_keeps_outputs():
     graph = read_onnx(build_vgg("N"))
     canonical, changes = canonize(graph)

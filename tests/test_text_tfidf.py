@@ -350,3 +350,34 @@ def test_a_text_onnxruntime_reads_otherwise_is_reported_not_explained(tmp_path):
     assert "lrptool's reading of the model's text front end differs here" in errors
     records = [json.loads(line) for line in (tmp_path / "out" / "explanations.jsonl").read_text().splitlines()]
     assert [r["line"] for r in records] == [1]
+
+
+@pytest.mark.parametrize("labels", ["two", "three"])
+def test_a_probability_export_explains_the_logits_before_its_sigmoid_or_softmax(tmp_path, corpus, labels):
+    """skl2onnx's default export of a logistic regression ends in probabilities (a logistic function for two
+    classes, a softmax for more). The explained score is the decision value before it, and the words share it
+    as w · x; the model's probabilities come back from the explained logits."""
+    from lrptool.lrp.canonize import model_outputs
+
+    texts, two, three = corpus
+    pipeline = Pipeline([("vectorizer", TfidfVectorizer()), ("model", LogisticRegression())])
+    pipeline.fit(texts, two if labels == "two" else three)
+    path = export(pipeline, tmp_path / "probabilities.onnx", zipmap=False)
+    vectorizer, model = pipeline.steps[0][1], pipeline.steps[-1][1]
+    results = lrptool.explain_text(str(path), PROBES, method="zero", dtype=np.float64)
+    probabilities = onnxruntime_scores(path, PROBES)
+    np.testing.assert_allclose(probabilities, model.predict_proba(vectorizer.transform(PROBES)), rtol=1e-4,
+                               atol=1e-6)
+    decision = model.decision_function(vectorizer.transform(PROBES))
+    logits = np.stack([-decision, decision], axis=1) if decision.ndim == 1 else decision
+    normaliser = {"output_operators": ["Sigmoid" if decision.ndim == 1 else "Softmax"]}
+    np.testing.assert_allclose(model_outputs(normaliser, logits), probabilities, rtol=1e-5, atol=1e-6)
+    for index, (text, result) in enumerate(zip(PROBES, results)):
+        target = result.target
+        assert target == int(np.argmax(probabilities[index]))
+        expected_score = decision[index, target] if decision.ndim == 2 else (1 if target == 1 else -1) * decision[index]
+        assert result.score == pytest.approx(float(expected_score), rel=1e-5, abs=1e-6)
+        weight, bias = decision_weights(model, target)
+        expected = expected_token_relevance(result.tokens, vectorizer, weight * vectorizer.transform([text]).toarray()[0])
+        np.testing.assert_allclose(result.relevance, expected, rtol=1e-5, atol=1e-6)
+        assert float(np.sum(result.relevance)) + bias == pytest.approx(result.score, rel=1e-5, abs=1e-6)

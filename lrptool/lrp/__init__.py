@@ -107,7 +107,8 @@ peepholes and the gradient methods through them are explained eagerly.
             return
         self.graph, self.canonization = canonize(graph)
         if self.canonization["softmax_removed"] and not quiet:
-            print("lrptool: the output softmax is left out: logits are explained", file=sys.stderr)
+            removed = " and ".join(op.lower() for op in self.canonization["output_operators"])
+            print(f"lrptool: the output {removed} is left out: logits are explained", file=sys.stderr)
         if len(self.graph.outputs) != 1:
             raise LrpToolError(f"the model has {len(self.graph.outputs)} outputs; lrptool explains one")
         self.method = method

@@ -81,14 +81,18 @@ def fold_affine(graph):
     return Graph(graph.inputs, nodes, graph.outputs, graph.name), folded
 
 
+#: Output normalisers left out: the explained scores are the values before them (the logits).
+OUTPUT_NORMALISERS = ("Softmax", "LogSoftmax", "Sigmoid")
+
+
 def strip_softmax(graph):
-    """Remove Softmax/LogSoftmax nodes that make graph outputs; returns (graph, removed names)."""
+    """Remove Softmax/LogSoftmax/Sigmoid nodes that make graph outputs; returns (graph, removed names)."""
     producers = graph.producers()
     consumers = graph.consumers()
     outputs, removed = list(graph.outputs), []
     for index, tensor in enumerate(outputs):
         node = producers.get(tensor)
-        if node is not None and node.op in ("Softmax", "LogSoftmax") and not consumers.get(tensor):
+        if node is not None and node.op in OUTPUT_NORMALISERS and not consumers.get(tensor):
             outputs[index] = node.inputs[0]
             removed.append(node.name)
     if not removed:
@@ -97,12 +101,30 @@ def strip_softmax(graph):
     return Graph(graph.inputs, nodes, outputs, graph.name), removed
 
 
+def model_outputs(canonization, logits):
+    """The model's own outputs (rows of ``logits``, the explained values): the output softmax, log-softmax
+    or sigmoid that ``canonize`` left out, applied again."""
+    values = np.asarray(logits, dtype=np.float64)
+    for op in canonization.get("output_operators", []):
+        if op == "Sigmoid":
+            values = 1.0 / (1.0 + np.exp(-values))
+            continue
+        shifted = values - values.max(axis=1, keepdims=True)
+        if op == "LogSoftmax":
+            values = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        else:
+            values = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    return values
+
+
 def canonize(graph):
-    """The graph the explainer walks: affine nodes folded, trailing softmax removed."""
+    """The graph the explainer walks: affine nodes folded, a trailing softmax or sigmoid removed."""
     graph = Graph(graph.inputs, [copy.copy(n) for n in graph.nodes], graph.outputs, graph.name)
     graph, folded = fold_affine(graph)
+    operators = {node.name: node.op for node in graph.nodes}
     graph, stripped = strip_softmax(graph)
-    return graph, {"folded": folded, "softmax_removed": stripped}
+    return graph, {"folded": folded, "softmax_removed": stripped,
+                   "output_operators": sorted({operators[name] for name in stripped})}
 
 
-__all__ = ["canonize", "fold_affine", "strip_softmax", "channel_view"]
+__all__ = ["canonize", "fold_affine", "strip_softmax", "channel_view", "model_outputs"]
