@@ -15,29 +15,34 @@ from .heatmaps import COLORMAPS
 
 
 def display_units(record):
-    """[(start, end, relevance)] over the text: tokens covering the same characters merged, in order."""
+    """[(start, end, relevance, unknown)] over the text: tokens covering the same characters merged, in
+    order; ``unknown``: every token of the unit is outside the model's vocabulary (a bag-of-words model's
+    ``out_of_vocabulary``)."""
+    unknown = set(record.get("out_of_vocabulary") or ())
     units = []
-    for (start, end), value in zip(record["offsets"], record["relevance"]):
+    for index, ((start, end), value) in enumerate(zip(record["offsets"], record["relevance"])):
         if units and units[-1][0] == start and units[-1][1] == end:
             units[-1][2] += value
+            units[-1][3] = units[-1][3] and index in unknown
         else:
-            units.append([start, end, float(value)])
+            units.append([start, end, float(value), index in unknown])
     return units
 
 
 def pieces(record):
-    """[(text, relevance or None)] covering the whole text: coloured units and the plain gaps between."""
+    """[(text, relevance or None, unknown)] covering the whole text: coloured units and the plain gaps
+    between."""
     text = record["text"]
     out, position = [], 0
-    for start, end, value in display_units(record):
+    for start, end, value, unknown in display_units(record):
         if start < position:
             continue
         if start > position:
-            out.append((text[position:start], None))
-        out.append((text[start:end], value))
+            out.append((text[position:start], None, False))
+        out.append((text[start:end], value, unknown))
         position = end
     if position < len(text):
-        out.append((text[position:], None))
+        out.append((text[position:], None, False))
     return out
 
 
@@ -49,7 +54,7 @@ def colour(value, scale):
 
 
 def text_scale(record):
-    values = [abs(v) for _, _, v in display_units(record)]
+    values = [abs(unit[2]) for unit in display_units(record)]
     return max(values, default=0.0)
 
 
@@ -72,6 +77,7 @@ body { font-family: sans-serif; margin: 2em; max-width: 60em; color: #222; }
 .caption { font-size: 0.8em; color: #666; margin-bottom: 0.3em; }
 .tokens { font-family: monospace; font-size: 1.05em; line-height: 1.9; white-space: pre-wrap; word-break: break-all; }
 .tokens span.t { border-radius: 2px; padding: 1px 0; }
+.tokens span.oov { text-decoration: underline dotted #999; }
 .legend span { display: inline-block; width: 4em; text-align: center; font-size: 0.8em; }
 """
 
@@ -82,13 +88,15 @@ def html_page(records, title="lrptool explain-text"):
     for index, record in enumerate(records):
         scale = text_scale(record)
         spans = []
-        for piece, value in pieces(record):
+        for piece, value, unknown in pieces(record):
             if value is None:
                 spans.append(html.escape(piece))
                 continue
             r, g, b = colour(value, scale)
-            spans.append(f'<span class="t" data-r="{value:.6g}" style="background-color: rgb({r}, {g}, {b})" '
-                         f'title="{html.escape(piece)}: R = {value:.4g}">{html.escape(piece)}</span>')
+            note = " (not in the model's vocabulary)" if unknown else ""
+            spans.append(f'<span class="t{" oov" if unknown else ""}" data-r="{value:.6g}" '
+                         f'style="background-color: rgb({r}, {g}, {b})" '
+                         f'title="{html.escape(piece)}: R = {value:.4g}{note}">{html.escape(piece)}</span>')
         rows.append(f'<div class="text" id="text-{index}"><div class="caption">{html.escape(caption(record))}</div>'
                     f'<div class="tokens">{"".join(spans)}</div></div>')
     legend = "".join(f'<span style="background-color: rgb{colour(v, 1.0)}">{v:+.1f}</span>'
@@ -103,7 +111,7 @@ def ansi_line(record):
     """The caption and the text with 24-bit background colours (black letters), for a terminal."""
     scale = text_scale(record)
     out = []
-    for piece, value in pieces(record):
+    for piece, value, _ in pieces(record):
         shown = piece.replace("\n", " ")
         if value is None:
             out.append(shown)

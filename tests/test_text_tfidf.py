@@ -201,8 +201,12 @@ def test_cli_explains_raw_text_with_the_models_tokenizer(tmp_path, corpus):
         assert record["absorbed"] == pytest.approx(bias, rel=1e-5, abs=1e-6)
         assert record["relevance_sum"] + record["absorbed"] == pytest.approx(record["score"], abs=1e-9)
     page = (out / "index.html").read_text(encoding="utf-8")
-    assert page.count('class="t"') == sum(len(r["tokens"]) for r in records)
+    assert page.count('class="t"') + page.count('class="t oov"') == sum(len(r["tokens"]) for r in records)
     assert "brilliant" in page and "xyzzy" in page
+    # words outside the vocabulary are marked as such (dotted underline, said on hover)
+    unknown = sum(len(r["out_of_vocabulary"]) for r in records)
+    assert unknown > 0 and page.count('class="t oov"') == unknown
+    assert '>xyzzy</span>' in page and "xyzzy: R = 0 (not in the model's vocabulary)" in page
 
 
 def test_a_tokenizer_lrptool_cannot_reproduce_is_refused_in_one_line(tmp_path, corpus):
