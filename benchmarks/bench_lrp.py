@@ -9,7 +9,7 @@ setup = building the explainer, for the compiled one its ONNX graph and session)
 the compiled explainer (the default), as the eager walk, and with ``--low-memory``.
 
 Needs torch and zennit (``make reference-deps``). Usage: ``python benchmarks/bench_lrp.py
-[--models vgg16,resnet50] [--batches 1,16] [--repeats 3]``.
+[--models vgg16,resnet50] [--batches 1,16] [--repeats 3] [--tools onnxruntime,lrptool-compiled,…]``.
 """
 
 import argparse
@@ -203,11 +203,17 @@ def main():
     parser.add_argument("--models", default="vgg16,resnet50")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help="comma-separated subset of " + ", ".join(TOOLS) + " (onnxruntime is always measured)")
     parser.add_argument("--worker", nargs=5)
     args = parser.parse_args()
     if args.worker:
         tool, name, batch, repeats, path = args.worker
         return worker(tool, name, int(batch), int(repeats), path)
+    unknown = set(args.tools.split(",")) - set(TOOLS)
+    if unknown:
+        raise SystemExit(f"--tools: unknown {', '.join(sorted(unknown))}; choose from {', '.join(TOOLS)}")
+    tools = [tool for tool in TOOLS if tool == "onnxruntime" or tool in args.tools.split(",")]
     print("EpsilonPlusFlat, 224x224, 2 threads; time per image (median of the runs after the first); "
           "peak = extra resident memory of the explanation")
     with tempfile.TemporaryDirectory() as folder:
@@ -215,16 +221,18 @@ def main():
             path = str(pathlib.Path(folder) / f"{name}.onnx")
             export(name, path)
             for batch in (int(b) for b in args.batches.split(",")):
-                results = {tool: measure(tool, name, batch, args.repeats, path) for tool in TOOLS}
+                results = {tool: measure(tool, name, batch, args.repeats, path) for tool in tools}
                 ort_time = results["onnxruntime"]["seconds"] / batch
-                zennit = results["zennit"]
+                zennit = results.get("zennit")
                 print(f"{name} batch {batch}: onnxruntime forward {ort_time * 1e3:.1f} ms/img", flush=True)
-                for tool in TOOLS[1:]:
+                for tool in tools[1:]:
                     r = results[tool]
                     per_image = r["seconds"] / batch
-                    print(f"  {tool:20s} {per_image * 1e3:8.1f} ms/img  {per_image / ort_time:5.2f}x ort  "
-                          f"{per_image / (zennit['seconds'] / batch):5.2f}x zennit time  "
-                          f"peak {r['peak'] / 2**20:7.0f} MiB ({r['peak'] / max(zennit['peak'], 1):4.2f}x zennit)  "
+                    against = "" if zennit is None else (
+                        f"{per_image / (zennit['seconds'] / batch):5.2f}x zennit time  ")
+                    share = "" if zennit is None else f" ({r['peak'] / max(zennit['peak'], 1):4.2f}x zennit)"
+                    print(f"  {tool:20s} {per_image * 1e3:8.1f} ms/img  {per_image / ort_time:5.2f}x ort  {against}"
+                          f"peak {r['peak'] / 2**20:7.0f} MiB{share}  "
                           f"first call {r['first']:.2f} s, setup {r['setup']:.2f} s", flush=True)
 
 
