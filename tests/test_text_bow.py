@@ -13,10 +13,10 @@ import pytest
 from converters.onnx_reader import read_onnx
 from lrptool.executor import run_graph
 from lrptool.lrp import Explainer
-from text_support import corpus_texts
+from text_support import corpus_texts, scikit_learn_or_skip
 
-sklearn = pytest.importorskip("sklearn", reason="scikit-learn is a test extra (pip install -e '.[test]')")
-skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is a test extra (pip install -e '.[test]')")
+scikit_learn_or_skip("sklearn.feature_extraction.text", "sklearn.linear_model", "sklearn.svm")
+import skl2onnx  # noqa: E402
 from sklearn.feature_extraction.text import CountVectorizer  # noqa: E402
 from sklearn.linear_model import LinearRegression, LogisticRegression  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402

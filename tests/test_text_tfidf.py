@@ -13,10 +13,10 @@ import onnxruntime
 import pytest
 
 import lrptool
-from text_support import corpus_texts
+from text_support import corpus_texts, scikit_learn_or_skip
 
-sklearn = pytest.importorskip("sklearn", reason="scikit-learn is a test extra (pip install -e '.[test]')")
-skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is a test extra (pip install -e '.[test]')")
+scikit_learn_or_skip("sklearn.feature_extraction.text", "sklearn.linear_model", "sklearn.pipeline", "sklearn.svm")
+import skl2onnx  # noqa: E402
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402

@@ -1,7 +1,9 @@
 """Small text models for the tests: ONNX text CNNs made node by node, and the IR graph that holds every
 text operator (the completeness check in test_compiled reads it)."""
 
+import importlib
 import os
+import sys
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -126,3 +128,25 @@ def corpus_texts():
         labels.append(int(label))
     three = np.array([2 if ("cinema" in t or "family" in t) else y for t, y in zip(texts, labels)])
     return texts, np.array(labels), three
+
+
+def scikit_learn_or_skip(*modules):
+    """Import scikit-learn's ``modules`` and skl2onnx (test extras), or skip the test module saying so.
+
+    Where torch is hidden by a None in ``sys.modules`` (the usual way to block an import), scipy's import
+    — which scikit-learn makes — looks up ``torch.Tensor`` on that None and fails; the block is lifted for
+    these imports alone (nothing in them imports torch) and put back."""
+    import pytest
+
+    blocked = "torch" in sys.modules and sys.modules["torch"] is None
+    if blocked:
+        del sys.modules["torch"]
+    try:
+        for name in ("sklearn", *modules, "skl2onnx", "skl2onnx.common.data_types"):
+            importlib.import_module(name)
+    except ImportError as error:
+        pytest.skip(f"scikit-learn and skl2onnx are test extras (pip install -e '.[test]'): {error}",
+                    allow_module_level=True)
+    finally:
+        if blocked and "torch" not in sys.modules:
+            sys.modules["torch"] = None
