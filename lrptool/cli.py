@@ -603,12 +603,9 @@ def report(outdir, title, cmap):
     title = title or f"{os.path.basename(os.path.abspath(outdir))}: lrptool {command}"
     try:
         if kind == "text":
-            from .files import write_atomically
-            from .text_outputs import html_page
+            from .text_runner import write_page as write_text_page
 
-            path = os.path.join(outdir, "index.html")
-            write_atomically(path, html_page([entry["record"] for entry in entries], title).encode("utf-8"),
-                             root=outdir)
+            path = write_text_page(outdir, [entry["record"] for entry in entries], title)
         else:
             path = write_page(outdir, entries, title=title, colormap=cmap, item="file" if kind == "signal" else "image")
     except OSError as error:

@@ -227,6 +227,7 @@ def run_explain_signal(model, inputs, outdir, model_settings, binds, model_outpu
     from .errors import LrpToolError
     from .heatmaps import check_colormap
     from .signal import SignalModel, parse_binds
+    from .text_runner import run_and_report
 
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
     if not wanted or any(f not in FORMATS for f in wanted):
@@ -246,13 +247,7 @@ def run_explain_signal(model, inputs, outdir, model_settings, binds, model_outpu
     say_notes()
     runner = SignalRunner(signal_model, outdir, wanted, frames, chosen_class, rate, clip, colormap, batch_size, resume,
                           channel=channel)
-    try:
-        failures = runner.run(paths)
-    except OSError as error:
-        raise LrpToolError(f"{error.filename or outdir}: cannot write ({error.strerror or error})") from None
-    click.echo(f"lrptool: explained {runner.explained} file(s) into {outdir}"
-               f"{f' ({runner.resumed} resumed)' if runner.resumed else ''}; {len(failures)} failed", err=True)
-    return failures
+    return run_and_report(runner, paths, outdir, "file(s)")
 
 
 def parse_rate(text):

@@ -167,8 +167,7 @@ class TextRunner:
             if self.jsonl is not None:
                 self.jsonl.close()
         if "html" in self.formats:
-            page = html_page([r for line in lines for r in self.records.get(line.key, [])])
-            write_atomically(os.path.join(self.outdir, HTML), page.encode("utf-8"), root=self.outdir)
+            write_page(self.outdir, [r for line in lines for r in self.records.get(line.key, [])])
         return self.failures
 
     def encode(self, lines):
@@ -365,11 +364,28 @@ def run_explain_text(model, input_file, outdir, model_settings, tokenizer, max_l
     say_notes()
     runner = TextRunner(explainer, chosen, outdir, wanted, fixed_target, top_k, label_names, pad, layout, batch_size,
                         resume, max_len=max_len)
+    return run_and_report(runner, lines, outdir, "text(s)")
+
+
+def write_page(outdir, records, title="lrptool explain-text"):
+    """OUTDIR/index.html with ``records`` as coloured word spans, written whole or not at all; its path."""
+    path = os.path.join(outdir, HTML)
+    write_atomically(path, html_page(records, title).encode("utf-8"), root=outdir)
+    return path
+
+
+def run_and_report(runner, items, outdir, unit):
+    """Run ``runner`` (a TextRunner or a SignalRunner) over ``items`` and say what it did on stderr; the
+    failures. A folder that cannot be written to ends the run in one line."""
+    import click
+
+    from .errors import LrpToolError
+
     try:
-        failures = runner.run(lines)
+        failures = runner.run(items)
     except OSError as error:
         raise LrpToolError(f"{error.filename or outdir}: cannot write ({error.strerror or error})") from None
-    click.echo(f"lrptool: explained {runner.explained} text(s) into {outdir}"
+    click.echo(f"lrptool: explained {runner.explained} {unit} into {outdir}"
                f"{f' ({runner.resumed} resumed)' if runner.resumed else ''}; {len(failures)} failed", err=True)
     return failures
 

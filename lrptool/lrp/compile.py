@@ -101,10 +101,7 @@ def rectified_sums(graph, walk):
     the sign-aware y ± ε: the two are equal where y ≥ 0, and where y < 0 the relevance is zero."""
     if walk.mode != "lrp":
         return {}
-    readers = {}
-    for node in graph.nodes:
-        for tensor in node.inputs:
-            readers.setdefault(tensor, []).append(node)
+    readers = graph.consumers()
 
     def in_proportion(node, tensor):
         entry = reverse_of(node)
@@ -303,7 +300,7 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
     element = TensorProto.INT64 if source in canonical.token_inputs() else TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(input_name, element, dims),
               helper.make_tensor_value_info("target", TensorProto.INT64, ["targets"])]
-    described = ", ".join(str(m) if isinstance(m, str) else method_label(m, i) for i, m in enumerate(methods))
+    described = ", ".join(method_label(m, i) for i, m in enumerate(methods))
     model = helper.make_model(helper.make_graph(nodes, f"{canonical.name or 'model'} explained by {described}", inputs,
                                                 outputs, initializer=initializers),
                               opset_imports=[helper.make_opsetid("", 19)], producer_name="lrptool")
