@@ -279,6 +279,39 @@ def test_max_pool_ties_go_to_the_same_winner(architectures):
     np.testing.assert_array_equal(result.relevance != 0, exact.relevance != 0)
 
 
+@pytest.mark.parametrize("name", ["vgg", "resnet"])
+@pytest.mark.parametrize("optimisation", ["ORT_ENABLE_BASIC", "ORT_ENABLE_ALL"])
+def test_forward_only_steps_of_the_rules_run_just_before_they_are_read(tmp_path, architectures, name, optimisation):
+    # z⁺ of a recorded input depends on the forward pass alone; run early, every layer's copy
+    # would stay alive until the reverse walk reached it. In onnxruntime's own execution order
+    # (its profile), with or without its blocked-layout rewrite, a division of relevance runs
+    # between any two such convolutions: each runs when its layer's relevance has arrived
+    model = compile_explainer(architectures[name], "epsilon-plus-flat")
+    produced_by_rules = {t for n in model.graph.node if n.name.startswith("lrp/") for t in n.output}
+    forward_only = {n.name: n.output[0] for n in model.graph.node
+                    if n.name.startswith("lrp/") and n.op_type == "Conv" and n.input[0] not in produced_by_rules}
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, optimisation)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.ones((2, 3, 32, 32), np.float32)})
+    with open(session.end_profiling()) as handle:
+        events = [e for e in json.load(handle) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    events.sort(key=lambda e: e["ts"])
+    steps = []
+    for event in events:
+        ran = event["name"][:-len("_kernel_time")]
+        if event["args"]["op_name"] == "Div" and ran.startswith("lrp/"):
+            steps.append("divide")
+        elif any(ran == node or ran.startswith(output + "_nchwc") for node, output in forward_only.items()):
+            steps.append("z+")
+    assert steps.count("z+") >= 2
+    assert "z+ z+" not in " ".join(steps)
+    assert steps[0] == "divide"
+
+
 # -- the model on its own --------------------------------------------------------------------------
 
 def test_the_compiled_model_runs_in_plain_onnxruntime_without_lrptool(tmp_path, architectures):
