@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 
@@ -240,6 +241,29 @@ def test_residual_sums_divide_by_their_relu_only_where_relevance_vanishes_below_
     pooled = next(n.inputs[0] for n in canonical.nodes if n.op == "GlobalAveragePool")
     assert found[str(flat_pool)] == {y: r for y, r in found["epsilon-plus-flat"].items() if r != pooled}
     assert len(found[str(flat_pool)]) == 1
+
+
+def test_pointwise_convolutions_run_as_matrix_products_with_the_stabiliser_in_their_bias(architectures):
+    # a 1×1 convolution of the rules is one MatMul over the channels; z⁺ + ε of such a layer is
+    # that product plus one column b⁺ + ε, with no separate addition of ε
+    graph = architectures["resnet"]
+    canonical, _ = canonize(graph)
+    pointwise = [n for n in canonical.nodes if n.op == "Conv" and n.params["weight"].shape[2:] == (1, 1)
+                 and tuple(n.attrs["strides"]) == (1, 1)]
+    model = compile_explainer(graph, "epsilon-plus-flat", epsilon=1e-6)
+    constants = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in pointwise:
+        column = (np.maximum(node.params["bias"], 0).astype(np.float64) + 1e-6).astype(np.float32).reshape(-1, 1)
+        assert any(c.shape == column.shape and np.array_equal(c, column) for c in constants), node.name
+    scalars = {t.name for t in model.graph.initializer if len(t.dims) == 0}
+    for node in model.graph.node:
+        if node.op_type == "Add" and node.input[1] in scalars and node.input[0] in producers:
+            reshape = producers[node.input[0]]
+            assert not (reshape.op_type == "Reshape" and producers[reshape.input[0]].op_type == "Add"
+                        and producers[producers[reshape.input[0]].input[0]].op_type == "MatMul")
+    assert sum(n.op_type == "MatMul" for n in model.graph.node) >= 2 * len(pointwise)
+    compare(graph, np.random.default_rng(8).uniform(-1, 1, size=(2, 3, 32, 32)), "epsilon-plus-flat")
 
 
 def test_residual_summands_read_as_relu_minus_the_other_only_where_nothing_else_reads_them(architectures):

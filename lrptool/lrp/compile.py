@@ -248,7 +248,7 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
             relevance = ops.mul(relevance, values[source])
         relevances.append(relevance)
 
-    nodes = list(forward.graph.node) + late_first(emit.nodes, {"target"})
+    nodes = list(forward.graph.node) + late_first(fold_shifts(emit, set(labels)), {"target"})
     initializers = list(forward.graph.initializer) + emit.initializers
     # the model's own tensors give way to the explainer's interface names
     model_names = {t for n in forward.graph.node for t in list(n.input) + list(n.output)}
@@ -309,6 +309,52 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
     if external is None:
         onnx.checker.check_model(model)
     return model
+
+
+def fold_shifts(emit, kept):
+    """The emitted nodes, with a constant shift (a stabiliser's + ε) taken into the bias of the
+    matrix product (a 1×1 convolution's) whose output it alone reads: one element-wise pass fewer
+    per such layer. ``kept``: tensors that must stay as they are (the model's outputs).
+
+    A convolution keeps its separate addition: in onnxruntime's blocked layout the convolution
+    becomes a new node, and the division would then read two new nodes, whose order no longer
+    says which one runs first (see late_first); the addition, an original node, keeps z⁺ late."""
+    nodes = emit.nodes
+    producer = {t: node for node in nodes for t in node.output}
+    readers = {}
+    for node in nodes:
+        for t in node.input:
+            readers[t] = readers.get(t, 0) + 1
+    values = {tensor.name: tensor for tensor in emit.initializers}
+
+    def constant(name):
+        if name not in values:
+            return None
+        if emit.external is not None and name in emit.external:
+            return emit.external[name]
+        return onnx.numpy_helper.to_array(values[name])
+
+    def alone(t):
+        return readers.get(t) == 1 and t not in kept and t in producer
+
+    removed = set()
+    for node in nodes:
+        if node.op_type != "Add" or not node.name.startswith("lrp/"):
+            continue
+        shift = constant(node.input[1])
+        if shift is None or shift.size != 1 or not alone(node.input[0]):
+            continue
+        source = producer[node.input[0]]
+        if source.op_type != "Reshape" or not alone(source.input[0]):
+            continue
+        target = producer[source.input[0]]
+        if target.op_type != "Add" or producer[target.input[0]].op_type != "MatMul" or constant(target.input[1]) is None:
+            continue
+        target.input[1] = emit.constant(constant(target.input[1]).astype(np.float64) + float(shift.reshape(())),
+                                        key=("shifted", target.input[1], float(shift.reshape(()))))
+        source.output[0] = node.output[0]   # the shifted tensor is what the Add made
+        removed.add(id(node))
+    return [node for node in nodes if id(node) not in removed]
 
 
 def late_first(nodes, sources):

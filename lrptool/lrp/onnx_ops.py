@@ -558,16 +558,48 @@ class ConvEmitter(EmittingAdapter):
                 "group": a["group"]}
 
     def emit_forward(self, x, mode, bias_mode, gamma):
+        nonnegative = x.nonnegative and mode in ("pos", "ones", "square") and bias_mode in (None, "pos", "square")
+        if self.pointwise():
+            return Sym(self.pointwise_product(x, mode, gamma, bias_mode), self.out_shape(), nonnegative)
         inputs = [self.ops.name(x), self.weight("weight", mode, gamma)]
         bias = self.bias(bias_mode, gamma)
         if bias is not None:
             inputs.append(bias)
-        return Sym(self.emit.node("Conv", inputs, self.attrs()), self.out_shape(),
-                   x.nonnegative and mode in ("pos", "ones", "square") and bias_mode in (None, "pos", "square"))
+        return Sym(self.emit.node("Conv", inputs, self.attrs()), self.out_shape(), nonnegative)
+
+    def pointwise(self):
+        """Whether this is a 1×1 convolution of stride 1 without padding or groups over a known
+        spatial size: a matrix product over the channels at every position."""
+        a = self.node.attrs
+        weight = self.node.params["weight"]
+        return (POINTWISE_PRODUCTS and a["group"] == 1 and all(k == 1 for k in weight.shape[2:])
+                and all(v == 1 for v in a["strides"]) and not any(a["pads"])
+                and all(isinstance(d, int) for d in self.input_shape[2:]))
+
+    def pointwise_product(self, x, mode, gamma, bias_mode=None, transposed=False):
+        """The 1×1 convolution (or its transpose) as one MatMul of the (C_out, C_in) weights with
+        x viewed as (N, C_in, positions): onnxruntime runs it in the plain layout, so the reverse
+        walk's divisions and products around it need no layout changes."""
+        weight = self.node.params["weight"]
+        matrix = modify(weight.astype(np.float64), mode, gamma).reshape(weight.shape[:2])
+        key = (self.node.name, "weight", mode, gamma, "matrix")
+        if transposed:
+            matrix, key = matrix.T, key + ("T",)
+        emit = self.emit
+        rows = emit.node("Reshape", [self.ops.name(x), emit.ints([0, matrix.shape[1], -1])])
+        product = emit.node("MatMul", [emit.constant(matrix, key=key), rows])
+        if bias_mode is not None and "bias" in self.node.params:
+            bias = modify(self.node.params["bias"].astype(np.float64), bias_mode, gamma).reshape(-1, 1)
+            product = emit.node("Add", [product, emit.constant(bias, key=(self.node.name, "bias", bias_mode, gamma,
+                                                                          "column"))])
+        shape = self.input_shape if transposed else self.out_shape()
+        return emit.node("Reshape", [product, emit.ints([0] + [int(d) for d in shape[1:]])])
 
     def transpose(self, s, mode, gamma=0.0):
         if mode == "ones":
             return self.transpose_of_ones(s)
+        if self.pointwise():
+            return Sym(self.pointwise_product(s, mode, gamma, transposed=True), (s.shape[0],) + self.input_shape[1:])
         flipped = self.as_flipped_convolution(s, mode, gamma)
         if flipped is not None:
             return flipped
@@ -650,6 +682,9 @@ class ConvEmitter(EmittingAdapter):
 #: Whether stride-1 transposes run as convolutions with flipped kernels (an extra copy of those
 #: kernels for speed); LRPTOOL_FLIPPED_TRANSPOSE=0 turns it off, for measuring.
 FLIPPED_TRANSPOSE = os.environ.get("LRPTOOL_FLIPPED_TRANSPOSE", "1") != "0"
+#: Whether 1×1 convolutions of the rules run as MatMul (LRPTOOL_POINTWISE_PRODUCTS=0 turns it off,
+#: for measuring).
+POINTWISE_PRODUCTS = os.environ.get("LRPTOOL_POINTWISE_PRODUCTS", "1") != "0"
 
 
 class ConvTransposeEmitter(ConvEmitter):
