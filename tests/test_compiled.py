@@ -266,6 +266,24 @@ def test_pointwise_convolutions_run_as_matrix_products_with_the_stabiliser_in_th
     compare(graph, np.random.default_rng(8).uniform(-1, 1, size=(2, 3, 32, 32)), "epsilon-plus-flat")
 
 
+def test_relevance_meeting_at_a_residual_input_is_one_product_with_it(architectures):
+    # x ⊙ s (the sum's share) + x ⊙ c (the convolution's) is emitted as x ⊙ (s + c), and where the
+    # sum before x divides it by x + ε, as (s + c) ⊙ x/(x + ε)
+    graph = architectures["resnet"]
+    canonical, _ = canonize(graph)
+    readers = {}
+    for node in canonical.nodes:
+        for t in node.inputs:
+            readers.setdefault(t, []).append(node.op)
+    junctions = [t for t, ops in readers.items() if "Add" in ops and "Conv" in ops]
+    assert junctions
+    model = compile_explainer(graph, "epsilon-plus-flat")
+    for t in junctions:
+        products = [n for n in model.graph.node if n.op_type == "Mul" and t in n.input]
+        assert len(products) <= 1, t
+    compare(graph, np.random.default_rng(9).uniform(-1, 1, size=(2, 3, 32, 32)), "epsilon-plus-flat")
+
+
 def test_residual_summands_read_as_relu_minus_the_other_only_where_nothing_else_reads_them(architectures):
     # a ⊙ s at a rectified sum reads a as ReLU(y) − b when only the split reads the convolution's
     # output a, so the forward pass keeps convolution + sum + ReLU fused; the γ rule reads that

@@ -194,6 +194,8 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
     ops.sums = node_sums
     positive = nonnegative_tensors(canonical)
     values = {t: Sym(t, shape, t in positive) for t, shape in canonical.shapes.items()}
+    for value in values.values():
+        value.recorded = True
     (source,) = canonical.inputs
     (output,) = canonical.outputs
     out_shape = canonical.shapes[output]
@@ -234,6 +236,7 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
         walk_values = values.copy()
         for y, x in rectified_sums(canonical, walk).items():
             walk_values[y] = Sym(values[y].name, values[y].shape, values[y].nonnegative)
+            walk_values[y].recorded = True
             walk_values[y].rectified = values[x]
             summands = fusable_summand(canonical, walk, y)
             if summands is not None:
@@ -246,7 +249,13 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
             relevance = ops.mul(relevance, relevance)
         elif method == "gradient-x-input":
             relevance = ops.mul(relevance, values[source])
+        ops.name(relevance)   # a product still to be emitted is emitted now, before the nodes are listed
         relevances.append(relevance)
+    if node_sums:
+        sums = [("relevance_start", report.start)]
+        for entry in report.nodes:
+            sums += [(f"relevance_out/{entry.node}", entry.relevance_out), (f"relevance_in/{entry.node}", entry.relevance_in)]
+        sums = [(name, ops.name(value)) for name, value in sums if isinstance(value, Sym)]
 
     nodes = list(forward.graph.node) + late_first(fold_shifts(emit, set(labels)), {"target"})
     initializers = list(forward.graph.initializer) + emit.initializers
@@ -280,13 +289,9 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
         final(ops.name(relevance), label)
         outputs.insert(len(outputs) - 1, helper.make_tensor_value_info(label, TensorProto.FLOAT, dims))
     if node_sums:
-        sums = [("relevance_start", report.start)]
-        for entry in report.nodes:
-            sums += [(f"relevance_out/{entry.node}", entry.relevance_out), (f"relevance_in/{entry.node}", entry.relevance_in)]
         for name, value in sums:
-            if isinstance(value, Sym):
-                final(ops.name(value), name)
-                outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
+            final(value, name)
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
     default = -1 if target is None else int(target)
     if not -1 <= default < classes:
         raise LrpToolError(f"target {default}: the model has {classes} outputs (0–{classes - 1})")
@@ -395,6 +400,7 @@ class Tiled(dict):
                 repeats = self.emit.node("Concat", [self.rows, self.emit.ints([1] * (len(base.shape) - 1))],
                                          {"axis": 0})
             self.tiled[name] = Sym(self.emit.node("Tile", [base.name, repeats]), base.shape, base.nonnegative)
+            self.tiled[name].recorded = True
         return self.tiled[name]
 
     def copy(self):

@@ -30,6 +30,9 @@ class Sym:
         self.zero = zero            # known to be all zeros
         self.rectified = None       # ReLU(self), where the relevance divided by self vanishes wherever that is 0
         self.difference = None      # (p, q): emitted as p − q when first named (see compile.fusable_summand)
+        self.factors = None         # (x, t): x ⊙ t, emitted when first named (see OnnxOps.mul)
+        self.recorded = False       # a tensor of the forward pass
+        self.shifted = None         # x, where this is x + ε (a rectified sum's stabilised denominator)
 
     @property
     def ndim(self):
@@ -117,6 +120,8 @@ class OnnxOps:
             x.name = self.emit.node("ConstantOfShape", [self.emit.ints([1] + [d for d in x.shape[1:]])])
         if x.difference is not None and x.name is None:
             x.name = self.emit.node("Sub", [self.name(p) for p in x.difference])
+        if x.factors is not None and x.name is None:
+            x.name = self.emit.node("Mul", [self.name(p) for p in x.factors])
         return x.name
 
     def sym(self, name, shape, nonnegative=False):
@@ -167,15 +172,39 @@ class OnnxOps:
         return x.zero
 
     def add(self, a, b):
+        if self.same_factor(a, b):  # x ⊙ t + x ⊙ u = x ⊙ (t + u): one product instead of two
+            return self.factored(a.factors[0], self.add(a.factors[1], b.factors[1]))
         return self.binary("Add", a, b, np.add, a.nonnegative and b.nonnegative)
+
+    @staticmethod
+    def same_factor(a, b):
+        return (a.factors is not None and b.factors is not None and a.name is None and b.name is None
+                and a.factors[0].name == b.factors[0].name and a.factors[0].name is not None)
+
+    def factored(self, x, t):
+        product = Sym(None, x.shape, x.nonnegative and t.nonnegative)
+        product.factors = (x, t)
+        return product
 
     def sub(self, a, b):
         return self.binary("Sub", a, b, np.subtract)
 
     def mul(self, a, b):
+        """a ⊙ b; the product of a forward tensor x and a tensor t of its shape stays x ⊙ t until
+        it is named, so that products of x summed at x (a residual block's input, read by its
+        convolution and by the sum) add their t first, and a division by x + ε reads t and x/(x + ε)."""
+        for x, t in ((a, b), (b, a)):
+            if (x.recorded and not t.recorded and x.name is not None and t.value is None and not t.zero
+                    and tuple(x.shape) == tuple(t.shape)):
+                return self.factored(x, t)
         return self.binary("Mul", a, b, np.multiply, a.nonnegative and b.nonnegative)
 
     def div(self, a, b):
+        if (a.factors is not None and a.name is None and b.shifted is not None
+                and b.shifted.name == a.factors[0].name and tuple(a.shape) == tuple(b.shape)):
+            # (x ⊙ t) / (x + ε) = t ⊙ x/(x + ε): the ratio depends on the forward pass alone
+            x, t = a.factors
+            return self.binary("Mul", t, self.binary("Div", x, b, np.divide, True), np.multiply)
         return self.binary("Div", a, b, np.divide)
 
     def scale(self, a, factor):
@@ -190,7 +219,9 @@ class OnnxOps:
             shift = np.float32(epsilon)
             return self.known(z.value + np.where(z.value >= 0, shift, -shift))
         if z.rectified is not None:  # see compile.rectified_sums: ReLU(z) + ε serves, and is never below zero
-            return Sym(self.emit.node("Add", [self.name(z.rectified), self.emit.scalar(epsilon)]), z.shape, True)
+            shifted = Sym(self.emit.node("Add", [self.name(z.rectified), self.emit.scalar(epsilon)]), z.shape, True)
+            shifted.shifted = z.rectified
+            return shifted
         name = self.name(z)
         if z.nonnegative:  # z⁺ denominators: sign(z) is +1 everywhere, one addition does
             return Sym(self.emit.node("Add", [name, self.emit.scalar(epsilon)]), z.shape, True)
@@ -218,6 +249,8 @@ class OnnxOps:
 
     def unbroadcast(self, x, shape):
         """Sum ``x`` down to ``shape`` (the adjoint of broadcasting)."""
+        if tuple(x.shape) == tuple(shape) and x.factors is not None and x.name is None:
+            return x   # nothing to sum: the product stays factored
         name, have = self.name(x), tuple(x.shape)
         if len(have) > len(shape):
             lead = list(range(len(have) - len(shape)))
