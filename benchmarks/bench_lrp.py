@@ -205,6 +205,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tools", default=",".join(TOOLS),
                         help="comma-separated subset of " + ", ".join(TOOLS) + " (onnxruntime is always measured)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every tool this many times, each in a fresh process, the tools taking "
+                             "turns; report the fastest round (and the median peak) — on a machine whose speed "
+                             "drifts, this keeps the drift out of the ratios")
     parser.add_argument("--worker", nargs=5)
     args = parser.parse_args()
     if args.worker:
@@ -214,14 +218,17 @@ def main():
     if unknown:
         raise SystemExit(f"--tools: unknown {', '.join(sorted(unknown))}; choose from {', '.join(TOOLS)}")
     tools = [tool for tool in TOOLS if tool == "onnxruntime" or tool in args.tools.split(",")]
-    print("EpsilonPlusFlat, 224x224, 2 threads; time per image (median of the runs after the first); "
+    print("EpsilonPlusFlat, 224x224, 2 threads; time per image (median of the runs after the first"
+          + (f", fastest of {args.rounds} rounds" if args.rounds > 1 else "") + "); "
           "peak = extra resident memory of the explanation")
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
             path = str(pathlib.Path(folder) / f"{name}.onnx")
             export(name, path)
             for batch in (int(b) for b in args.batches.split(",")):
-                results = {tool: measure(tool, name, batch, args.repeats, path) for tool in tools}
+                rounds = [{tool: measure(tool, name, batch, args.repeats, path) for tool in tools}
+                          for _ in range(max(args.rounds, 1))]
+                results = {tool: fastest_round([r[tool] for r in rounds]) for tool in tools}
                 ort_time = results["onnxruntime"]["seconds"] / batch
                 zennit = results.get("zennit")
                 print(f"{name} batch {batch}: onnxruntime forward {ort_time * 1e3:.1f} ms/img", flush=True)
@@ -234,6 +241,13 @@ def main():
                     print(f"  {tool:20s} {per_image * 1e3:8.1f} ms/img  {per_image / ort_time:5.2f}x ort  {against}"
                           f"peak {r['peak'] / 2**20:7.0f} MiB{share}  "
                           f"first call {r['first']:.2f} s, setup {r['setup']:.2f} s", flush=True)
+
+
+def fastest_round(measured):
+    """One tool's rounds: the fastest time, the median of the peaks and one-time costs."""
+    middle = lambda key: statistics.median(m[key] for m in measured)  # noqa: E731
+    return {"seconds": min(m["seconds"] for m in measured), "peak": middle("peak"), "first": middle("first"),
+            "setup": middle("setup")}
 
 
 TOOLS = ("onnxruntime", "zennit", "lrptool-compiled", "lrptool-eager", "lrptool-low-memory")
