@@ -224,7 +224,7 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
     one_hot = emit.node("ScatterElements", [zeros, emit.node("Unsqueeze", [chosen, emit.ints([1])]), ones],
                         {"axis": 1})
     seeds = {}
-    relevances, report = [], None
+    relevances, report, sums = [], None, []
     for method, walk in zip(methods, walks):
         origin = start or default_start(method, is_gradient(method))
         if origin not in seeds:
@@ -256,8 +256,9 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
         for entry in report.nodes:
             sums += [(f"relevance_out/{entry.node}", entry.relevance_out), (f"relevance_in/{entry.node}", entry.relevance_in)]
         sums = [(name, ops.name(value)) for name, value in sums if isinstance(value, Sym)]
+    read_at_the_end = {ops.name(r) for r in relevances} | {name for _, name in sums} | {output, chosen}
 
-    nodes = list(forward.graph.node) + late_first(fold_shifts(emit, set(labels)), {"target"})
+    nodes = list(forward.graph.node) + late_first(fold_shifts(emit, read_at_the_end), {"target"})
     initializers = list(forward.graph.initializer) + emit.initializers
     # the model's own tensors give way to the explainer's interface names
     model_names = {t for n in forward.graph.node for t in list(n.input) + list(n.output)}
