@@ -9,7 +9,8 @@ setup = building the explainer, for the compiled one its ONNX graph and session)
 the compiled explainer (the default), as the eager walk, and with ``--low-memory``.
 
 Needs torch and zennit (``make reference-deps``). Usage: ``python benchmarks/bench_lrp.py
-[--models vgg16,resnet50] [--batches 1,16] [--repeats 3] [--tools onnxruntime,lrptool-compiled,…]``.
+[--models vgg16,resnet50] [--batches 1,16] [--repeats 3] [--tools onnxruntime,lrptool-compiled,…]
+[--rounds K]``.
 """
 
 import argparse

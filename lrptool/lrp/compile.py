@@ -350,14 +350,15 @@ def fold_shifts(emit, kept):
         shift = constant(node.input[1])
         if shift is None or shift.size != 1 or not alone(node.input[0]):
             continue
+        shift = float(shift.reshape(()))
         source = producer[node.input[0]]
         if source.op_type != "Reshape" or not alone(source.input[0]):
             continue
         target = producer[source.input[0]]
         if target.op_type != "Add" or producer[target.input[0]].op_type != "MatMul" or constant(target.input[1]) is None:
             continue
-        target.input[1] = emit.constant(constant(target.input[1]).astype(np.float64) + float(shift.reshape(())),
-                                        key=("shifted", target.input[1], float(shift.reshape(()))))
+        target.input[1] = emit.constant(constant(target.input[1]).astype(np.float64) + shift,
+                                        key=("shifted", target.input[1], shift))
         source.output[0] = node.output[0]   # the shifted tensor is what the Add made
         removed.add(id(node))
     return [node for node in nodes if id(node) not in removed]
