@@ -8,12 +8,20 @@ onnxruntime's forward pass and to Zennit, the peak memory, and the one-time cost
 setup = building the explainer, for the compiled one its ONNX graph and session). lrptool runs as
 the compiled explainer (the default), as the eager walk, and with ``--low-memory``.
 
+``--profile`` adds, for onnxruntime's forward pass and the compiled explainer, where their time goes:
+onnxruntime's per-node kernel times (``enable_profiling``) summed by kind — the forward pass's
+convolutions, the rules' convolutions, matrix products and transposed convolutions, each element-wise
+operator of the rules, the blocked-layout changes — per image, as the median over the runs after the
+first, and as a multiple of the forward pass's own kernel time (profiling makes every run a little
+slower; the times printed then include it).
+
 Needs torch and zennit (``make reference-deps``). Usage: ``python benchmarks/bench_lrp.py
 [--models vgg16,resnet50] [--batches 1,16] [--repeats 3] [--tools onnxruntime,lrptool-compiled,…]
-[--rounds K]``.
+[--rounds K] [--profile]``.
 """
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -136,13 +144,17 @@ def export(name, path):
 
 # -- one measurement per process -------------------------------------------------------------------
 
-def worker(tool, name, batch, repeats, onnx_path):
+def worker(tool, name, batch, repeats, onnx_path, profile=False):
     import numpy as np
     x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
+    profiles = tempfile.mkdtemp(prefix="bench-profile-") if profile else None
     if tool == "onnxruntime":
         import onnxruntime
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 2
+        if profiles:
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(profiles, "forward")
         session = onnxruntime.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         run = lambda: session.run(None, {"x": x})  # noqa: E731
     elif tool == "zennit":
@@ -168,6 +180,8 @@ def worker(tool, name, batch, repeats, onnx_path):
         from lrptool.lrp import Explainer
         graph = load_model(onnx_path)
         low = tool == "lrptool-low-memory"
+        if profiles and tool == "lrptool-compiled":
+            os.environ["LRPTOOL_ORT_PROFILE"] = os.path.join(profiles, "explainer")
         setup = time.perf_counter()
         explainer = Explainer(graph, "epsilon-plus-flat", quiet=True, primitives="numpy" if low else "onnxruntime",
                               forward_backend="lrptool" if low else "auto", compiled=tool == "lrptool-compiled")
@@ -187,12 +201,60 @@ def worker(tool, name, batch, repeats, onnx_path):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": statistics.median(times), "first": first, "peak": peak, "setup": setup}))
+    result = {"seconds": statistics.median(times), "first": first, "peak": peak, "setup": setup}
+    if profiles and tool in ("onnxruntime", "lrptool-compiled"):
+        profiled = session if tool == "onnxruntime" else locals()["explainer"].compiled.session
+        result["profile"] = profile_breakdown(profiled.end_profiling(), batch)
+    print(json.dumps(result))
 
 
-def measure(tool, name, batch, repeats, onnx_path):
+def profile_category(event):
+    """The kind of work one kernel of onnxruntime's profile did. The compiled explainer names the
+    nodes of its reverse walk ``lrp/…``; onnxruntime names a node it rewrites after its output."""
+    op = event["args"]["op_name"]
+    node = event["name"][:-len("_kernel_time")]
+    if op.startswith("Reorder"):
+        return "layout changes"
+    if not node.startswith("lrp/"):
+        return "forward: convolutions" if op in ("Conv", "FusedConv") else "forward: other"
+    kinds = {"Conv": "convolutions", "FusedConv": "convolutions", "MatMul": "matrix products",
+             "Gemm": "matrix products", "ConvTranspose": "transposed convolutions"}
+    return "rules: " + kinds.get(op, op)
+
+
+def profile_breakdown(path, batch):
+    """onnxruntime's profile → {kind: milliseconds per image}: each run's kernel times summed by
+    kind, the median over the runs after the first; "kernels" is their sum, "run" the whole call."""
+    with open(path) as handle:
+        events = json.load(handle)
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    per_run = []
+    for run in runs[1:] or runs:
+        totals = collections.Counter()
+        for event in kernels:
+            if run["ts"] <= event["ts"] <= run["ts"] + run["dur"]:
+                totals[profile_category(event)] += event["dur"]
+        totals["kernels"] = sum(totals.values())
+        totals["run"] = run["dur"]
+        per_run.append(totals)
+    kinds = set().union(*per_run)
+    return {kind: statistics.median(t[kind] for t in per_run) / 1e3 / batch for kind in kinds}
+
+
+def print_profile(profile, forward):
+    """The explainer's (or the forward pass's) kernel time by kind, largest first, with multiples
+    of the forward pass's kernel time per image."""
+    print("    where the time goes (kernel ms/img, × forward kernels):")
+    for kind, ms in sorted(profile.items(), key=lambda kv: -kv[1]):
+        if kind != "run" and ms >= 0.005 * profile["kernels"]:
+            print(f"      {kind:34s} {ms:8.1f}  {ms / forward:5.2f}x")
+
+
+def measure(tool, name, batch, repeats, onnx_path, profile=False):
     env = dict(os.environ, OMP_NUM_THREADS="2", NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    result = subprocess.run([sys.executable, __file__, "--worker", tool, name, str(batch), str(repeats), onnx_path],
+    result = subprocess.run([sys.executable, __file__, "--worker", tool, name, str(batch), str(repeats), onnx_path]
+                            + (["--profile"] if profile else []),
                             capture_output=True, text=True, env=env)
     if result.returncode:
         raise SystemExit(f"{tool} on {name} failed:\n{result.stderr}")
@@ -210,11 +272,14 @@ def main():
                         help="measure every tool this many times, each in a fresh process, the tools taking "
                              "turns; report the fastest round (and the median peak) — on a machine whose speed "
                              "drifts, this keeps the drift out of the ratios")
+    parser.add_argument("--profile", action="store_true",
+                        help="also show where the forward pass's and the compiled explainer's time goes "
+                             "(onnxruntime's per-node profile, summed by kind)")
     parser.add_argument("--worker", nargs=5)
     args = parser.parse_args()
     if args.worker:
         tool, name, batch, repeats, path = args.worker
-        return worker(tool, name, int(batch), int(repeats), path)
+        return worker(tool, name, int(batch), int(repeats), path, args.profile)
     unknown = set(args.tools.split(",")) - set(TOOLS)
     if unknown:
         raise SystemExit(f"--tools: unknown {', '.join(sorted(unknown))}; choose from {', '.join(TOOLS)}")
@@ -227,12 +292,15 @@ def main():
             path = str(pathlib.Path(folder) / f"{name}.onnx")
             export(name, path)
             for batch in (int(b) for b in args.batches.split(",")):
-                rounds = [{tool: measure(tool, name, batch, args.repeats, path) for tool in tools}
+                rounds = [{tool: measure(tool, name, batch, args.repeats, path, args.profile) for tool in tools}
                           for _ in range(max(args.rounds, 1))]
                 results = {tool: fastest_round([r[tool] for r in rounds]) for tool in tools}
                 ort_time = results["onnxruntime"]["seconds"] / batch
                 zennit = results.get("zennit")
                 print(f"{name} batch {batch}: onnxruntime forward {ort_time * 1e3:.1f} ms/img", flush=True)
+                forward_profile = results["onnxruntime"].get("profile")
+                if forward_profile:
+                    print_profile(forward_profile, forward_profile["kernels"])
                 for tool in tools[1:]:
                     r = results[tool]
                     per_image = r["seconds"] / batch
@@ -242,13 +310,19 @@ def main():
                     print(f"  {tool:20s} {per_image * 1e3:8.1f} ms/img  {per_image / ort_time:5.2f}x ort  {against}"
                           f"peak {r['peak'] / 2**20:7.0f} MiB{share}  "
                           f"first call {r['first']:.2f} s, setup {r['setup']:.2f} s", flush=True)
+                    if r.get("profile") and forward_profile:
+                        print_profile(r["profile"], forward_profile["kernels"])
 
 
 def fastest_round(measured):
-    """One tool's rounds: the fastest time, the median of the peaks and one-time costs."""
+    """One tool's rounds: the fastest time (with that round's profile, if any), the median of the
+    peaks and one-time costs."""
     middle = lambda key: statistics.median(m[key] for m in measured)  # noqa: E731
-    return {"seconds": min(m["seconds"] for m in measured), "peak": middle("peak"), "first": middle("first"),
-            "setup": middle("setup")}
+    fastest = min(measured, key=lambda m: m["seconds"])
+    result = {"seconds": fastest["seconds"], "peak": middle("peak"), "first": middle("first"), "setup": middle("setup")}
+    if "profile" in fastest:
+        result["profile"] = fastest["profile"]
+    return result
 
 
 TOOLS = ("onnxruntime", "zennit", "lrptool-compiled", "lrptool-eager", "lrptool-low-memory")

@@ -10,6 +10,8 @@ any execution provider, with nothing of lrptool installed. The reverse walk is t
 operator serve both.
 """
 
+import os
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -510,6 +512,10 @@ class CompiledSession:
             options.add_session_config_entry("session.use_env_allocators", "1")
         if threads:
             options.intra_op_num_threads = threads
+        profile = os.environ.get("LRPTOOL_ORT_PROFILE")
+        if profile:  # onnxruntime's per-node times, written to PREFIX_<date>.json by session.end_profiling()
+            options.enable_profiling = True
+            options.profile_file_prefix = profile
         self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,
                                                     providers=resolve_providers(providers))
         self.outputs = [o.name for o in self.session.get_outputs()]
