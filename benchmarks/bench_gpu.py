@@ -2,10 +2,18 @@
 
 VGG-16 and ResNet-50 with random weights (the builders of bench_lrp.py), EpsilonPlusFlat, batch
 1, 16 and 64. Prints the time per image of onnxruntime's forward pass, the compiled explainer and
-Zennit, all on the GPU, and their ratios. Needs onnxruntime-gpu, torch with CUDA and zennit; where
-any of them or a GPU is missing it says which and exits with status 0.
+Zennit, all on the GPU, and their ratios. Both explanations are timed from a batch in host memory
+to relevance in host memory (the compiled explainer takes and gives NumPy arrays). Each row also
+says how far the two explanations agree (relative L2 distance of the relevance) and on which
+providers onnxruntime ran the compiled graph's nodes: a node the CUDA provider lacks falls back to
+the CPU, which the row then names.
 
-Usage: ``python benchmarks/bench_gpu.py [--models vgg16,resnet50] [--batches 1,16,64] [--repeats 5]``.
+Needs onnxruntime-gpu, torch with CUDA and zennit; where any of them or a GPU is missing it says
+which and exits with status 0. ``--device cpu`` runs the same comparison on the CPU (onnxruntime's
+CPU provider, torch on the CPU): a rehearsal of the script on a machine without a GPU.
+
+Usage: ``python benchmarks/bench_gpu.py [--models vgg16,resnet50] [--batches 1,16,64] [--repeats 5]
+[--device cuda|cpu]``.
 """
 
 import argparse
@@ -16,27 +24,47 @@ import tempfile
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))
 
 
-def missing():
-    """Why this machine cannot run the comparison, or None."""
+def missing(device):
+    """Why this machine cannot run the comparison on ``device``, or None."""
     try:
         import onnxruntime
     except ImportError:
         return "onnxruntime is not installed"
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+    if device == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         return "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu on a machine with a GPU)"
     try:
         import torch
     except ImportError:
         return "torch is not installed"
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         return "torch sees no CUDA device"
     try:
+        from torch_support import ensure_torchvision
+        ensure_torchvision()  # zennit imports torchvision; a stand-in serves where it is missing
         import zennit  # noqa: F401
     except ImportError as error:
         return f"zennit cannot be imported ({error})"
     return None
+
+
+def placement(profile_path):
+    """{provider: number of kernels} and the operator types run on the CPU, from one profiled run."""
+    import collections
+    import json
+    with open(profile_path) as handle:
+        events = [e for e in json.load(handle) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    providers = collections.Counter(e["args"].get("provider", "?") for e in events)
+    on_cpu = sorted({e["args"]["op_name"] for e in events if e["args"].get("provider") == "CPUExecutionProvider"})
+    return providers, on_cpu
+
+
+def relative_l2(a, b):
+    import numpy as np
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
 def main():
@@ -44,11 +72,15 @@ def main():
     parser.add_argument("--models", default="vgg16,resnet50")
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: the same comparison on the CPU, to rehearse the script without a GPU")
     args = parser.parse_args()
-    reason = missing()
+    reason = missing(args.device)
     if reason:
         print(f"bench_gpu: nothing to measure: {reason}")
         return 0
+
+    import os
 
     import numpy as np
     import onnxruntime
@@ -64,21 +96,27 @@ def main():
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonPlusFlat
 
-    device = torch.device("cuda")
-    print("EpsilonPlusFlat, 224x224, on the GPU; ms per image (median)")
+    device = torch.device(args.device)
+    provider = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}[args.device]
+    print(f"EpsilonPlusFlat, 224x224, on the {'GPU' if args.device == 'cuda' else 'CPU'}; ms per image (median)")
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
             path = str(pathlib.Path(folder) / f"{name}.onnx")
             export(name, path)
-            forward = onnxruntime.InferenceSession(path, providers=["CUDAExecutionProvider"])
-            explainer = Explainer(load_model(path), "epsilon-plus-flat", quiet=True, compiled=True,
-                                  providers=["cuda"])
+            forward = onnxruntime.InferenceSession(path, providers=[provider])
             model = fold_batchnorm(build(name)).to(device)
             for batch in (int(b) for b in args.batches.split(",")):
                 x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
-                tensor = torch.from_numpy(x).to(device)
+                # a session per batch size, its first run profiled: where onnxruntime placed each node
+                os.environ["LRPTOOL_ORT_PROFILE"] = str(pathlib.Path(folder) / f"{name}-{batch}")
+                explainer = Explainer(load_model(path), "epsilon-plus-flat", quiet=True, compiled=True,
+                                      providers=[args.device])
+                relevance = explainer.explain(x).relevance
+                del os.environ["LRPTOOL_ORT_PROFILE"]
+                providers, on_cpu = placement(explainer.compiled.session.end_profiling())
 
                 def zennit_run():
+                    tensor = torch.from_numpy(x).to(device)
                     with Gradient(model=model, composite=EpsilonPlusFlat()) as attributor:
                         with torch.no_grad():
                             logits = model(tensor)
@@ -86,16 +124,20 @@ def main():
                         rows = torch.arange(batch, device=device)
                         targets = logits.argmax(1)
                         seed[rows, targets] = logits[rows, targets]
-                        result = attributor(tensor, seed)
-                    torch.cuda.synchronize()
-                    return result
+                        _, result = attributor(tensor, seed)
+                    return result.cpu().numpy()
 
+                agreement = relative_l2(relevance, zennit_run())
                 ort_time = timed(lambda: forward.run(None, {"x": x}), args.repeats) / batch
                 compiled = timed(lambda: explainer.explain(x), args.repeats) / batch
                 zennit_time = timed(zennit_run, args.repeats) / batch
+                where = ", ".join(f"{count} on {name.replace('ExecutionProvider', '')}"
+                                  for name, count in providers.most_common())
+                fallback = f"; on the CPU: {', '.join(on_cpu)}" if on_cpu and args.device != "cpu" else ""
                 print(f"{name:9s} batch {batch:3d}: forward {ort_time * 1e3:7.2f} | compiled {compiled * 1e3:7.2f} "
                       f"({compiled / ort_time:4.2f}x forward) | zennit {zennit_time * 1e3:7.2f} "
-                      f"(compiled {compiled / zennit_time:4.2f}x zennit)", flush=True)
+                      f"(compiled {compiled / zennit_time:4.2f}x zennit) | relevance vs zennit: relative L2 "
+                      f"{agreement:.1e} | kernels: {where}{fallback}", flush=True)
     return 0
 
 

@@ -354,43 +354,6 @@ def test_forward_only_steps_of_the_rules_run_just_before_they_are_read(tmp_path,
     assert steps[0] == "divide"
 
 
-def test_the_benchmark_breaks_each_profiled_run_down_by_kind(tmp_path, monkeypatch, architectures):
-    # LRPTOOL_ORT_PROFILE makes the compiled explainer's session keep onnxruntime's profile; the
-    # benchmark's breakdown of it, per image, adds up to each run's kernel times taken straight
-    # from the profile (the runs after the first; two of them, so the medians are means)
-    import importlib.util
-    import statistics
-    spec = importlib.util.spec_from_file_location("bench_lrp", os.path.join(os.path.dirname(__file__), os.pardir,
-                                                                            "benchmarks", "bench_lrp.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    monkeypatch.setenv("LRPTOOL_ORT_PROFILE", str(tmp_path / "explainer"))
-    explainer = Explainer(architectures["resnet"], "epsilon-plus-flat", quiet=True, compiled=True)
-    x = np.random.default_rng(29).uniform(0, 1, size=(2, 3, 32, 32)).astype(np.float32)
-    for _ in range(3):
-        explainer.explain(x)
-    path = explainer.compiled.session.end_profiling()
-    assert os.path.basename(path).startswith("explainer") and os.path.dirname(path) == str(tmp_path)
-    with open(path) as handle:
-        events = json.load(handle)
-    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    assert len(starts) == 3
-    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    per_run = [sum(e["dur"] for e in kernels if start <= e["ts"] < end)
-               for start, end in zip(starts[1:], starts[2:] + [float("inf")])]
-    breakdown = bench.profile_breakdown(path, batch=2)
-    assert breakdown["kernels"] == pytest.approx(statistics.mean(per_run) / 1e3 / 2, rel=1e-9)
-    kinds = {k: v for k, v in breakdown.items() if k not in ("kernels", "run")}
-    assert sum(kinds.values()) == pytest.approx(breakdown["kernels"], rel=1e-9)
-    assert breakdown["run"] >= breakdown["kernels"] > 0
-    rule_ops = {e["args"]["op_name"] for e in kernels if e["name"].startswith("lrp/")}
-    assert {"Div", "Mul"} <= rule_ops
-    for op in rule_ops - {"Conv", "FusedConv", "MatMul", "Gemm", "ConvTranspose"}:
-        assert f"rules: {op}" in kinds
-    assert kinds["forward: convolutions"] > 0
-    assert kinds.get("rules: convolutions", 0) + kinds.get("rules: matrix products", 0) > 0
-
-
 # -- the model on its own --------------------------------------------------------------------------
 
 def test_the_compiled_model_runs_in_plain_onnxruntime_without_lrptool(tmp_path, architectures):
