@@ -124,16 +124,25 @@ def convert(model, output, weights, model_config, random_weights, keras1_backend
 @click.option("--target", default="pred", show_default=True,
               help="The class explained when the caller gives none: pred or a class index.")
 @click.option("--node-sums", is_flag=True, help="Also output each tensor's relevance summed per sample.")
+@click.option("--provider", "providers",
+              help="The onnxruntime execution providers the explainer is for, e.g. cuda (default cpu). For any but "
+                   "the CPU's, max-pools route relevance with ScatterElements instead of MaxUnpool, which CUDA "
+                   "and the others lack, so that the whole explanation runs on their device.")
 @preprocessing_options
 def compile_command(model, output, weights, model_config, random_weights, keras1_backend, model_input_size, method,
-                    rule_spec, target, node_sums, preprocess_preset, config, size, resize, channels, scale, mean, std,
-                    mean_file):
+                    rule_spec, target, node_sums, providers, preprocess_preset, config, size, resize, channels, scale,
+                    mean, std, mean_file):
     """Compile the explanation of MODEL into one ONNX model that any onnxruntime runs, without
     lrptool: input x (and an optional int64 target per sample, -1 for the prediction); outputs
     logits, relevance (shaped like x; relevance/METHOD for each of several methods) and
     explained_target. The preprocessing options give the input's bounds, which the zB rule needs."""
-    from .lrp.compile import compile_explainer, compile_methods, write_explainer
+    from .lrp.compile import PROVIDER_NAMES, compile_explainer, compile_methods, write_explainer
 
+    providers = provider_list(providers)
+    for provider in providers or ():
+        if provider.lower() not in PROVIDER_NAMES and not provider.endswith("ExecutionProvider"):
+            raise LrpToolError(f"--provider {provider}: not an onnxruntime execution provider; give one of "
+                               f"{', '.join(PROVIDER_NAMES)} or a full name such as CUDAExecutionProvider")
     fixed_target, _ = parse_target(target, top=False)
     graph = open_model(model, weights, model_config, random_weights, keras1_backend, model_input_size)
     require_runnable(graph, model)
@@ -153,9 +162,10 @@ def compile_command(model, output, weights, model_config, random_weights, keras1
     default = None if fixed_target == "pred" else fixed_target
     # compile_explainer refuses unroutable nodes with the check, and the words, of inspect --preset
     if len(specs) > 1:
-        explainer = compile_methods(graph, specs, bounds=bounds, target=default)
+        explainer = compile_methods(graph, specs, bounds=bounds, target=default, providers=providers)
     else:
-        explainer = compile_explainer(graph, specs[0], bounds=bounds, node_sums=node_sums, target=default)
+        explainer = compile_explainer(graph, specs[0], bounds=bounds, node_sums=node_sums, target=default,
+                                      providers=providers)
     spec = ", ".join(specs)
     say_notes()
     try:

@@ -403,6 +403,56 @@ def test_compile_command_and_inspect_refuse_the_same_nodes(tmp_path):
     assert relative_error(relevance, exact.relevance) < 1e-5
 
 
+@pytest.mark.parametrize("picture", ["random", "constant"])
+def test_built_for_cuda_the_max_pools_scatter_instead_of_max_unpool(architectures, picture):
+    # onnxruntime's CUDA provider has no MaxUnpool (its kernel table), which would send every
+    # non-overlapping pool back to the CPU. Built for CUDA, those pools scatter; run here on the
+    # CPU, the relevance is the float64 walk's, ties of a constant picture going to the same winner
+    graph = architectures["vgg"]
+    x = (np.full((2, 3, 32, 32), 0.25) if picture == "constant"
+         else np.random.default_rng(31).uniform(-1, 1, size=(2, 3, 32, 32)))
+    kinds = lambda model: [n.op_type for n in model.graph.node]  # noqa: E731
+    for_cpu = kinds(compile_explainer(graph, "epsilon-plus", providers=["cpu"]))
+    assert for_cpu == kinds(compile_explainer(graph, "epsilon-plus"))
+    model = compile_explainer(graph, "epsilon-plus", providers=["cuda", "cpu"])
+    assert for_cpu.count("MaxUnpool") >= 1 and "MaxUnpool" not in kinds(model)
+    assert kinds(model).count("ScatterElements") == for_cpu.count("ScatterElements") + for_cpu.count("MaxUnpool")
+    exact = Explainer(graph, "epsilon-plus", dtype=np.float64, compiled=False, quiet=True).explain(x)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    relevance, = session.run(["relevance"], {"x": x.astype(np.float32), "target": exact.targets})
+    assert relative_error(relevance, exact.relevance) <= 1e-5
+    np.testing.assert_array_equal(relevance != 0, exact.relevance != 0)
+
+
+def test_compile_command_builds_for_a_provider_and_refuses_an_unknown_one(tmp_path, capsys):
+    from lrptool import cli
+    from test_explain_cli import bias_free_mnist
+
+    model = bias_free_mnist(tmp_path / "mnist.onnx")
+    written = {}
+    for provider in ("cpu", "cuda"):
+        out = tmp_path / f"explainer-{provider}.onnx"
+        with pytest.raises(SystemExit) as done:
+            cli.main(["compile", str(model), "-o", str(out), "--preprocess", "mnist", "--provider", provider])
+        assert done.value.code == 0
+        written[provider] = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert "MaxUnpool" in written["cpu"] and "MaxUnpool" not in written["cuda"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "explainer-cuda.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(37).uniform(0, 1, size=(3, 1, 28, 28)).astype(np.float32)
+    relevance = session.run(["relevance"], {"x": x})[0]
+    exact = Explainer(read_onnx(str(model)), "epsilon-plus-flat", compiled=False, quiet=True,
+                      dtype=np.float64).explain(x.astype(np.float64))
+    assert relative_error(relevance, exact.relevance) < 1e-5
+    capsys.readouterr()
+    out = tmp_path / "explainer-gpu.onnx"
+    with pytest.raises(SystemExit) as done:
+        cli.main(["compile", str(model), "-o", str(out), "--preprocess", "mnist", "--provider", "gpu"])
+    assert done.value.code != 0 and not out.exists()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["lrptool: error: --provider gpu: not an onnxruntime execution provider; give one of cpu, cuda, tensorrt, "
+                     "rocm, dml, coreml, openvino or a full name such as CUDAExecutionProvider"]
+
+
 def test_an_unavailable_provider_is_one_line_naming_the_available_ones(architectures):
     from lrptool.errors import LrpToolError
 

@@ -164,7 +164,8 @@ peepholes and the gradient methods through them are explained eagerly.
             model = compile_explainer(self.original, s["method"], bounds=s["bounds"], epsilon=s["epsilon"],
                                       stabiliser=s["stabiliser"], gamma=s["gamma"], maxpool=s["maxpool"],
                                       start=s["start"], external=external, node_sums=s["report"],
-                                      recurrent_epsilon=s["recurrent_epsilon"], recurrent_bias=s["recurrent_bias"])
+                                      recurrent_epsilon=s["recurrent_epsilon"], recurrent_bias=s["recurrent_bias"],
+                                      providers=s["providers"])
             self.compiled = CompiledSession(model, s["providers"], threads=s["threads"], external=external)
         except Exception:  # noqa: BLE001 - the eager walk computes the same explanation
             if s["compiled"] is True:

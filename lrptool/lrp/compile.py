@@ -55,21 +55,26 @@ def nonnegative_tensors(graph):
 
 def compile_explainer(graph, method="epsilon-plus-flat", bounds=None, target=None, node_sums=False, epsilon=1e-6,
                       stabiliser=1e-6, gamma=0.25, maxpool="winner", start=None, input_name="x", external=None,
-                      recurrent_epsilon=1e-3, recurrent_bias="absorb"):
+                      recurrent_epsilon=1e-3, recurrent_bias="absorb", providers=None):
     """The ONNX model explaining ``graph`` with ``method`` (an LRP preset or rule map, or a gradient
     method). ``target``: the class explained when the caller gives none (default: the prediction).
     ``node_sums``: also output, per sample, the relevance each node receives and passes on
     (``relevance_out/NODE``, ``relevance_in/NODE``) and the start (``relevance_start``): the
     conservation report.
     ``external``: a dict that receives the large arrays, which the model then only names (for
-    onnxruntime's ``add_external_initializers``: no serialised copy of the weights)."""
+    onnxruntime's ``add_external_initializers``: no serialised copy of the weights).
+    ``providers``: the onnxruntime execution providers the model is for (``cpu``, ``cuda``, …; default
+    the CPU). Max-pools whose windows do not overlap route relevance with MaxUnpool only where every
+    one of them is the CPU's: the other providers have no MaxUnpool, and a scatter keeps the whole
+    explanation on their device."""
     return build_explainer(graph, [method], bounds, target, node_sums, epsilon, stabiliser, gamma, maxpool, start,
-                           input_name, external, recurrent_epsilon, recurrent_bias)
+                           input_name, external, recurrent_epsilon, recurrent_bias,
+                           max_unpool=cpu_only(providers))
 
 
 def compile_methods(graph, methods, bounds=None, target=None, epsilon=1e-6, stabiliser=1e-6, gamma=0.25,
                     maxpool="winner", input_name="x", external=None, recurrent_epsilon=1e-3, recurrent_bias="absorb",
-                    ranks=False):
+                    ranks=False, providers=None):
     """One ONNX model explaining ``graph`` with several methods at once: one forward pass, then one
     reverse walk per method, all for the same class. Outputs ``logits``, ``explained_target`` and
     ``relevance/METHOD`` per method (``method_label`` names them); the options are those of
@@ -84,7 +89,8 @@ def compile_methods(graph, methods, bounds=None, target=None, epsilon=1e-6, stab
     if len(set(labels)) != len(labels):
         raise LrpToolError(f"methods {', '.join(labels)}: a method is named twice")
     return build_explainer(graph, methods, bounds, target, False, epsilon, stabiliser, gamma, maxpool, None,
-                           input_name, external, recurrent_epsilon, recurrent_bias, several=True, ranks=ranks)
+                           input_name, external, recurrent_epsilon, recurrent_bias, several=True, ranks=ranks,
+                           max_unpool=cpu_only(providers))
 
 
 def method_label(method, index):
@@ -172,7 +178,7 @@ def method_walk(canonical, method, bounds, epsilon, stabiliser, gamma, maxpool, 
 
 
 def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabiliser, gamma, maxpool, start, input_name,
-                    external, recurrent_epsilon, recurrent_bias, several=False, ranks=False):
+                    external, recurrent_epsilon, recurrent_bias, several=False, ranks=False, max_unpool=True):
     from converters.onnx_writer import graph_to_onnx
 
     if graph.free_sizes():
@@ -194,6 +200,7 @@ def build_explainer(graph, methods, bounds, target, node_sums, epsilon, stabilis
     emit = Emitter(taken, external)
     ops = OnnxOps(emit, canonical.shapes)
     ops.sums = node_sums
+    ops.max_unpool = max_unpool
     positive = nonnegative_tensors(canonical)
     values = {t: Sym(t, shape, t in positive) for t, shape in canonical.shapes.items()}
     for value in values.values():
@@ -451,6 +458,16 @@ PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
                   "openvino": "OpenVINOExecutionProvider"}
 
 
+def provider_name(provider):
+    """onnxruntime's name of a provider given short (``cuda``) or full (``CUDAExecutionProvider``)."""
+    return PROVIDER_NAMES.get(provider.lower(), provider)
+
+
+def cpu_only(providers):
+    """Whether a model built for ``providers`` runs on the CPU alone (no providers: the CPU)."""
+    return all(provider_name(p) == "CPUExecutionProvider" for p in providers or ())
+
+
 def resolve_providers(providers):
     """onnxruntime provider names from short ones (``cpu``, ``cuda``, …) or full ones; the CPU is always
     the last fallback. A provider this onnxruntime lacks is a one-line error naming those it has."""
@@ -459,7 +476,7 @@ def resolve_providers(providers):
         return ["CPUExecutionProvider"]
     names = []
     for provider in providers:
-        name = PROVIDER_NAMES.get(provider.lower(), provider)
+        name = provider_name(provider)
         if name not in available:
             short = {v: k for k, v in PROVIDER_NAMES.items()}
             listed = ", ".join(short.get(a, a) for a in available)

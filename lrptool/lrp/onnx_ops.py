@@ -109,6 +109,7 @@ class OnnxOps:
         self.graph_shapes = graph_shapes
         self.dtype = np.dtype(dtype)
         self.sums = False
+        self.max_unpool = True      # MaxUnpool for max-pools without overlap (the CPU has it, CUDA does not)
         self.cache = ParamCache(use_onnxruntime=False)
 
     # -- tensors -------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ class OnnxOps:
             attrs = {"kernel_shape": list(a["kernel_shape"]), "strides": list(a["strides"]),
                      "dilations": list(a["dilations"]), "pads": list(a["pads"]), "ceil_mode": int(a["ceil_mode"])}
         _, indices = emit.node("MaxPool", [self.name(x)], attrs, outputs=2)
-        if self.unpool_fits(attrs, x.shape, g.shape):
+        if self.max_unpool and self.unpool_fits(attrs, x.shape, g.shape):
             # windows that do not overlap: each input has at most one window, so MaxUnpool's
             # placing equals the scatter-add, at about half its cost
             attrs = {k: attrs[k] for k in ("kernel_shape", "strides", "pads") if k in attrs}

@@ -46,7 +46,7 @@ class SharedForward:
             model = compile_methods(first.original, methods, bounds=s["bounds"], epsilon=s["epsilon"],
                                     stabiliser=s["stabiliser"], gamma=s["gamma"], maxpool=s["maxpool"],
                                     external=external, recurrent_epsilon=s["recurrent_epsilon"],
-                                    recurrent_bias=s["recurrent_bias"], ranks=ranks)
+                                    recurrent_bias=s["recurrent_bias"], ranks=ranks, providers=s["providers"])
             session = CompiledSession(model, s["providers"], threads=s["threads"], external=external)
         except Exception:  # noqa: BLE001 - each explainer computes the same explanation alone
             if any(e.settings["compiled"] is True for _, e in candidates):
