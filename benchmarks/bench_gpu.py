@@ -6,7 +6,8 @@ Zennit, all on the GPU, and their ratios. Both explanations are timed from a bat
 to relevance in host memory (the compiled explainer takes and gives NumPy arrays). Each row also
 says how far the two explanations agree (relative L2 distance of the relevance) and on which
 providers onnxruntime ran the compiled graph's nodes: a node the CUDA provider lacks falls back to
-the CPU, which the row then names.
+the CPU, and the row names the operators that did so with outputs over 64 KiB (onnxruntime keeps
+small shape computations on the CPU on purpose).
 
 Needs onnxruntime-gpu, torch with CUDA and zennit; where any of them or a GPU is missing it says
 which and exits with status 0. ``--device cpu`` runs the same comparison on the CPU (onnxruntime's
@@ -51,13 +52,16 @@ def missing(device):
 
 
 def placement(profile_path):
-    """{provider: number of kernels} and the operator types run on the CPU, from one profiled run."""
+    """{provider: number of kernels}, and the operator types whose kernels ran on the CPU with outputs
+    over 64 KiB: a fallback that moves activations between the devices (onnxruntime keeps small shape
+    computations on the CPU on purpose), from one profiled run."""
     import collections
     import json
     with open(profile_path) as handle:
         events = [e for e in json.load(handle) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     providers = collections.Counter(e["args"].get("provider", "?") for e in events)
-    on_cpu = sorted({e["args"]["op_name"] for e in events if e["args"].get("provider") == "CPUExecutionProvider"})
+    on_cpu = sorted({e["args"]["op_name"] for e in events if e["args"].get("provider") == "CPUExecutionProvider"
+                     and int(e["args"].get("output_size", 0)) > 65536})
     return providers, on_cpu
 
 
@@ -133,7 +137,8 @@ def main():
                 zennit_time = timed(zennit_run, args.repeats) / batch
                 where = ", ".join(f"{count} on {name.replace('ExecutionProvider', '')}"
                                   for name, count in providers.most_common())
-                fallback = f"; on the CPU: {', '.join(on_cpu)}" if on_cpu and args.device != "cpu" else ""
+                fallback = (f"; large outputs on the CPU: {', '.join(on_cpu)}"
+                            if on_cpu and args.device != "cpu" else "")
                 print(f"{name:9s} batch {batch:3d}: forward {ort_time * 1e3:7.2f} | compiled {compiled * 1e3:7.2f} "
                       f"({compiled / ort_time:4.2f}x forward) | zennit {zennit_time * 1e3:7.2f} "
                       f"(compiled {compiled / zennit_time:4.2f}x zennit) | relevance vs zennit: relative L2 "

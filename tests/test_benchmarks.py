@@ -60,6 +60,24 @@ def test_the_profile_breakdown_adds_up_to_each_run_s_kernel_times(tmp_path, monk
     assert kinds.get("rules: convolutions", 0) + kinds.get("rules: matrix products", 0) > 0
 
 
+def test_placement_counts_kernels_per_provider_and_names_large_cpu_fallbacks(tmp_path):
+    # a small shape computation on the CPU is onnxruntime's own choice; an activation-sized output
+    # computed there means the provider lacked the operator
+    kernel = lambda name, provider, op, size: {"cat": "Node", "name": f"{name}_kernel_time",  # noqa: E731
+                                               "args": {"provider": provider, "op_name": op, "output_size": str(size)}}
+    events = [kernel("shape", "CPUExecutionProvider", "Shape", 32),
+              kernel("unpool", "CPUExecutionProvider", "MaxUnpool", 65537),
+              kernel("unpool2", "CPUExecutionProvider", "MaxUnpool", 10 ** 6),
+              kernel("cast", "CPUExecutionProvider", "Cast", 65536),
+              kernel("conv", "CUDAExecutionProvider", "Conv", 10 ** 6),
+              {"cat": "Session", "name": "model_run", "args": {}}]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(events))
+    providers, on_cpu = script("bench_gpu").placement(str(path))
+    assert providers == {"CPUExecutionProvider": 4, "CUDAExecutionProvider": 1}
+    assert on_cpu == ["MaxUnpool"]
+
+
 def run_script(*args):
     return subprocess.run([sys.executable, str(BENCHMARKS / "bench_gpu.py"), *args], capture_output=True,
                           text=True, timeout=900)

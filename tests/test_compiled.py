@@ -449,8 +449,8 @@ def test_compile_command_builds_for_a_provider_and_refuses_an_unknown_one(tmp_pa
         cli.main(["compile", str(model), "-o", str(out), "--preprocess", "mnist", "--provider", "gpu"])
     assert done.value.code != 0 and not out.exists()
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["lrptool: error: --provider gpu: not an onnxruntime execution provider; give one of cpu, cuda, tensorrt, "
-                     "rocm, dml, coreml, openvino or a full name such as CUDAExecutionProvider"]
+    assert lines == ["lrptool: error: --provider gpu: not an onnxruntime execution provider; give one of cpu, cuda, "
+                     "tensorrt, rocm, dml, coreml, openvino or a full name such as CUDAExecutionProvider"]
 
 
 def test_an_unavailable_provider_is_one_line_naming_the_available_ones(architectures):
