@@ -57,8 +57,10 @@ def placement(profile_path):
     computations on the CPU on purpose), from one profiled run."""
     import collections
     import json
+
+    from bench_lrp import profile_kernels
     with open(profile_path) as handle:
-        events = [e for e in json.load(handle) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        events = profile_kernels(json.load(handle))
     providers = collections.Counter(e["args"].get("provider", "?") for e in events)
     on_cpu = sorted({e["args"]["op_name"] for e in events if e["args"].get("provider") == "CPUExecutionProvider"
                      and int(e["args"].get("output_size", 0)) > 65536})

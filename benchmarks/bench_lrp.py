@@ -26,6 +26,7 @@ import json
 import os
 import pathlib
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,7 +148,9 @@ def export(name, path):
 def worker(tool, name, batch, repeats, onnx_path, profile=False):
     import numpy as np
     x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
-    profiles = tempfile.mkdtemp(prefix="bench-profile-") if profile else None
+    # onnxruntime's profile of the forward pass or of the compiled explainer, in a folder of its own
+    profiles = tempfile.mkdtemp(prefix="bench-profile-") if profile and tool in PROFILED else None
+    profiled = None     # the session whose profile is read
     if tool == "onnxruntime":
         import onnxruntime
         options = onnxruntime.SessionOptions()
@@ -156,6 +159,7 @@ def worker(tool, name, batch, repeats, onnx_path, profile=False):
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(profiles, "forward")
         session = onnxruntime.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        profiled = session
         run = lambda: session.run(None, {"x": x})  # noqa: E731
     elif tool == "zennit":
         import torch
@@ -180,13 +184,14 @@ def worker(tool, name, batch, repeats, onnx_path, profile=False):
         from lrptool.lrp import Explainer
         graph = load_model(onnx_path)
         low = tool == "lrptool-low-memory"
-        if profiles and tool == "lrptool-compiled":
+        if profiles:
             os.environ["LRPTOOL_ORT_PROFILE"] = os.path.join(profiles, "explainer")
         setup = time.perf_counter()
         explainer = Explainer(graph, "epsilon-plus-flat", quiet=True, primitives="numpy" if low else "onnxruntime",
                               forward_backend="lrptool" if low else "auto", compiled=tool == "lrptool-compiled")
         if tool == "lrptool-compiled":
             assert explainer.compiled is not None
+            profiled = explainer.compiled.session
         setup = time.perf_counter() - setup
         run = lambda: explainer.explain(x)  # noqa: E731
     setup = locals().get("setup", 0.0)
@@ -202,9 +207,9 @@ def worker(tool, name, batch, repeats, onnx_path, profile=False):
         run()
         times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times), "first": first, "peak": peak, "setup": setup}
-    if profiles and tool in ("onnxruntime", "lrptool-compiled"):
-        profiled = session if tool == "onnxruntime" else locals()["explainer"].compiled.session
+    if profiles:
         result["profile"] = profile_breakdown(profiled.end_profiling(), batch)
+        shutil.rmtree(profiles)
     print(json.dumps(result))
 
 
@@ -222,13 +227,18 @@ def profile_category(event):
     return "rules: " + kinds.get(op, op)
 
 
+def profile_kernels(events):
+    """The per-node kernel events of an onnxruntime profile (its JSON list of events)."""
+    return [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+
+
 def profile_breakdown(path, batch):
     """onnxruntime's profile → {kind: milliseconds per image}: each run's kernel times summed by
     kind, the median over the runs after the first; "kernels" is their sum, "run" the whole call."""
     with open(path) as handle:
         events = json.load(handle)
     runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
-    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    kernels = profile_kernels(events)
     per_run = []
     for run in runs[1:] or runs:
         totals = collections.Counter()
@@ -326,6 +336,8 @@ def fastest_round(measured):
 
 
 TOOLS = ("onnxruntime", "zennit", "lrptool-compiled", "lrptool-eager", "lrptool-low-memory")
+#: the tools whose onnxruntime session --profile reads
+PROFILED = ("onnxruntime", "lrptool-compiled")
 
 
 if __name__ == "__main__":
